@@ -1,0 +1,51 @@
+"""The public API the CLI and sweeps call: load a scenario, run it, write its outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from moesim.config import Scenario, load_scenario
+from moesim.metrics import Result, RunRecords, chrome_trace
+from moesim.sim import simulate
+from moesim.sim.engine import StepCallback
+
+__all__ = ["load_scenario", "run", "write_outputs"]
+
+
+def run(scenario: Scenario, *, trace_steps: int = 0,
+        on_step: StepCallback | None = None) -> tuple[Result, RunRecords]:
+    """Simulate ``scenario``; returns the ``Result`` and the records it was computed from."""
+    records = simulate(scenario, trace_steps=trace_steps, on_step=on_step)
+    return Result.from_records(records), records
+
+
+def _write_json(path: Path, document: Any) -> None:
+    """Write atomically: a crash never leaves a half-written file in place of a good one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(document, stream, indent=1)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(out_dir: str | Path, scenario: Scenario, result: Result,
+                  records: RunRecords | None = None) -> list[Path]:
+    """``result.json`` (with the resolved scenario), and ``trace.json`` when ``records`` has spans."""
+    out = Path(out_dir)
+    document = result.model_dump(mode="json")
+    document["config"] = scenario.model_dump(mode="json")
+    written = [out / "result.json"]
+    _write_json(written[0], document)
+    if records is not None and records.spans.device.size:
+        written.append(out / "trace.json")
+        _write_json(written[1], chrome_trace(records.spans, scenario.name))
+    return written

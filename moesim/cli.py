@@ -1,0 +1,121 @@
+"""The ``moesim`` command: a thin layer over ``moesim.api``.
+
+Every MoesimError becomes one line on stderr and exit status 2; nothing is written before the
+scenario has loaded and validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from moesim import api
+from moesim.config import Scenario
+from moesim.errors import MoesimError
+from moesim.metrics import Result
+
+__all__ = ["main"]
+
+GIB = 2.0**30
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moesim", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="simulate a scenario and print its predicted metrics")
+    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a field by its dotted path, e.g. workload.batch_size=128")
+    run.add_argument("--out", metavar="DIR", help="write DIR/result.json")
+    run.add_argument("--chrome-trace", action="store_true",
+                     help="also write DIR/trace.json (Perfetto / chrome://tracing)")
+    run.add_argument("--trace-steps", type=int, default=3, metavar="N",
+                     help="steps in the Chrome trace (default 3)")
+    run.add_argument("--json", action="store_true", help="print result.json to stdout")
+    return parser
+
+
+def _summary(console: Console, scenario: Scenario, result: Result) -> None:
+    cluster = scenario.cluster
+    console.print(
+        f"[bold]{scenario.name}[/]: {scenario.model.name} on {cluster.nodes}x"
+        f"{cluster.gpus_per_node} {cluster.device.name}, {result.phase}, "
+        f"batch {scenario.workload.batch_size}, gating {scenario.policies.gating.name}"
+    )
+    console.print(f"throughput  {result.throughput_tokens_per_s:,.0f} tokens/s")
+    lat = result.latency_s
+    console.print(f"latency     mean {lat.mean * 1e3:.3f} ms  p50 {lat.p50 * 1e3:.3f} ms  "
+                  f"p99 {lat.p99 * 1e3:.3f} ms per step")
+    table = Table(title="time breakdown (critical path)", title_justify="left")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    total = result.simulated_seconds or 1.0
+    for phase, seconds in result.time_breakdown_s.items():
+        table.add_row(phase, f"{seconds:.4f}", f"{100 * seconds / total:.1f}%")
+    console.print(table)
+    memory = result.memory
+    peaks = memory.peak_bytes_per_device
+    console.print(
+        f"memory/GPU  peak {max(peaks) / GIB:.2f} GiB of {memory.capacity_bytes / GIB:.1f} GiB "
+        f"(weights {max(memory.weights_bytes_per_device) / GIB:.2f}, KV cache "
+        f"{max(memory.kv_cache_bytes_per_device) / GIB:.2f}, activations "
+        f"{max(memory.activation_peak_bytes_per_device) / GIB:.2f} GiB; busiest GPU)"
+    )
+    if memory.out_of_memory:
+        console.print("[bold red]out of memory[/]: the peak exceeds the device's capacity")
+    tokens = result.tokens
+    console.print(f"tokens      routed {tokens.routed:,}  processed {tokens.processed:,}  "
+                  f"dropped {tokens.dropped:,}  padded {tokens.padded:,} (token-expert slots)")
+    imbalance = "n/a" if result.load_imbalance is None else f"{result.load_imbalance:.2f}"
+    console.print(f"all-to-all  {result.alltoall_bytes / 1e9:.3f} GB moved; "
+                  f"load imbalance (max/mean) {imbalance}")
+    speed = result.simulated_seconds / result.wall_seconds if result.wall_seconds else 0.0
+    console.print(f"simulated {result.simulated_seconds:.3f} s in {result.wall_seconds:.2f} s "
+                  f"wall ({speed:,.0f}x real time, {result.events} events)")
+
+
+def _run(args: argparse.Namespace, console: Console) -> None:
+    scenario = api.load_scenario(args.scenario, args.overrides)
+    trace_steps = args.trace_steps if args.chrome_trace else 0
+    if args.chrome_trace and not args.out:
+        raise MoesimError("--chrome-trace needs --out DIR")
+    with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+                  disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("steps", total=scenario.workload.steps)
+        result, records = api.run(
+            scenario, trace_steps=trace_steps,
+            on_step=lambda done, _total: progress.update(task, completed=done),
+        )
+    if args.json:
+        print(result.model_dump_json(indent=1))
+    else:
+        _summary(console, scenario, result)
+    if args.out:
+        for path in api.write_outputs(args.out, scenario, result, records):
+            Console(stderr=True, highlight=False).print(f"wrote {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(highlight=False)
+    try:
+        if args.command == "run":
+            _run(args, console)
+    except MoesimError as error:
+        print(f"moesim: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moesim: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

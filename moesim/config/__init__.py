@@ -1,0 +1,43 @@
+"""The validated schema of scenarios, model cards and hardware profiles, and YAML loading."""
+
+from moesim.config.hardware import HardwareProfile, LinkSpec
+from moesim.config.loading import (
+    find_file,
+    load_hardware_profile,
+    load_model_card,
+    load_scenario,
+    parse_override,
+    read_yaml,
+)
+from moesim.config.model import DTYPE_BYTES, ModelSpec
+from moesim.config.registry import GATING, PolicyParams, Registry
+from moesim.config.scenario import (
+    ClusterSpec,
+    PoliciesSpec,
+    Scenario,
+    SyntheticRouting,
+    TraceRouting,
+    WorkloadSpec,
+)
+
+__all__ = [
+    "DTYPE_BYTES",
+    "GATING",
+    "ClusterSpec",
+    "HardwareProfile",
+    "LinkSpec",
+    "ModelSpec",
+    "PoliciesSpec",
+    "PolicyParams",
+    "Registry",
+    "Scenario",
+    "SyntheticRouting",
+    "TraceRouting",
+    "WorkloadSpec",
+    "find_file",
+    "load_hardware_profile",
+    "load_model_card",
+    "load_scenario",
+    "parse_override",
+    "read_yaml",
+]

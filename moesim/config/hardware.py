@@ -1,0 +1,67 @@
+"""HardwareProfile: one GPU kind, its host and its links, each group of figures with provenance.
+
+Bandwidths are per GPU and per direction. ``efficiency`` is the achievable fraction of the peak
+that the roofline cost model applies (datasheet profiles estimate it; calibration measures it).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from moesim.config.fields import (
+    Bytes,
+    BytesPerSecond,
+    Efficiency,
+    FlopsPerSecond,
+    Frozen,
+    Provenance,
+    Seconds,
+)
+
+__all__ = ["ComputeSpec", "HardwareProfile", "HostSpec", "LinkSpec", "LinksSpec", "MemorySpec"]
+
+
+class ComputeSpec(Frozen):
+    peak_flops: dict[str, FlopsPerSecond] = Field(description="dense peak per dtype")
+    efficiency: Efficiency = 0.7
+    launch_overhead: Seconds = 5e-6
+    provenance: Provenance
+
+
+class MemorySpec(Frozen):
+    capacity: Bytes
+    bandwidth: BytesPerSecond
+    efficiency: Efficiency = 0.8
+    provenance: Provenance
+
+
+class LinkSpec(Frozen):
+    """One kind of link as seen from one GPU: its port bandwidth per direction and latency."""
+
+    bandwidth: BytesPerSecond
+    latency: Seconds
+    efficiency: Efficiency = 0.8
+    shared_by: int = Field(default=1, ge=1, description="GPUs that share this port")
+    pinned: bool | None = Field(default=None, description="host link: pinned host memory")
+    provenance: Provenance
+
+
+class LinksSpec(Frozen):
+    nvlink: LinkSpec | None = Field(default=None, description="GPU-GPU inside a node (switched)")
+    host: LinkSpec = Field(description="PCIe between a GPU and host memory")
+    network: LinkSpec | None = Field(default=None, description="NIC bandwidth per GPU across nodes")
+
+
+class HostSpec(Frozen):
+    cpu: str
+    memory: Bytes
+    provenance: Provenance
+
+
+class HardwareProfile(Frozen):
+    name: str = Field(min_length=1)
+    description: str = ""
+    compute: ComputeSpec
+    memory: MemorySpec
+    links: LinksSpec
+    host: HostSpec

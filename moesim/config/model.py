@@ -1,0 +1,147 @@
+"""ModelSpec: the shape of an MoE transformer, as a model card in ``scenarios/models/`` gives it.
+
+Parameter counts are derived here, once, so that memory and compute costs agree everywhere.
+Layer ``i`` (0-based, within its stack) is an MoE layer when ``i >= first_dense_layers`` and
+``(i + 1) % moe_every == 0`` (fairseq's ``moe_freq`` rule); ``moe_every: 0`` is a dense model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from moesim.config.fields import Frozen
+
+__all__ = ["DTYPE_BYTES", "ModelSpec"]
+
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
+
+
+class ModelSpec(Frozen):
+    """An MoE (or dense) transformer. ``d_ffn`` is the width of one expert's FFN."""
+
+    name: str = Field(min_length=1)
+    architecture: Literal["decoder", "encoder-decoder"] = "decoder"
+    layers: int = Field(ge=1)
+    encoder_layers: int | None = Field(default=None, ge=1)
+    decoder_layers: int | None = Field(default=None, ge=1)
+    moe_every: int = Field(ge=0)
+    first_dense_layers: int = Field(default=0, ge=0)
+    d_model: int = Field(ge=1)
+    d_ffn: int = Field(ge=1)
+    dense_d_ffn: int | None = Field(default=None, ge=1, description="FFN width of dense layers")
+    ffn_type: Literal["mlp", "glu"] = "mlp"
+    num_experts: int = Field(default=0, ge=0)
+    top_k: int = Field(default=1, ge=1)
+    shared_experts: int = Field(default=0, ge=0)
+    heads: int = Field(ge=1)
+    kv_heads: int | None = Field(default=None, ge=1)
+    head_dim: int | None = Field(default=None, ge=1)
+    kv_dim: int | None = Field(default=None, ge=1, description="K+V width cached per token")
+    attention_params: int | None = Field(default=None, ge=1, description="per layer, override")
+    vocab_size: int = Field(ge=1)
+    tied_embeddings: bool = True
+    dtype: Literal["fp32", "fp16", "bf16", "fp8"] = "fp16"
+    sources: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if self.architecture == "encoder-decoder":
+            if self.encoder_layers is None or self.decoder_layers is None:
+                raise ValueError("an encoder-decoder needs encoder_layers and decoder_layers")
+            if self.encoder_layers + self.decoder_layers != self.layers:
+                raise ValueError(
+                    f"encoder_layers + decoder_layers = "
+                    f"{self.encoder_layers + self.decoder_layers}, expected layers = {self.layers}"
+                )
+        elif self.encoder_layers is not None or self.decoder_layers is not None:
+            raise ValueError("encoder_layers/decoder_layers need architecture: encoder-decoder")
+        if self.moe_every > 0:
+            if self.num_experts < 1:
+                raise ValueError("an MoE model (moe_every > 0) needs num_experts >= 1")
+            if self.top_k > self.num_experts:
+                raise ValueError(f"top_k = {self.top_k} exceeds num_experts = {self.num_experts}")
+        return self
+
+    # ---- derived shapes -------------------------------------------------------------------
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * (self.head_dim or self.d_model // self.heads)
+
+    @property
+    def kv_width(self) -> int:
+        """Elements of K and V cached per token per attention block."""
+        if self.kv_dim is not None:
+            return self.kv_dim
+        return 2 * (self.kv_heads or self.heads) * (self.head_dim or self.d_model // self.heads)
+
+    @property
+    def ffn_matrices(self) -> int:
+        """Weight matrices of one FFN: up and down, plus a gate for GLU."""
+        return 3 if self.ffn_type == "glu" else 2
+
+    def stacks(self) -> dict[str, int]:
+        """Layers per stack: ``{"decoder": n}`` or ``{"encoder": n, "decoder": m}``."""
+        if self.architecture == "encoder-decoder":
+            return {"encoder": self.encoder_layers or 0, "decoder": self.decoder_layers or 0}
+        return {"decoder": self.layers}
+
+    def is_moe_layer(self, index: int) -> bool:
+        return (
+            self.moe_every > 0
+            and index >= self.first_dense_layers
+            and (index + 1) % self.moe_every == 0
+        )
+
+    def moe_layers(self, stack: str) -> int:
+        return sum(self.is_moe_layer(i) for i in range(self.stacks()[stack]))
+
+    @property
+    def total_moe_layers(self) -> int:
+        return sum(self.moe_layers(stack) for stack in self.stacks())
+
+    # ---- parameter counts ------------------------------------------------------------------
+
+    @property
+    def attention_params_per_block(self) -> int:
+        if self.attention_params is not None:
+            return self.attention_params
+        kv_proj = self.kv_width  # K and V projections together
+        return self.d_model * self.q_dim + self.d_model * kv_proj + self.q_dim * self.d_model
+
+    @property
+    def expert_params(self) -> int:
+        return self.ffn_matrices * self.d_model * self.d_ffn
+
+    @property
+    def dense_ffn_params(self) -> int:
+        return self.ffn_matrices * self.d_model * (self.dense_d_ffn or self.d_ffn)
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.d_model * (1 if self.tied_embeddings else 2)
+
+    @property
+    def non_expert_params(self) -> int:
+        """Parameters every GPU holds: embeddings, attention, dense FFNs, routers, shared experts."""
+        stacks = self.stacks()
+        attention_blocks = self.layers + (stacks["decoder"] if "encoder" in stacks else 0)
+        moe = self.total_moe_layers
+        dense = self.layers - moe
+        per_moe_layer = self.d_model * self.num_experts + self.shared_experts * self.expert_params
+        return (
+            self.embedding_params
+            + attention_blocks * self.attention_params_per_block
+            + dense * self.dense_ffn_params
+            + moe * per_moe_layer
+        )
+
+    @property
+    def total_params(self) -> int:
+        return self.non_expert_params + self.total_moe_layers * self.num_experts * self.expert_params

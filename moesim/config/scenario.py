@@ -1,0 +1,122 @@
+"""Scenario: model card + cluster + workload + policies + seed, the unit that moesim runs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from moesim.config.fields import Frozen
+from moesim.config.hardware import HardwareProfile
+from moesim.config.model import ModelSpec
+from moesim.config.registry import GATING, PolicyParams, Registry
+
+__all__ = [
+    "ClusterSpec",
+    "PoliciesSpec",
+    "Scenario",
+    "SyntheticRouting",
+    "TraceRouting",
+    "WorkloadSpec",
+]
+
+
+class ClusterSpec(Frozen):
+    nodes: int = Field(default=1, ge=1)
+    gpus_per_node: int = Field(default=8, ge=1)
+    device: HardwareProfile
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+class SyntheticRouting(Frozen):
+    """Top-k routing drawn per token from a per-layer expert popularity.
+
+    Popularity is a Zipf law over a random ranking of the experts (``skew: 0`` is uniform).
+    At each step a layer keeps the previous step's ranking with probability ``locality`` and
+    draws a fresh one otherwise; layers are independent.
+    """
+
+    source: Literal["synthetic"]
+    distribution: Literal["uniform", "zipf"] = "zipf"
+    skew: float = Field(default=1.0, ge=0)
+    locality: float = Field(default=0.0, ge=0, le=1)
+
+
+class TraceRouting(Frozen):
+    """Routing replayed from an ``.npz`` with ``expert_ids [steps, moe_layers, tokens, top_k]``."""
+
+    source: Literal["trace"]
+    path: str
+
+
+Routing = Annotated[SyntheticRouting | TraceRouting, Field(discriminator="source")]
+
+
+class WorkloadSpec(Frozen):
+    """``batch_size`` sequences per step across the cluster; decode makes one token each."""
+
+    phase: Literal["prefill", "decode"] = "decode"
+    batch_size: int = Field(ge=1)
+    seq_len: int = Field(ge=1, description="prompt length (prefill) / context length (decode)")
+    steps: int = Field(default=100, ge=1)
+    routing: Routing = Field(default_factory=lambda: SyntheticRouting(source="synthetic"))
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * (self.seq_len if self.phase == "prefill" else 1)
+
+
+def _policy(registry: Registry[Any], raw: Any) -> PolicyParams:
+    try:
+        return registry.validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise PydanticCustomError(
+            "policy", "{message}", {"message": first["msg"], "field": field}
+        ) from None
+    except ValueError as error:
+        raise PydanticCustomError("policy", "{message}", {"message": str(error)}) from None
+
+
+class PoliciesSpec(Frozen):
+    gating: SerializeAsAny[PolicyParams] = Field(default_factory=lambda: GATING.validate("dynamic"))
+
+    @field_validator("gating", mode="before")
+    @classmethod
+    def _gating(cls, raw: Any) -> PolicyParams:
+        return _policy(GATING, raw)
+
+
+class Scenario(Frozen):
+    name: str = Field(min_length=1)
+    seed: int = Field(default=0, ge=0)
+    model: ModelSpec
+    cluster: ClusterSpec
+    workload: WorkloadSpec
+    policies: PoliciesSpec = Field(default_factory=PoliciesSpec)
+
+    @model_validator(mode="after")
+    def _fits(self) -> Scenario:
+        dtype = self.model.dtype
+        if dtype not in self.cluster.device.compute.peak_flops:
+            known = ", ".join(sorted(self.cluster.device.compute.peak_flops))
+            raise ValueError(
+                f"device {self.cluster.device.name} has no peak_flops for the model's dtype "
+                f"{dtype} (it lists {known})"
+            )
+        if self.cluster.nodes > 1 and self.cluster.device.links.network is None:
+            raise ValueError(f"{self.cluster.nodes} nodes need links.network in the device profile")
+        if self.cluster.gpus_per_node > 1 and self.cluster.device.links.nvlink is None:
+            raise ValueError("several GPUs per node need links.nvlink in the device profile")
+        return self
+
+    def stack(self) -> str:
+        """The layer stack the phase runs: an encoder-decoder prefills its encoder."""
+        if self.model.architecture == "encoder-decoder" and self.workload.phase == "prefill":
+            return "encoder"
+        return "decoder"

@@ -1,0 +1,93 @@
+"""Flat, columnar records that the simulator and the reference executor emit.
+
+One row per step (``StepRecords``), one per device (``DeviceRecords``) and, for the traced
+window, one per span of work on a device stream (``SpanRecords``). ``Result`` is computed from
+these alone. Columns are numpy arrays so a run of many steps costs no Python object per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["PHASES", "DeviceRecords", "RunRecords", "SpanRecords", "StepRecords"]
+
+PHASES = ("attention", "dense_ffn", "gate", "alltoall", "expert", "transfer", "other")
+
+
+@dataclass(frozen=True)
+class StepRecords:
+    """Per step: timing, token accounting (token-expert assignments) and traffic.
+
+    ``breakdown_NP[n, p]`` is the critical-path time of phase ``PHASES[p]`` in step ``n``; a
+    row sums to the step's latency. ``load_imbalance_N`` is NaN for a step with no expert work.
+    """
+
+    start_s: np.ndarray
+    latency_s: np.ndarray
+    tokens: np.ndarray
+    routed: np.ndarray
+    processed: np.ndarray
+    dropped: np.ndarray
+    padded: np.ndarray
+    alltoall_bytes: np.ndarray
+    load_imbalance: np.ndarray
+    breakdown_NP: np.ndarray
+
+    @staticmethod
+    def concat(parts: list[StepRecords]) -> StepRecords:
+        names = StepRecords.__dataclass_fields__
+        return StepRecords(**{name: np.concatenate([getattr(p, name) for p in parts])
+                              for name in names})
+
+
+@dataclass(frozen=True)
+class DeviceRecords:
+    """Per device: bytes of weights, KV cache and the activation peak over the run."""
+
+    capacity_bytes: float
+    weights_bytes: np.ndarray
+    kv_cache_bytes: np.ndarray
+    activation_peak_bytes: np.ndarray
+
+
+@dataclass(frozen=True)
+class SpanRecords:
+    """Spans of work for the timeline: which device and stream, what, when."""
+
+    device: np.ndarray
+    stream: np.ndarray
+    name: np.ndarray
+    step: np.ndarray
+    layer: np.ndarray
+    start_s: np.ndarray
+    duration_s: np.ndarray
+
+    @staticmethod
+    def empty() -> SpanRecords:
+        return SpanRecords(*(np.array([]) for _ in range(7)))
+
+    @staticmethod
+    def concat(parts: list[SpanRecords]) -> SpanRecords:
+        if not parts:
+            return SpanRecords.empty()
+        names = SpanRecords.__dataclass_fields__
+        return SpanRecords(**{name: np.concatenate([getattr(p, name) for p in parts])
+                              for name in names})
+
+
+@dataclass(frozen=True)
+class RunRecords:
+    """Everything one run emitted, plus what identifies it."""
+
+    scenario: str
+    executor: str
+    device: str
+    gpus: int
+    phase: str
+    steps: StepRecords
+    devices: DeviceRecords
+    spans: SpanRecords = field(default_factory=SpanRecords.empty)
+    wall_seconds: float = 0.0
+    events: int = 0

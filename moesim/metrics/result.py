@@ -1,0 +1,118 @@
+"""``Result``: the summary of a run, a pure function of its records; one schema for sim and reference.
+
+Token counts are token-expert assignments summed over MoE layers and steps: ``routed`` =
+``processed`` + ``dropped``; ``padded`` are empty slots computed under static gating.
+Throughput counts the sequence tokens a step advances (prompt tokens in prefill, one new token
+per sequence in decode) per simulated second.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from moesim.metrics.records import PHASES, RunRecords
+
+__all__ = ["Latency", "Memory", "Result", "TokenCounts"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Latency(_Out):
+    mean: float
+    p50: float
+    p99: float
+
+
+class TokenCounts(_Out):
+    routed: int
+    processed: int
+    dropped: int
+    padded: int
+
+
+class Memory(_Out):
+    capacity_bytes: float
+    peak_bytes_per_device: list[float]
+    weights_bytes_per_device: list[float]
+    kv_cache_bytes_per_device: list[float]
+    activation_peak_bytes_per_device: list[float]
+    out_of_memory: bool
+
+
+class Result(_Out):
+    """What ``result.json`` holds; ``per_step`` is a column table (``pandas.DataFrame`` ready)."""
+
+    scenario: str
+    executor: str
+    device: str
+    gpus: int
+    phase: str
+    steps: int
+    throughput_tokens_per_s: float
+    latency_s: Latency
+    time_breakdown_s: dict[str, float]
+    tokens: TokenCounts
+    memory: Memory
+    alltoall_bytes: float
+    load_imbalance: float | None
+    simulated_seconds: float
+    wall_seconds: float
+    events: int
+    per_step: dict[str, list[float]]
+
+    @classmethod
+    def from_records(cls, records: RunRecords) -> Result:
+        steps, devices = records.steps, records.devices
+        latency = steps.latency_s
+        simulated = float(latency.sum())
+        peak = devices.weights_bytes + devices.kv_cache_bytes + devices.activation_peak_bytes
+        imbalance = steps.load_imbalance[~np.isnan(steps.load_imbalance)]
+        breakdown = steps.breakdown_NP.sum(axis=0)
+        return cls(
+            scenario=records.scenario,
+            executor=records.executor,
+            device=records.device,
+            gpus=records.gpus,
+            phase=records.phase,
+            steps=int(latency.size),
+            throughput_tokens_per_s=float(steps.tokens.sum() / simulated) if simulated else 0.0,
+            latency_s=Latency(
+                mean=float(latency.mean()),
+                p50=float(np.percentile(latency, 50)),
+                p99=float(np.percentile(latency, 99)),
+            ),
+            time_breakdown_s={name: float(breakdown[i]) for i, name in enumerate(PHASES)},
+            tokens=TokenCounts(
+                routed=int(steps.routed.sum()),
+                processed=int(steps.processed.sum()),
+                dropped=int(steps.dropped.sum()),
+                padded=int(steps.padded.sum()),
+            ),
+            memory=Memory(
+                capacity_bytes=devices.capacity_bytes,
+                peak_bytes_per_device=peak.tolist(),
+                weights_bytes_per_device=devices.weights_bytes.tolist(),
+                kv_cache_bytes_per_device=devices.kv_cache_bytes.tolist(),
+                activation_peak_bytes_per_device=devices.activation_peak_bytes.tolist(),
+                out_of_memory=bool((peak > devices.capacity_bytes).any()),
+            ),
+            alltoall_bytes=float(steps.alltoall_bytes.sum()),
+            load_imbalance=float(imbalance.mean()) if imbalance.size else None,
+            simulated_seconds=simulated,
+            wall_seconds=records.wall_seconds,
+            events=records.events,
+            per_step={
+                "step": list(range(latency.size)),
+                "start_s": steps.start_s.tolist(),
+                "latency_s": latency.tolist(),
+                "dropped": steps.dropped.tolist(),
+                "padded": steps.padded.tolist(),
+                "alltoall_bytes": steps.alltoall_bytes.tolist(),
+                "load_imbalance": [None if math.isnan(v) else v for v in steps.load_imbalance],
+            },
+        )

@@ -1,0 +1,144 @@
+"""Gating policies: from each token's top-k experts to what every expert computes.
+
+Shapes: ``N`` steps, ``L`` MoE layers, ``T`` tokens per step, ``K`` top-k, ``E`` experts,
+``G`` GPUs. A policy sees routing and the token split, never time or hardware; the simulator
+and the reference executor call the same code.
+
+- ``static``: each source GPU gives each expert ``C`` slots; first choices take slots before
+  second choices, then token order (fairseq's ``top2gating``); assignments beyond ``C`` are
+  dropped; every slot is sent and computed, empty ones as zero padding.
+- ``dynamic``: a count exchange, then variable-size all-to-alls; nothing dropped or padded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from moesim.config import GATING, PolicyParams
+
+__all__ = ["DynamicGating", "GatingOutcome", "StaticGating", "expert_counts", "static_capacity"]
+
+
+@dataclass(frozen=True)
+class GatingOutcome:
+    """What the experts compute for a chunk of steps.
+
+    ``tokens_NLE``: assignments each expert processes; ``slots_NLE``: rows it computes (padding
+    included); ``kept_NLTK``: which assignments survive (None: all); ``capacity_G``: slots per
+    expert each source GPU sends under static gating (None: variable-size, dynamic);
+    ``einsum_dispatch``: dispatch/combine are dense ``S x E x C`` tensors (GShard/fairseq style).
+    """
+
+    tokens_NLE: np.ndarray
+    slots_NLE: np.ndarray
+    kept_NLTK: np.ndarray | None
+    capacity_G: np.ndarray | None
+    einsum_dispatch: bool = False
+
+    @property
+    def count_exchange(self) -> bool:
+        return self.capacity_G is None
+
+
+def expert_counts(expert_ids_NLTK: np.ndarray, num_experts: int,
+                  mask_NLTK: np.ndarray | None = None) -> np.ndarray:
+    """``counts_NLE``: assignments to each expert (only where ``mask_NLTK`` when given)."""
+    n, layers, _, _ = expert_ids_NLTK.shape
+    offsets_NL = (np.arange(n * layers, dtype=np.int64) * num_experts).reshape(n, layers, 1, 1)
+    keys = expert_ids_NLTK + offsets_NL
+    keys = keys[mask_NLTK] if mask_NLTK is not None else keys.ravel()
+    return np.bincount(keys, minlength=n * layers * num_experts).reshape(n, layers, num_experts)
+
+
+def static_capacity(formula: str, capacity_factor: float, min_capacity: int, tokens_G: np.ndarray,
+                    num_experts: int, top_k: int) -> np.ndarray:
+    """``C_G``: slots per expert that each source GPU with ``tokens_G`` tokens sends."""
+    tokens = tokens_G.astype(np.float64)
+    if formula == "gshard":
+        capacity = np.maximum(min_capacity, np.ceil(capacity_factor * top_k * tokens / num_experts))
+    elif formula == "tutel":
+        capacity = top_k * np.floor(capacity_factor * np.ceil(tokens / num_experts))
+    else:  # fairseq: a fraction of the local tokens per expert
+        capacity = np.maximum(min_capacity, np.ceil(capacity_factor * tokens))
+    return capacity.astype(np.int64)
+
+
+@GATING.register("static")
+class StaticGating:
+    """Capacity-factor gating with padding and dropping (GShard, Tutel and fairseq formulas)."""
+
+    class Params(PolicyParams):
+        name: Literal["static"] = "static"
+        capacity_factor: float = Field(default=1.0, gt=0)
+        formula: Literal["gshard", "tutel", "fairseq"] = "gshard"
+        min_capacity: int = Field(default=4, ge=0)
+        dispatch: Literal["einsum", "index"] = Field(
+            default="einsum", description="dense S x E x C masks (fairseq) or index scatter (Tutel)"
+        )
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    def gate(self, expert_ids_NLTK: np.ndarray, source_T: np.ndarray, gpus: int,
+             num_experts: int) -> GatingOutcome:
+        n, layers, tokens, top_k = expert_ids_NLTK.shape
+        tokens_G = np.bincount(source_T, minlength=gpus)
+        p = self.params
+        capacity_G = static_capacity(
+            p.formula, p.capacity_factor, p.min_capacity, tokens_G, num_experts, top_k
+        )
+        counts_NLE = expert_counts(expert_ids_NLTK, num_experts)
+        # A (step, layer, expert) can drop only if its total load exceeds the smallest capacity.
+        risky_NLE = counts_NLE > capacity_G.min(initial=0)
+        kept_NLTK = None
+        tokens_NLE = counts_NLE
+        if risky_NLE.any():
+            kept_NLTK = self._kept(expert_ids_NLTK, risky_NLE, source_T, capacity_G, num_experts)
+            tokens_NLE = expert_counts(expert_ids_NLTK, num_experts, kept_NLTK)
+        slots_NLE = np.full((n, layers, num_experts), capacity_G.sum(), dtype=np.int64)
+        return GatingOutcome(
+            tokens_NLE, slots_NLE, kept_NLTK, capacity_G, einsum_dispatch=p.dispatch == "einsum"
+        )
+
+    @staticmethod
+    def _kept(expert_ids_NLTK: np.ndarray, risky_NLE: np.ndarray, source_T: np.ndarray,
+              capacity_G: np.ndarray, num_experts: int) -> np.ndarray:
+        """Keep mask: per (step, layer, source, expert), the first ``C`` by (choice, token)."""
+        n, layers, tokens, top_k = expert_ids_NLTK.shape
+        gpus = capacity_G.size
+        ids_NLX = expert_ids_NLTK.reshape(n, layers, tokens * top_k).astype(np.int64)
+        risky_NLTK = np.take_along_axis(risky_NLE, ids_NLX, axis=2).reshape(expert_ids_NLTK.shape)
+        where = np.flatnonzero(risky_NLTK)
+        step_layer, t, k = np.unravel_index(where, (n * layers, tokens, top_k))
+        source = source_T[t]
+        expert = ids_NLX.reshape(-1)[where]
+        group = (step_layer * gpus + source) * num_experts + expert
+        order = np.lexsort((t, k, group))
+        sorted_group = group[order]
+        starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+        first = np.repeat(starts, np.diff(np.r_[starts, sorted_group.size]))
+        position = np.arange(sorted_group.size) - first
+        kept = np.ones(expert_ids_NLTK.size, dtype=bool)
+        kept[where[order]] = position < capacity_G[source[order]]
+        return kept.reshape(expert_ids_NLTK.shape)
+
+
+@GATING.register("dynamic")
+class DynamicGating:
+    """Exact counts: a count exchange, then variable-size all-to-alls (Huang et al. §V)."""
+
+    class Params(PolicyParams):
+        name: Literal["dynamic"] = "dynamic"
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    def gate(self, expert_ids_NLTK: np.ndarray, source_T: np.ndarray, gpus: int,
+             num_experts: int) -> GatingOutcome:
+        counts_NLE = expert_counts(expert_ids_NLTK, num_experts)
+        return GatingOutcome(counts_NLE, counts_NLE, None, None)
+

@@ -1,0 +1,129 @@
+"""Durations of a chunk of steps: the lock-step composition of local work and collectives.
+
+Shapes: ``N`` steps, ``L`` MoE layers, ``G`` GPUs, ``E`` experts, ``K`` link kinds. An MoE
+layer runs: local work (attention, dense FFNs, router) → [count exchange] → dispatch
+all-to-all → experts → combine all-to-all. Each collective starts when its last participant
+arrives, so a step lasts ``sum_l (max_g pre + count + dispatch + max_g expert + combine)``
+plus the slowest GPU's work after the last MoE layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.config import Scenario
+from moesim.hardware import DeviceCosts, Topology
+from moesim.metrics import PHASES
+from moesim.policies import GatingOutcome, PlacementPlan
+from moesim.sim.layer_costs import ffn_time
+from moesim.sim.local_work import LocalWork
+from moesim.sim.memory import activation_bytes
+from moesim.sim.traffic import alltoall_time, count_exchange_bytes, routed_tokens, static_tokens
+
+__all__ = ["ChunkTiming", "time_chunk"]
+
+
+@dataclass(frozen=True)
+class ChunkTiming:
+    """Per step and MoE layer: collective and expert durations; per step: totals and counts."""
+
+    count_NL: np.ndarray
+    dispatch_NL: np.ndarray
+    combine_NL: np.ndarray
+    expert_NLG: np.ndarray
+    latency_N: np.ndarray
+    breakdown_NP: np.ndarray
+    processed_N: np.ndarray
+    padded_N: np.ndarray
+    alltoall_bytes_N: np.ndarray
+    load_imbalance_N: np.ndarray
+    activation_NG: np.ndarray
+
+
+def _imbalance(tokens_NLG: np.ndarray) -> np.ndarray:
+    """Mean over layers of max/mean expert tokens per GPU; NaN where no layer has any."""
+    mean_NL = tokens_NLG.mean(axis=-1)
+    ratio_NL = np.divide(tokens_NLG.max(axis=-1), mean_NL, out=np.full(mean_NL.shape, np.nan),
+                         where=mean_NL > 0)
+    counted = (~np.isnan(ratio_NL)).sum(axis=-1)
+    total = np.nansum(ratio_NL, axis=-1)
+    return np.divide(total, counted, out=np.full(total.shape, np.nan), where=counted > 0)
+
+
+def time_chunk(scenario: Scenario, costs: DeviceCosts, topology: Topology, plan: PlacementPlan,
+               local: LocalWork, expert_ids_NLTK: np.ndarray, outcome: GatingOutcome,
+               tokens_G: np.ndarray, source_T: np.ndarray) -> ChunkTiming:
+    model = scenario.model
+    n, layers, tokens, top_k = expert_ids_NLTK.shape
+    row_bytes = model.d_model * model.dtype_bytes
+
+    expert_NLE = ffn_time(model, costs, outcome.slots_NLE, model.d_ffn)
+    expert_NLG = plan.per_gpu_sum(expert_NLE) + local.shared_G
+    tokens_NLG = plan.per_gpu_sum(outcome.tokens_NLE)
+    slots_NLG = plan.per_gpu_sum(outcome.slots_NLE)
+    largest_NLG = plan.per_gpu_max(outcome.slots_NLE)
+
+    if outcome.capacity_G is not None:
+        egress, ingress = static_tokens(outcome.capacity_G, plan, topology)
+        egress, ingress = egress[None], ingress[None]
+    else:
+        egress, ingress = routed_tokens(expert_ids_NLTK, outcome.kept_NLTK, source_T, plan, topology)
+    dispatch_NL = np.broadcast_to(
+        alltoall_time(egress * row_bytes, ingress * row_bytes, topology, costs.launch_overhead_s),
+        (n, layers),
+    )
+    combine_NL = dispatch_NL  # the same rows travel back over full-duplex ports
+    remote_bytes_N = np.broadcast_to(egress[..., 1:].sum(axis=(1, 2, 3)), (n,)) * row_bytes
+    alltoall_bytes_N = 2.0 * remote_bytes_N
+    count_NL = np.zeros((n, layers))
+    if outcome.count_exchange and layers:
+        count_egress, count_ingress = count_exchange_bytes(plan, topology)
+        count_NL = count_NL + alltoall_time(count_egress, count_ingress, topology,
+                                            costs.launch_overhead_s)
+        alltoall_bytes_N = alltoall_bytes_N + count_egress[..., 1:].sum()
+
+    pre_LG = local.pre_LG
+    critical_L = pre_LG.argmax(axis=1) if layers else np.zeros(0, dtype=np.int64)
+    expert_max_NL = expert_NLG.max(axis=-1) if layers else np.zeros((n, 0))
+    tail_G = local.tail_G
+    tail_gpu = int(tail_G.argmax())
+    collectives_N = (count_NL + dispatch_NL + combine_NL).sum(axis=1)
+
+    breakdown_NP = np.zeros((n, len(PHASES)))
+    column = {name: i for i, name in enumerate(PHASES)}
+    layer_ids = np.arange(layers)
+    breakdown_NP[:, column["attention"]] = (
+        local.pre_attention_LG[layer_ids, critical_L].sum()
+        + local.tail_blocks * local.attention_G[tail_gpu]
+    )
+    breakdown_NP[:, column["dense_ffn"]] = (
+        local.pre_dense_LG[layer_ids, critical_L].sum()
+        + local.tail_dense * local.dense_G[tail_gpu]
+    )
+    breakdown_NP[:, column["gate"]] = local.gate_G[critical_L].sum()
+    breakdown_NP[:, column["alltoall"]] = collectives_N
+    breakdown_NP[:, column["expert"]] = expert_max_NL.sum(axis=1)
+    breakdown_NP[:, column["other"]] = local.lm_head_G[tail_gpu]
+    latency_N = breakdown_NP.sum(axis=1)
+
+    sent_NLG = egress.sum(axis=-1)
+    received_NLG = slots_NLG
+    if layers:
+        activation_NG = activation_bytes(
+            scenario, tokens_G, sent_NLG, received_NLG, largest_NLG,
+            outcome.capacity_G, outcome.einsum_dispatch,
+        ).max(axis=1)
+        activation_NG = np.broadcast_to(activation_NG, (n, tokens_G.size))
+    else:
+        activation_NG = np.zeros((n, tokens_G.size))
+
+    return ChunkTiming(
+        count_NL=count_NL, dispatch_NL=dispatch_NL, combine_NL=combine_NL,
+        expert_NLG=expert_NLG, latency_N=latency_N, breakdown_NP=breakdown_NP,
+        processed_N=outcome.tokens_NLE.sum(axis=(1, 2)),
+        padded_N=(outcome.slots_NLE - outcome.tokens_NLE).sum(axis=(1, 2)),
+        alltoall_bytes_N=alltoall_bytes_N, load_imbalance_N=_imbalance(tokens_NLG),
+        activation_NG=activation_NG,
+    )

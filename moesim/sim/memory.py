@@ -1,0 +1,70 @@
+"""Bytes on each GPU: weights, KV cache and the transient activations of a step.
+
+Weights: every GPU holds the non-expert parameters (data-parallel attention and dense FFNs,
+embeddings, routers, shared experts) and its local experts of every MoE layer. KV cache: in
+decode, each local sequence's K/V over ``seq_len`` positions in every attention block (self and,
+for an encoder-decoder, cross); in prefill, the prompt's own K/V (the encoder's output for an
+encoder's prefill). Activations of an MoE layer: hidden and residual streams, router scores,
+the dense ``S x E x C`` combine weights (fp32) and dispatch mask (bool) of einsum gating, the
+send and receive buffers, and the largest local expert's FFN intermediate and output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moesim.config import Scenario
+from moesim.policies import PlacementPlan
+
+__all__ = ["activation_bytes", "dense_activation_bytes", "kv_cache_bytes", "weights_bytes"]
+
+MASK_BYTES = 4 + 1  # fp32 combine weights and a bool dispatch mask per (token, expert, slot)
+SCORE_BYTES = 4
+
+
+def weights_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:
+    """``weights_G``; MoE layers outside the plan's stack are placed contiguously."""
+    model = scenario.model
+    gpus = plan.gpus
+    planned_G = plan.experts_per_gpu_LG.sum(axis=0)
+    others = model.total_moe_layers - plan.owner_LE.shape[0]
+    contiguous_G = np.bincount(np.arange(model.num_experts) * gpus // max(model.num_experts, 1),
+                               minlength=gpus)
+    experts_G = planned_G + others * contiguous_G
+    return (model.non_expert_params + experts_G * model.expert_params) * float(model.dtype_bytes)
+
+
+def kv_cache_bytes(scenario: Scenario, tokens_G: np.ndarray) -> np.ndarray:
+    """``kv_G`` for the phase (see the module docstring)."""
+    model, workload = scenario.model, scenario.workload
+    ab = model.dtype_bytes
+    if workload.phase == "prefill":
+        if scenario.stack() == "encoder":
+            return (tokens_G * model.d_model * ab).astype(np.float64)
+        return (tokens_G * model.kv_width * ab * model.layers).astype(np.float64)
+    blocks = model.layers if model.architecture == "decoder" else 2 * (model.decoder_layers or 0)
+    return (tokens_G * workload.seq_len * model.kv_width * ab * blocks).astype(np.float64)
+
+
+def activation_bytes(scenario: Scenario, tokens_G: np.ndarray, sent_XG: np.ndarray,
+                     received_XG: np.ndarray, largest_expert_XG: np.ndarray,
+                     capacity_G: np.ndarray | None, einsum: bool) -> np.ndarray:
+    """Transient bytes of an MoE layer on each GPU, for any leading shape ``X``."""
+    model = scenario.model
+    ab, d = model.dtype_bytes, model.d_model
+    hidden = (model.ffn_matrices - 1) * model.d_ffn
+    streams = 2 * tokens_G * d * ab
+    scores = tokens_G * model.num_experts * SCORE_BYTES
+    masks = tokens_G * model.num_experts * capacity_G * MASK_BYTES if einsum else 0
+    buffers = (sent_XG + 2 * received_XG) * d * ab + largest_expert_XG * hidden * ab
+    return (streams + scores + masks + buffers).astype(np.float64)
+
+
+def dense_activation_bytes(scenario: Scenario, tokens_G: np.ndarray) -> np.ndarray:
+    """Transient bytes of an attention block or a dense FFN (whichever is larger) per GPU."""
+    model = scenario.model
+    ab = model.dtype_bytes
+    streams = 2 * tokens_G * model.d_model * ab
+    attention = tokens_G * (model.q_dim + model.kv_width) * ab
+    ffn = tokens_G * (model.ffn_matrices - 1) * (model.dense_d_ffn or model.d_ffn) * ab
+    return (streams + np.maximum(attention, ffn)).astype(np.float64)

@@ -1,0 +1,65 @@
+"""Spans of the traced steps: what each GPU's compute and comm streams do, and when.
+
+Within a step, MoE layer ``l`` starts when the previous combine ends: each GPU's compute
+stream runs its attention/dense/router work, waits for the slowest GPU, the comm stream runs
+the count exchange, dispatch and combine, and the compute stream runs the GPU's experts in
+between. Work after the last MoE layer (dense tail, LM head) follows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moesim.metrics import SpanRecords
+from moesim.sim.chunk import ChunkTiming
+from moesim.sim.local_work import LocalWork
+
+__all__ = ["step_spans"]
+
+
+def step_spans(step: int, start_s: float, index: int, local: LocalWork,
+               timing: ChunkTiming) -> SpanRecords:
+    """Spans of step ``step`` (row ``index`` of ``timing``), starting at ``start_s``."""
+    rows: list[tuple[int, str, str, int, float, float]] = []
+    gpus = local.attention_G.size
+    pre_attention, pre_dense = local.pre_attention_LG, local.pre_dense_LG
+    clock = start_s
+    for layer in range(pre_attention.shape[0]):
+        for gpu in range(gpus):
+            t = clock
+            for name, seconds in (("attention", pre_attention[layer, gpu]),
+                                  ("dense_ffn", pre_dense[layer, gpu]),
+                                  ("gate", local.gate_G[gpu])):
+                if seconds > 0:
+                    rows.append((gpu, "compute", name, layer, t, seconds))
+                    t += seconds
+        clock += local.pre_LG[layer].max()
+        for name, seconds in (("count_exchange", timing.count_NL[index, layer]),
+                              ("dispatch", timing.dispatch_NL[index, layer])):
+            if seconds > 0:
+                rows += [(gpu, "comm", name, layer, clock, seconds) for gpu in range(gpus)]
+                clock += seconds
+        expert_G = timing.expert_NLG[index, layer]
+        rows += [(gpu, "compute", "expert", layer, clock, expert_G[gpu])
+                 for gpu in range(gpus) if expert_G[gpu] > 0]
+        clock += expert_G.max()
+        combine = timing.combine_NL[index, layer]
+        if combine > 0:
+            rows += [(gpu, "comm", "combine", layer, clock, combine) for gpu in range(gpus)]
+            clock += combine
+    for gpu in range(gpus):
+        t = clock
+        for name, seconds in (("attention", local.tail_blocks * local.attention_G[gpu]),
+                              ("dense_ffn", local.tail_dense * local.dense_G[gpu]),
+                              ("lm_head", local.lm_head_G[gpu])):
+            if seconds > 0:
+                rows.append((gpu, "compute", name, -1, t, seconds))
+                t += seconds
+    if not rows:
+        return SpanRecords.empty()
+    device, stream, name, layer, start, duration = zip(*rows, strict=True)
+    return SpanRecords(
+        device=np.array(device), stream=np.array(stream), name=np.array(name),
+        step=np.full(len(rows), step), layer=np.array(layer), start_s=np.array(start),
+        duration_s=np.array(duration),
+    )
