@@ -16,8 +16,9 @@ from moesim.sim.engine import StepCallback
 __all__ = ["load_scenario", "run", "write_outputs"]
 
 
-def run(scenario: Scenario, *, trace_steps: int = 0,
-        on_step: StepCallback | None = None) -> tuple[Result, RunRecords]:
+def run(
+    scenario: Scenario, *, trace_steps: int = 0, on_step: StepCallback | None = None
+) -> tuple[Result, RunRecords]:
     """Simulate ``scenario``; returns the ``Result`` and the records it was computed from."""
     records = simulate(scenario, trace_steps=trace_steps, on_step=on_step)
     return Result.from_records(records), records
@@ -37,9 +38,10 @@ def _write_json(path: Path, document: Any) -> None:
         raise
 
 
-def write_outputs(out_dir: str | Path, scenario: Scenario, result: Result,
-                  records: RunRecords | None = None) -> list[Path]:
-    """``result.json`` (with the resolved scenario), and ``trace.json`` when ``records`` has spans."""
+def write_outputs(
+    out_dir: str | Path, scenario: Scenario, result: Result, records: RunRecords | None = None
+) -> list[Path]:
+    """Write ``result.json`` (with the resolved scenario) and, given spans, ``trace.json``."""
     out = Path(out_dir)
     document = result.model_dump(mode="json")
     document["config"] = scenario.model_dump(mode="json")

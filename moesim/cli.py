@@ -29,13 +29,27 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="simulate a scenario and print its predicted metrics")
     run.add_argument("scenario", help="scenario YAML file")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a field by its dotted path, e.g. workload.batch_size=128")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field by its dotted path, e.g. workload.batch_size=128",
+    )
     run.add_argument("--out", metavar="DIR", help="write DIR/result.json")
-    run.add_argument("--chrome-trace", action="store_true",
-                     help="also write DIR/trace.json (Perfetto / chrome://tracing)")
-    run.add_argument("--trace-steps", type=int, default=3, metavar="N",
-                     help="steps in the Chrome trace (default 3)")
+    run.add_argument(
+        "--chrome-trace",
+        action="store_true",
+        help="also write DIR/trace.json (Perfetto / chrome://tracing)",
+    )
+    run.add_argument(
+        "--trace-steps",
+        type=int,
+        default=3,
+        metavar="N",
+        help="steps in the Chrome trace (default 3)",
+    )
     run.add_argument("--json", action="store_true", help="print result.json to stdout")
     return parser
 
@@ -49,8 +63,10 @@ def _summary(console: Console, scenario: Scenario, result: Result) -> None:
     )
     console.print(f"throughput  {result.throughput_tokens_per_s:,.0f} tokens/s")
     lat = result.latency_s
-    console.print(f"latency     mean {lat.mean * 1e3:.3f} ms  p50 {lat.p50 * 1e3:.3f} ms  "
-                  f"p99 {lat.p99 * 1e3:.3f} ms per step")
+    console.print(
+        f"latency     mean {lat.mean * 1e3:.3f} ms  p50 {lat.p50 * 1e3:.3f} ms  "
+        f"p99 {lat.p99 * 1e3:.3f} ms per step"
+    )
     table = Table(title="time breakdown (critical path)", title_justify="left")
     table.add_column("phase")
     table.add_column("seconds", justify="right")
@@ -70,14 +86,20 @@ def _summary(console: Console, scenario: Scenario, result: Result) -> None:
     if memory.out_of_memory:
         console.print("[bold red]out of memory[/]: the peak exceeds the device's capacity")
     tokens = result.tokens
-    console.print(f"tokens      routed {tokens.routed:,}  processed {tokens.processed:,}  "
-                  f"dropped {tokens.dropped:,}  padded {tokens.padded:,} (token-expert slots)")
+    console.print(
+        f"tokens      routed {tokens.routed:,}  processed {tokens.processed:,}  "
+        f"dropped {tokens.dropped:,}  padded {tokens.padded:,} (token-expert slots)"
+    )
     imbalance = "n/a" if result.load_imbalance is None else f"{result.load_imbalance:.2f}"
-    console.print(f"all-to-all  {result.alltoall_bytes / 1e9:.3f} GB moved; "
-                  f"load imbalance (max/mean) {imbalance}")
+    console.print(
+        f"all-to-all  {result.alltoall_bytes / 1e9:.3f} GB moved; "
+        f"load imbalance (max/mean) {imbalance}"
+    )
     speed = result.simulated_seconds / result.wall_seconds if result.wall_seconds else 0.0
-    console.print(f"simulated {result.simulated_seconds:.3f} s in {result.wall_seconds:.2f} s "
-                  f"wall ({speed:,.0f}x real time, {result.events} events)")
+    console.print(
+        f"simulated {result.simulated_seconds:.3f} s in {result.wall_seconds:.2f} s "
+        f"wall ({speed:,.0f}x real time, {result.events} events)"
+    )
 
 
 def _run(args: argparse.Namespace, console: Console) -> None:
@@ -85,12 +107,19 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     trace_steps = args.trace_steps if args.chrome_trace else 0
     if args.chrome_trace and not args.out:
         raise MoesimError("--chrome-trace needs --out DIR")
-    with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-                  disable=not sys.stderr.isatty()) as progress:
+    with Progress(
+        TextColumn("simulating"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as progress:
         task = progress.add_task("steps", total=scenario.workload.steps)
         result, records = api.run(
-            scenario, trace_steps=trace_steps,
+            scenario,
+            trace_steps=trace_steps,
             on_step=lambda done, _total: progress.update(task, completed=done),
         )
     if args.json:

@@ -79,7 +79,9 @@ def find_file(kind: str, name: str, near: Path | None) -> Path | None:
 
 
 def _available(kind: str) -> str:
-    names = {path.stem for folder in _BUILTIN[kind] if folder.is_dir() for path in folder.glob("*.yaml")}
+    names = {
+        path.stem for folder in _BUILTIN[kind] if folder.is_dir() for path in folder.glob("*.yaml")
+    }
     return ", ".join(sorted(names)) or "none"
 
 
@@ -110,7 +112,9 @@ def _validate(cls: type[BaseModel], data: Any, file: str, prefix: str = "") -> A
         return cls.model_validate(data)
     except ValidationError as error:
         field, message = _format(error)
-        raise ConfigError(file, ".".join(p for p in (prefix, field) if p) or None, message) from None
+        raise ConfigError(
+            file, ".".join(p for p in (prefix, field) if p) or None, message
+        ) from None
 
 
 def load_model_card(path: Path) -> ModelSpec:
@@ -176,7 +180,9 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     data["model"] = _resolve("model", data.get("model"), near, sources, "model")
     cluster = data.get("cluster")
     if isinstance(cluster, dict):
-        cluster["device"] = _resolve("device", cluster.get("device"), near, sources, "cluster.device")
+        cluster["device"] = _resolve(
+            "device", cluster.get("device"), near, sources, "cluster.device"
+        )
     for key, value in pending:
         _apply(data, key, value)
     routing = (data.get("workload") or {}).get("routing")

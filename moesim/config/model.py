@@ -129,7 +129,7 @@ class ModelSpec(Frozen):
 
     @property
     def non_expert_params(self) -> int:
-        """Parameters every GPU holds: embeddings, attention, dense FFNs, routers, shared experts."""
+        """Parameters on every GPU: embeddings, attention, dense FFNs, routers, shared experts."""
         stacks = self.stacks()
         attention_blocks = self.layers + (stacks["decoder"] if "encoder" in stacks else 0)
         moe = self.total_moe_layers
@@ -144,4 +144,6 @@ class ModelSpec(Frozen):
 
     @property
     def total_params(self) -> int:
-        return self.non_expert_params + self.total_moe_layers * self.num_experts * self.expert_params
+        return (
+            self.non_expert_params + self.total_moe_layers * self.num_experts * self.expert_params
+        )

@@ -33,8 +33,12 @@ class DeviceCosts:
             launch_overhead_s=compute.launch_overhead,
         )
 
-    def op_time(self, flops: np.ndarray | float, bytes_moved: np.ndarray | float,
-                launches: np.ndarray | float = 1) -> np.ndarray:
+    def op_time(
+        self,
+        flops: np.ndarray | float,
+        bytes_moved: np.ndarray | float,
+        launches: np.ndarray | float = 1,
+    ) -> np.ndarray:
         """Seconds for kernels doing ``flops`` and moving ``bytes_moved`` (element-wise)."""
         return launches * self.launch_overhead_s + np.maximum(
             np.divide(flops, self.flops_per_s), np.divide(bytes_moved, self.hbm_bytes_per_s)

@@ -9,6 +9,7 @@ least latency; its kind is the kind of the path's first hop.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import networkx as nx
@@ -70,7 +71,7 @@ def build_topology(cluster: ClusterSpec) -> Topology:
             kind = graph.edges[path[0], path[1]]["kind"]
             kind_GG[source[1], target[1]] = KINDS.index(kind) if kind in KINDS else 0
             latency_GG[source[1], target[1]] = sum(
-                graph.edges[a, b]["latency"] for a, b in zip(path, path[1:], strict=False)
+                graph.edges[a, b]["latency"] for a, b in itertools.pairwise(path)
             )
     used = {"nvlink": links.nvlink, "network": links.network}
     return Topology(graph, kind_GG, latency_GG, {k: v for k, v in used.items() if v is not None})

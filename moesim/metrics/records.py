@@ -38,8 +38,9 @@ class StepRecords:
     @staticmethod
     def concat(parts: list[StepRecords]) -> StepRecords:
         names = StepRecords.__dataclass_fields__
-        return StepRecords(**{name: np.concatenate([getattr(p, name) for p in parts])
-                              for name in names})
+        return StepRecords(
+            **{name: np.concatenate([getattr(p, name) for p in parts]) for name in names}
+        )
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,9 @@ class SpanRecords:
         if not parts:
             return SpanRecords.empty()
         names = SpanRecords.__dataclass_fields__
-        return SpanRecords(**{name: np.concatenate([getattr(p, name) for p in parts])
-                              for name in names})
+        return SpanRecords(
+            **{name: np.concatenate([getattr(p, name) for p in parts]) for name in names}
+        )
 
 
 @dataclass(frozen=True)

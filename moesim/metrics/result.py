@@ -1,4 +1,4 @@
-"""``Result``: the summary of a run, a pure function of its records; one schema for sim and reference.
+"""``Result``: a run's summary, a pure function of its records; one schema for sim and reference.
 
 Token counts are token-expert assignments summed over MoE layers and steps: ``routed`` =
 ``processed`` + ``dropped``; ``padded`` are empty slots computed under static gating.

@@ -16,21 +16,31 @@ def chrome_trace(spans: SpanRecords, title: str = "moesim") -> dict[str, Any]:
     """The ``{"traceEvents": [...]}`` document for ``spans``."""
     events: list[dict[str, Any]] = []
     for gpu in sorted({int(d) for d in spans.device}):
-        events.append({"ph": "M", "name": "process_name", "pid": gpu, "tid": 0,
-                       "args": {"name": f"GPU {gpu}"}})
+        events.append(
+            {
+                "ph": "M",
+                "name": "process_name",
+                "pid": gpu,
+                "tid": 0,
+                "args": {"name": f"GPU {gpu}"},
+            }
+        )
         for tid, stream in enumerate(STREAMS):
-            events.append({"ph": "M", "name": "thread_name", "pid": gpu, "tid": tid,
-                           "args": {"name": stream}})
+            events.append(
+                {"ph": "M", "name": "thread_name", "pid": gpu, "tid": tid, "args": {"name": stream}}
+            )
     for i in range(spans.device.size):
         layer = int(spans.layer[i])
-        events.append({
-            "ph": "X",
-            "name": str(spans.name[i]),
-            "cat": str(spans.stream[i]),
-            "pid": int(spans.device[i]),
-            "tid": STREAMS.index(str(spans.stream[i])),
-            "ts": float(spans.start_s[i]) * 1e6,
-            "dur": float(spans.duration_s[i]) * 1e6,
-            "args": {"step": int(spans.step[i]), "moe_layer": layer if layer >= 0 else None},
-        })
+        events.append(
+            {
+                "ph": "X",
+                "name": str(spans.name[i]),
+                "cat": str(spans.stream[i]),
+                "pid": int(spans.device[i]),
+                "tid": STREAMS.index(str(spans.stream[i])),
+                "ts": float(spans.start_s[i]) * 1e6,
+                "dur": float(spans.duration_s[i]) * 1e6,
+                "args": {"step": int(spans.step[i]), "moe_layer": layer if layer >= 0 else None},
+            }
+        )
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"title": title}}

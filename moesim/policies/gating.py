@@ -28,14 +28,13 @@ class GatingOutcome:
     """What the experts compute for a chunk of steps.
 
     ``tokens_NLE``: assignments each expert processes; ``slots_NLE``: rows it computes (padding
-    included); ``kept_NLTK``: which assignments survive (None: all); ``capacity_G``: slots per
-    expert each source GPU sends under static gating (None: variable-size, dynamic);
+    included); ``capacity_G``: slots per expert each source GPU sends under static gating
+    (None: variable-size rows, exchanged after a count all-to-all, and nothing dropped);
     ``einsum_dispatch``: dispatch/combine are dense ``S x E x C`` tensors (GShard/fairseq style).
     """
 
     tokens_NLE: np.ndarray
     slots_NLE: np.ndarray
-    kept_NLTK: np.ndarray | None
     capacity_G: np.ndarray | None
     einsum_dispatch: bool = False
 
@@ -44,18 +43,26 @@ class GatingOutcome:
         return self.capacity_G is None
 
 
-def expert_counts(expert_ids_NLTK: np.ndarray, num_experts: int,
-                  mask_NLTK: np.ndarray | None = None) -> np.ndarray:
+def expert_counts(
+    expert_ids_NLTK: np.ndarray, num_experts: int, mask_NLTK: np.ndarray | None = None
+) -> np.ndarray:
     """``counts_NLE``: assignments to each expert (only where ``mask_NLTK`` when given)."""
     n, layers, _, _ = expert_ids_NLTK.shape
-    offsets_NL = (np.arange(n * layers, dtype=np.int64) * num_experts).reshape(n, layers, 1, 1)
+    index = np.int32 if n * layers * num_experts < np.iinfo(np.int32).max else np.int64
+    offsets_NL = (np.arange(n * layers, dtype=index) * num_experts).reshape(n, layers, 1, 1)
     keys = expert_ids_NLTK + offsets_NL
     keys = keys[mask_NLTK] if mask_NLTK is not None else keys.ravel()
     return np.bincount(keys, minlength=n * layers * num_experts).reshape(n, layers, num_experts)
 
 
-def static_capacity(formula: str, capacity_factor: float, min_capacity: int, tokens_G: np.ndarray,
-                    num_experts: int, top_k: int) -> np.ndarray:
+def static_capacity(
+    formula: str,
+    capacity_factor: float,
+    min_capacity: int,
+    tokens_G: np.ndarray,
+    num_experts: int,
+    top_k: int,
+) -> np.ndarray:
     """``C_G``: slots per expert that each source GPU with ``tokens_G`` tokens sends."""
     tokens = tokens_G.astype(np.float64)
     if formula == "gshard":
@@ -83,47 +90,58 @@ class StaticGating:
     def __init__(self, params: Params) -> None:
         self.params = params
 
-    def gate(self, expert_ids_NLTK: np.ndarray, source_T: np.ndarray, gpus: int,
-             num_experts: int) -> GatingOutcome:
-        n, layers, tokens, top_k = expert_ids_NLTK.shape
-        tokens_G = np.bincount(source_T, minlength=gpus)
+    def capacity(self, tokens_G: np.ndarray, num_experts: int, top_k: int) -> np.ndarray:
+        """``C_G`` for source GPUs holding ``tokens_G`` tokens."""
         p = self.params
-        capacity_G = static_capacity(
+        return static_capacity(
             p.formula, p.capacity_factor, p.min_capacity, tokens_G, num_experts, top_k
         )
+
+    def gate(
+        self, expert_ids_NLTK: np.ndarray, source_T: np.ndarray, gpus: int, num_experts: int
+    ) -> GatingOutcome:
+        n, layers, _, top_k = expert_ids_NLTK.shape
+        capacity_G = self.capacity(np.bincount(source_T, minlength=gpus), num_experts, top_k)
         counts_NLE = expert_counts(expert_ids_NLTK, num_experts)
-        # A (step, layer, expert) can drop only if its total load exceeds the smallest capacity.
-        risky_NLE = counts_NLE > capacity_G.min(initial=0)
-        kept_NLTK = None
         tokens_NLE = counts_NLE
-        if risky_NLE.any():
-            kept_NLTK = self._kept(expert_ids_NLTK, risky_NLE, source_T, capacity_G, num_experts)
-            tokens_NLE = expert_counts(expert_ids_NLTK, num_experts, kept_NLTK)
+        # A (step, layer, expert) can drop only if its total load exceeds the smallest capacity;
+        # for those cells, count per source GPU and keep min(count, C_g).
+        risky = np.flatnonzero(counts_NLE.ravel() > capacity_G.min(initial=0))
+        if risky.size:
+            cell_id = np.full(counts_NLE.size, -1, dtype=np.int64)
+            cell_id[risky] = np.arange(risky.size)
+            step_layer = np.arange(n * layers).reshape(n, layers, 1, 1) * num_experts
+            cell_NLTK = cell_id[expert_ids_NLTK + step_layer]
+            source_NLTK = np.broadcast_to(source_T[None, None, :, None], cell_NLTK.shape)
+            chosen = cell_NLTK >= 0
+            key = cell_NLTK[chosen] * gpus + source_NLTK[chosen]
+            per_source_RG = np.bincount(key, minlength=risky.size * gpus).reshape(-1, gpus)
+            tokens_NLE = counts_NLE.copy()
+            tokens_NLE.ravel()[risky] = np.minimum(per_source_RG, capacity_G).sum(axis=1)
         slots_NLE = np.full((n, layers, num_experts), capacity_G.sum(), dtype=np.int64)
         return GatingOutcome(
-            tokens_NLE, slots_NLE, kept_NLTK, capacity_G, einsum_dispatch=p.dispatch == "einsum"
+            tokens_NLE, slots_NLE, capacity_G, einsum_dispatch=self.params.dispatch == "einsum"
         )
 
-    @staticmethod
-    def _kept(expert_ids_NLTK: np.ndarray, risky_NLE: np.ndarray, source_T: np.ndarray,
-              capacity_G: np.ndarray, num_experts: int) -> np.ndarray:
-        """Keep mask: per (step, layer, source, expert), the first ``C`` by (choice, token)."""
+    def kept(
+        self, expert_ids_NLTK: np.ndarray, source_T: np.ndarray, gpus: int, num_experts: int
+    ) -> np.ndarray:
+        """``kept_NLTK``: which assignments get a slot. Per (step, layer, source, expert) the
+        first ``C`` by choice, then token order (fairseq's ``top2gating``); a sort, so meant
+        for the reference executor and tests rather than the simulator's hot path."""
         n, layers, tokens, top_k = expert_ids_NLTK.shape
-        gpus = capacity_G.size
-        ids_NLX = expert_ids_NLTK.reshape(n, layers, tokens * top_k).astype(np.int64)
-        risky_NLTK = np.take_along_axis(risky_NLE, ids_NLX, axis=2).reshape(expert_ids_NLTK.shape)
-        where = np.flatnonzero(risky_NLTK)
-        step_layer, t, k = np.unravel_index(where, (n * layers, tokens, top_k))
+        capacity_G = self.capacity(np.bincount(source_T, minlength=gpus), num_experts, top_k)
+        step_layer, t, k = np.unravel_index(
+            np.arange(expert_ids_NLTK.size), (n * layers, tokens, top_k)
+        )
         source = source_T[t]
-        expert = ids_NLX.reshape(-1)[where]
-        group = (step_layer * gpus + source) * num_experts + expert
+        group = (step_layer * gpus + source) * num_experts + expert_ids_NLTK.ravel()
         order = np.lexsort((t, k, group))
         sorted_group = group[order]
         starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
         first = np.repeat(starts, np.diff(np.r_[starts, sorted_group.size]))
-        position = np.arange(sorted_group.size) - first
-        kept = np.ones(expert_ids_NLTK.size, dtype=bool)
-        kept[where[order]] = position < capacity_G[source[order]]
+        kept = np.empty(expert_ids_NLTK.size, dtype=bool)
+        kept[order] = np.arange(sorted_group.size) - first < capacity_G[source[order]]
         return kept.reshape(expert_ids_NLTK.shape)
 
 
@@ -137,8 +155,8 @@ class DynamicGating:
     def __init__(self, params: Params) -> None:
         self.params = params
 
-    def gate(self, expert_ids_NLTK: np.ndarray, source_T: np.ndarray, gpus: int,
-             num_experts: int) -> GatingOutcome:
+    def gate(
+        self, expert_ids_NLTK: np.ndarray, source_T: np.ndarray, gpus: int, num_experts: int
+    ) -> GatingOutcome:
         counts_NLE = expert_counts(expert_ids_NLTK, num_experts)
-        return GatingOutcome(counts_NLE, counts_NLE, None, None)
-
+        return GatingOutcome(counts_NLE, counts_NLE, None)

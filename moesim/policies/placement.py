@@ -30,7 +30,7 @@ class PlacementPlan:
     @cached_property
     def _blocked(self) -> bool:
         """Every GPU holds the same number of experts, in ascending id order (contiguous)."""
-        layers, experts = self.owner_LE.shape
+        _layers, experts = self.owner_LE.shape
         if experts % self.gpus:
             return False
         block = np.repeat(np.arange(self.gpus), experts // self.gpus)
@@ -41,9 +41,10 @@ class PlacementPlan:
         n, layers, experts = values_NLE.shape
         if self._blocked:
             return values_NLE.reshape(n, layers, self.gpus, experts // self.gpus).sum(axis=-1)
-        keys = (np.arange(n * layers).reshape(n, layers, 1) * self.gpus + self.owner_LE[None])
-        summed = np.bincount(keys.ravel(), weights=values_NLE.ravel(),
-                             minlength=n * layers * self.gpus)
+        keys = np.arange(n * layers).reshape(n, layers, 1) * self.gpus + self.owner_LE[None]
+        summed = np.bincount(
+            keys.ravel(), weights=values_NLE.ravel(), minlength=n * layers * self.gpus
+        )
         return summed.reshape(n, layers, self.gpus).astype(values_NLE.dtype)
 
     def per_gpu_max(self, values_NLE: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ from moesim.config import Scenario
 from moesim.hardware import DeviceCosts, Topology
 from moesim.metrics import PHASES
 from moesim.policies import GatingOutcome, PlacementPlan
-from moesim.sim.layer_costs import ffn_time
 from moesim.sim.local_work import LocalWork
 from moesim.sim.memory import activation_bytes
 from moesim.sim.traffic import alltoall_time, count_exchange_bytes, routed_tokens, static_tokens
@@ -45,31 +44,41 @@ class ChunkTiming:
 def _imbalance(tokens_NLG: np.ndarray) -> np.ndarray:
     """Mean over layers of max/mean expert tokens per GPU; NaN where no layer has any."""
     mean_NL = tokens_NLG.mean(axis=-1)
-    ratio_NL = np.divide(tokens_NLG.max(axis=-1), mean_NL, out=np.full(mean_NL.shape, np.nan),
-                         where=mean_NL > 0)
+    ratio_NL = np.divide(
+        tokens_NLG.max(axis=-1), mean_NL, out=np.full(mean_NL.shape, np.nan), where=mean_NL > 0
+    )
     counted = (~np.isnan(ratio_NL)).sum(axis=-1)
     total = np.nansum(ratio_NL, axis=-1)
     return np.divide(total, counted, out=np.full(total.shape, np.nan), where=counted > 0)
 
 
-def time_chunk(scenario: Scenario, costs: DeviceCosts, topology: Topology, plan: PlacementPlan,
-               local: LocalWork, expert_ids_NLTK: np.ndarray, outcome: GatingOutcome,
-               tokens_G: np.ndarray, source_T: np.ndarray) -> ChunkTiming:
+def time_chunk(
+    scenario: Scenario,
+    costs: DeviceCosts,
+    topology: Topology,
+    plan: PlacementPlan,
+    local: LocalWork,
+    expert_ids_NLTK: np.ndarray,
+    outcome: GatingOutcome,
+    tokens_G: np.ndarray,
+    source_T: np.ndarray,
+) -> ChunkTiming:
     model = scenario.model
-    n, layers, tokens, top_k = expert_ids_NLTK.shape
+    n, layers, _tokens, _top_k = expert_ids_NLTK.shape
     row_bytes = model.d_model * model.dtype_bytes
 
-    expert_NLE = ffn_time(model, costs, outcome.slots_NLE, model.d_ffn)
+    expert_NLE = local.expert_time(outcome.slots_NLE)
     expert_NLG = plan.per_gpu_sum(expert_NLE) + local.shared_G
-    tokens_NLG = plan.per_gpu_sum(outcome.tokens_NLE)
+    padding = outcome.slots_NLE is not outcome.tokens_NLE
     slots_NLG = plan.per_gpu_sum(outcome.slots_NLE)
+    tokens_NLG = plan.per_gpu_sum(outcome.tokens_NLE) if padding else slots_NLG
     largest_NLG = plan.per_gpu_max(outcome.slots_NLE)
 
     if outcome.capacity_G is not None:
         egress, ingress = static_tokens(outcome.capacity_G, plan, topology)
         egress, ingress = egress[None], ingress[None]
     else:
-        egress, ingress = routed_tokens(expert_ids_NLTK, outcome.kept_NLTK, source_T, plan, topology)
+        egress, ingress = routed_tokens(expert_ids_NLTK, source_T, plan, topology)
     dispatch_NL = np.broadcast_to(
         alltoall_time(egress * row_bytes, ingress * row_bytes, topology, costs.launch_overhead_s),
         (n, layers),
@@ -80,8 +89,9 @@ def time_chunk(scenario: Scenario, costs: DeviceCosts, topology: Topology, plan:
     count_NL = np.zeros((n, layers))
     if outcome.count_exchange and layers:
         count_egress, count_ingress = count_exchange_bytes(plan, topology)
-        count_NL = count_NL + alltoall_time(count_egress, count_ingress, topology,
-                                            costs.launch_overhead_s)
+        count_NL = count_NL + alltoall_time(
+            count_egress, count_ingress, topology, costs.launch_overhead_s
+        )
         alltoall_bytes_N = alltoall_bytes_N + count_egress[..., 1:].sum()
 
     pre_LG = local.pre_LG
@@ -99,8 +109,7 @@ def time_chunk(scenario: Scenario, costs: DeviceCosts, topology: Topology, plan:
         + local.tail_blocks * local.attention_G[tail_gpu]
     )
     breakdown_NP[:, column["dense_ffn"]] = (
-        local.pre_dense_LG[layer_ids, critical_L].sum()
-        + local.tail_dense * local.dense_G[tail_gpu]
+        local.pre_dense_LG[layer_ids, critical_L].sum() + local.tail_dense * local.dense_G[tail_gpu]
     )
     breakdown_NP[:, column["gate"]] = local.gate_G[critical_L].sum()
     breakdown_NP[:, column["alltoall"]] = collectives_N
@@ -112,18 +121,28 @@ def time_chunk(scenario: Scenario, costs: DeviceCosts, topology: Topology, plan:
     received_NLG = slots_NLG
     if layers:
         activation_NG = activation_bytes(
-            scenario, tokens_G, sent_NLG, received_NLG, largest_NLG,
-            outcome.capacity_G, outcome.einsum_dispatch,
+            scenario,
+            tokens_G,
+            sent_NLG,
+            received_NLG,
+            largest_NLG,
+            outcome.capacity_G,
+            outcome.einsum_dispatch,
         ).max(axis=1)
         activation_NG = np.broadcast_to(activation_NG, (n, tokens_G.size))
     else:
         activation_NG = np.zeros((n, tokens_G.size))
 
     return ChunkTiming(
-        count_NL=count_NL, dispatch_NL=dispatch_NL, combine_NL=combine_NL,
-        expert_NLG=expert_NLG, latency_N=latency_N, breakdown_NP=breakdown_NP,
-        processed_N=outcome.tokens_NLE.sum(axis=(1, 2)),
-        padded_N=(outcome.slots_NLE - outcome.tokens_NLE).sum(axis=(1, 2)),
-        alltoall_bytes_N=alltoall_bytes_N, load_imbalance_N=_imbalance(tokens_NLG),
+        count_NL=count_NL,
+        dispatch_NL=dispatch_NL,
+        combine_NL=combine_NL,
+        expert_NLG=expert_NLG,
+        latency_N=latency_N,
+        breakdown_NP=breakdown_NP,
+        processed_N=tokens_NLG.sum(axis=(1, 2)),
+        padded_N=(slots_NLG - tokens_NLG).sum(axis=(1, 2)) if padding else np.zeros(n, np.int64),
+        alltoall_bytes_N=alltoall_bytes_N,
+        load_imbalance_N=_imbalance(tokens_NLG),
         activation_NG=activation_NG,
     )

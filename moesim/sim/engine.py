@@ -38,8 +38,9 @@ class _Collected:
     events: int = 0
 
 
-def simulate(scenario: Scenario, *, trace_steps: int = 0,
-             on_step: StepCallback | None = None) -> RunRecords:
+def simulate(
+    scenario: Scenario, *, trace_steps: int = 0, on_step: StepCallback | None = None
+) -> RunRecords:
     """Run ``scenario`` through the simulator; ``on_step(done, total)`` reports progress."""
     wall_start = time.perf_counter()
     model, cluster, workload = scenario.model, scenario.cluster, scenario.workload
@@ -60,10 +61,12 @@ def simulate(scenario: Scenario, *, trace_steps: int = 0,
             ids = chunk.expert_ids_NLTK
             outcome = gating.gate(ids, source_T, gpus, model.num_experts)
             if local is None:
-                local = local_work(scenario, costs, tokens_G, source_T, outcome.capacity_G,
-                                   outcome.einsum_dispatch)
-            timing = time_chunk(scenario, costs, topology, plan, local, ids, outcome,
-                                tokens_G, source_T)
+                local = local_work(
+                    scenario, costs, tokens_G, source_T, outcome.capacity_G, outcome.einsum_dispatch
+                )
+            timing = time_chunk(
+                scenario, costs, topology, plan, local, ids, outcome, tokens_G, source_T
+            )
             start_N = np.empty(chunk.steps)
             for index in range(chunk.steps):
                 step = chunk.first_step + index
@@ -75,16 +78,23 @@ def simulate(scenario: Scenario, *, trace_steps: int = 0,
                 if on_step is not None:
                     on_step(step + 1, workload.steps)
             routed = layers * workload.tokens_per_step * model.top_k
-            collected.steps.append(StepRecords(
-                start_s=start_N, latency_s=timing.latency_N,
-                tokens=np.full(chunk.steps, workload.tokens_per_step),
-                routed=np.full(chunk.steps, routed), processed=timing.processed_N,
-                dropped=routed - timing.processed_N, padded=timing.padded_N,
-                alltoall_bytes=timing.alltoall_bytes_N, load_imbalance=timing.load_imbalance_N,
-                breakdown_NP=timing.breakdown_NP,
-            ))
-            collected.activation_G = np.maximum(collected.activation_G,
-                                                timing.activation_NG.max(axis=0))
+            collected.steps.append(
+                StepRecords(
+                    start_s=start_N,
+                    latency_s=timing.latency_N,
+                    tokens=np.full(chunk.steps, workload.tokens_per_step),
+                    routed=np.full(chunk.steps, routed),
+                    processed=timing.processed_N,
+                    dropped=routed - timing.processed_N,
+                    padded=timing.padded_N,
+                    alltoall_bytes=timing.alltoall_bytes_N,
+                    load_imbalance=timing.load_imbalance_N,
+                    breakdown_NP=timing.breakdown_NP,
+                )
+            )
+            collected.activation_G = np.maximum(
+                collected.activation_G, timing.activation_NG.max(axis=0)
+            )
 
     env = simpy.Environment()
     env.process(run(env))
@@ -96,8 +106,14 @@ def simulate(scenario: Scenario, *, trace_steps: int = 0,
         activation_peak_bytes=collected.activation_G,
     )
     return RunRecords(
-        scenario=scenario.name, executor="sim", device=cluster.device.name, gpus=gpus,
-        phase=workload.phase, steps=StepRecords.concat(collected.steps), devices=devices,
-        spans=SpanRecords.concat(collected.spans), wall_seconds=time.perf_counter() - wall_start,
+        scenario=scenario.name,
+        executor="sim",
+        device=cluster.device.name,
+        gpus=gpus,
+        phase=workload.phase,
+        steps=StepRecords.concat(collected.steps),
+        devices=devices,
+        spans=SpanRecords.concat(collected.spans),
+        wall_seconds=time.perf_counter() - wall_start,
         events=collected.events,
     )

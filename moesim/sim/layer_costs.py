@@ -33,8 +33,9 @@ GATE_LAUNCHES = 8  # router GEMM, softmax, top-k, masks or sort, dispatch and co
 GATE_SCORE_BYTES = 4  # routers compute softmax in fp32 (fairseq, Megatron)
 
 
-def attention_time(model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray, context: float,
-                   decode: bool) -> np.ndarray:
+def attention_time(
+    model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray, context: float, decode: bool
+) -> np.ndarray:
     """One attention block for ``tokens`` tokens that each attend over ``context`` positions."""
     wb = ab = model.dtype_bytes
     params = model.attention_params_per_block
@@ -56,8 +57,13 @@ def ffn_time(model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray, d_ffn: in
     return np.where(busy, costs.op_time(2.0 * tokens * params, bytes_moved, launches), 0.0)
 
 
-def gate_time(model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray,
-              capacity: np.ndarray | None, einsum: bool) -> np.ndarray:
+def gate_time(
+    model: ModelSpec,
+    costs: DeviceCosts,
+    tokens: np.ndarray,
+    capacity: np.ndarray | None,
+    einsum: bool,
+) -> np.ndarray:
     """Router, top-k and reorder for ``tokens`` local tokens; ``capacity`` slots per expert."""
     d, e, k, ab = model.d_model, model.num_experts, model.top_k, model.dtype_bytes
     flops = 2.0 * tokens * d * e

@@ -32,6 +32,11 @@ class LocalWork:
     dense_L: np.ndarray
     tail_blocks: int
     tail_dense: int
+    expert_by_rows: np.ndarray
+
+    def expert_time(self, rows: np.ndarray) -> np.ndarray:
+        """Seconds of one expert's FFN over ``rows`` rows (a table lookup, any shape)."""
+        return self.expert_by_rows[rows]
 
     @property
     def pre_attention_LG(self) -> np.ndarray:
@@ -48,8 +53,7 @@ class LocalWork:
 
     @property
     def tail_G(self) -> np.ndarray:
-        return (self.tail_blocks * self.attention_G + self.tail_dense * self.dense_G
-                + self.lm_head_G)
+        return self.tail_blocks * self.attention_G + self.tail_dense * self.dense_G + self.lm_head_G
 
 
 def _layout(scenario: Scenario) -> tuple[np.ndarray, np.ndarray, int]:
@@ -77,8 +81,14 @@ def _lm_head_tokens(scenario: Scenario, tokens_G: np.ndarray, source_T: np.ndarr
     return np.bincount(source_T[last_T], minlength=tokens_G.size)
 
 
-def local_work(scenario: Scenario, costs: DeviceCosts, tokens_G: np.ndarray,
-               source_T: np.ndarray, capacity_G: np.ndarray | None, einsum: bool) -> LocalWork:
+def local_work(
+    scenario: Scenario,
+    costs: DeviceCosts,
+    tokens_G: np.ndarray,
+    source_T: np.ndarray,
+    capacity_G: np.ndarray | None,
+    einsum: bool,
+) -> LocalWork:
     model, workload = scenario.model, scenario.workload
     decode = workload.phase == "decode"
     encoder = scenario.stack() == "encoder"
@@ -88,12 +98,24 @@ def local_work(scenario: Scenario, costs: DeviceCosts, tokens_G: np.ndarray,
         attention_G = attention_G + attention_time(model, costs, tokens_G, workload.seq_len, True)
     dense_G = ffn_time(model, costs, tokens_G, model.dense_d_ffn or model.d_ffn)
     shared_G = model.shared_experts * ffn_time(model, costs, tokens_G, model.d_ffn)
-    gate_G = (gate_time(model, costs, tokens_G, capacity_G, einsum)
-              if model.moe_every else np.zeros_like(dense_G))
+    gate_G = (
+        gate_time(model, costs, tokens_G, capacity_G, einsum)
+        if model.moe_every
+        else np.zeros_like(dense_G)
+    )
     dense_L, ones_L, tail_dense = _layout(scenario)
     lm_G = lm_head_time(model, costs, _lm_head_tokens(scenario, tokens_G, source_T))
+    max_rows = max(int(tokens_G.sum()), int(capacity_G.sum()) if capacity_G is not None else 0)
+    expert_by_rows = ffn_time(model, costs, np.arange(max_rows + 1), model.d_ffn)
     return LocalWork(
-        attention_G=attention_G, dense_G=dense_G, shared_G=shared_G, gate_G=gate_G,
-        lm_head_G=lm_G, blocks_L=dense_L + ones_L, dense_L=dense_L,
-        tail_blocks=tail_dense, tail_dense=tail_dense,
+        attention_G=attention_G,
+        dense_G=dense_G,
+        shared_G=shared_G,
+        gate_G=gate_G,
+        lm_head_G=lm_G,
+        blocks_L=dense_L + ones_L,
+        dense_L=dense_L,
+        tail_blocks=tail_dense,
+        tail_dense=tail_dense,
+        expert_by_rows=expert_by_rows,
     )

@@ -28,8 +28,9 @@ def weights_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:
     gpus = plan.gpus
     planned_G = plan.experts_per_gpu_LG.sum(axis=0)
     others = model.total_moe_layers - plan.owner_LE.shape[0]
-    contiguous_G = np.bincount(np.arange(model.num_experts) * gpus // max(model.num_experts, 1),
-                               minlength=gpus)
+    contiguous_G = np.bincount(
+        np.arange(model.num_experts) * gpus // max(model.num_experts, 1), minlength=gpus
+    )
     experts_G = planned_G + others * contiguous_G
     return (model.non_expert_params + experts_G * model.expert_params) * float(model.dtype_bytes)
 
@@ -46,9 +47,15 @@ def kv_cache_bytes(scenario: Scenario, tokens_G: np.ndarray) -> np.ndarray:
     return (tokens_G * workload.seq_len * model.kv_width * ab * blocks).astype(np.float64)
 
 
-def activation_bytes(scenario: Scenario, tokens_G: np.ndarray, sent_XG: np.ndarray,
-                     received_XG: np.ndarray, largest_expert_XG: np.ndarray,
-                     capacity_G: np.ndarray | None, einsum: bool) -> np.ndarray:
+def activation_bytes(
+    scenario: Scenario,
+    tokens_G: np.ndarray,
+    sent_XG: np.ndarray,
+    received_XG: np.ndarray,
+    largest_expert_XG: np.ndarray,
+    capacity_G: np.ndarray | None,
+    einsum: bool,
+) -> np.ndarray:
     """Transient bytes of an MoE layer on each GPU, for any leading shape ``X``."""
     model = scenario.model
     ab, d = model.dtype_bytes, model.d_model

@@ -17,8 +17,9 @@ from moesim.sim.local_work import LocalWork
 __all__ = ["step_spans"]
 
 
-def step_spans(step: int, start_s: float, index: int, local: LocalWork,
-               timing: ChunkTiming) -> SpanRecords:
+def step_spans(
+    step: int, start_s: float, index: int, local: LocalWork, timing: ChunkTiming
+) -> SpanRecords:
     """Spans of step ``step`` (row ``index`` of ``timing``), starting at ``start_s``."""
     rows: list[tuple[int, str, str, int, float, float]] = []
     gpus = local.attention_G.size
@@ -27,21 +28,28 @@ def step_spans(step: int, start_s: float, index: int, local: LocalWork,
     for layer in range(pre_attention.shape[0]):
         for gpu in range(gpus):
             t = clock
-            for name, seconds in (("attention", pre_attention[layer, gpu]),
-                                  ("dense_ffn", pre_dense[layer, gpu]),
-                                  ("gate", local.gate_G[gpu])):
+            for name, seconds in (
+                ("attention", pre_attention[layer, gpu]),
+                ("dense_ffn", pre_dense[layer, gpu]),
+                ("gate", local.gate_G[gpu]),
+            ):
                 if seconds > 0:
                     rows.append((gpu, "compute", name, layer, t, seconds))
                     t += seconds
         clock += local.pre_LG[layer].max()
-        for name, seconds in (("count_exchange", timing.count_NL[index, layer]),
-                              ("dispatch", timing.dispatch_NL[index, layer])):
+        for name, seconds in (
+            ("count_exchange", timing.count_NL[index, layer]),
+            ("dispatch", timing.dispatch_NL[index, layer]),
+        ):
             if seconds > 0:
                 rows += [(gpu, "comm", name, layer, clock, seconds) for gpu in range(gpus)]
                 clock += seconds
         expert_G = timing.expert_NLG[index, layer]
-        rows += [(gpu, "compute", "expert", layer, clock, expert_G[gpu])
-                 for gpu in range(gpus) if expert_G[gpu] > 0]
+        rows += [
+            (gpu, "compute", "expert", layer, clock, expert_G[gpu])
+            for gpu in range(gpus)
+            if expert_G[gpu] > 0
+        ]
         clock += expert_G.max()
         combine = timing.combine_NL[index, layer]
         if combine > 0:
@@ -49,9 +57,11 @@ def step_spans(step: int, start_s: float, index: int, local: LocalWork,
             clock += combine
     for gpu in range(gpus):
         t = clock
-        for name, seconds in (("attention", local.tail_blocks * local.attention_G[gpu]),
-                              ("dense_ffn", local.tail_dense * local.dense_G[gpu]),
-                              ("lm_head", local.lm_head_G[gpu])):
+        for name, seconds in (
+            ("attention", local.tail_blocks * local.attention_G[gpu]),
+            ("dense_ffn", local.tail_dense * local.dense_G[gpu]),
+            ("lm_head", local.lm_head_G[gpu]),
+        ):
             if seconds > 0:
                 rows.append((gpu, "compute", name, -1, t, seconds))
                 t += seconds
@@ -59,7 +69,11 @@ def step_spans(step: int, start_s: float, index: int, local: LocalWork,
         return SpanRecords.empty()
     device, stream, name, layer, start, duration = zip(*rows, strict=True)
     return SpanRecords(
-        device=np.array(device), stream=np.array(stream), name=np.array(name),
-        step=np.full(len(rows), step), layer=np.array(layer), start_s=np.array(start),
+        device=np.array(device),
+        stream=np.array(stream),
+        name=np.array(name),
+        step=np.full(len(rows), step),
+        layer=np.array(layer),
+        start_s=np.array(start),
         duration_s=np.array(duration),
     )

@@ -25,8 +25,9 @@ def _kind_onehot(topology: Topology) -> np.ndarray:
     return np.eye(_K)[topology.kind_GG]
 
 
-def static_tokens(capacity_G: np.ndarray, plan: PlacementPlan,
-                  topology: Topology) -> tuple[np.ndarray, np.ndarray]:
+def static_tokens(
+    capacity_G: np.ndarray, plan: PlacementPlan, topology: Topology
+) -> tuple[np.ndarray, np.ndarray]:
     """Padded dispatch rows ``(egress_LGK, ingress_LGK)``: ``C_g`` to every expert from ``g``."""
     onehot_GHK = _kind_onehot(topology)
     experts_LH = plan.experts_per_gpu_LG
@@ -44,20 +45,21 @@ def count_exchange_bytes(plan: PlacementPlan, topology: Topology) -> tuple[np.nd
     return egress, ingress
 
 
-def routed_tokens(expert_ids_NLTK: np.ndarray, kept_NLTK: np.ndarray | None, source_T: np.ndarray,
-                  plan: PlacementPlan, topology: Topology) -> tuple[np.ndarray, np.ndarray]:
-    """Exact dispatch rows ``(egress_NLGK, ingress_NLGK)`` of the kept assignments."""
-    n, layers, _, _ = expert_ids_NLTK.shape
+def routed_tokens(
+    expert_ids_NLTK: np.ndarray, source_T: np.ndarray, plan: PlacementPlan, topology: Topology
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact dispatch rows ``(egress_NLGK, ingress_NLGK)`` when every assignment travels."""
+    n, layers, tokens, top_k = expert_ids_NLTK.shape
     gpus, experts = plan.gpus, plan.owner_LE.shape[1]
-    layer_offset = (np.arange(layers, dtype=np.int64) * experts)[None, :, None, None]
-    dest = plan.owner_LE.ravel()[expert_ids_NLTK + layer_offset]
-    source = np.broadcast_to(source_T[None, None, :, None], dest.shape)
-    kind = topology.kind_GG[source, dest]
-    step_layer = (np.arange(n * layers, dtype=np.int64) * gpus).reshape(n, layers, 1, 1)
+    owner = plan.owner_LE.astype(np.int32).ravel()
+    layer_offset = (np.arange(layers, dtype=np.int32) * experts)[None, :, None, None]
+    dest = owner[expert_ids_NLTK + layer_offset]
+    source = np.repeat(source_T.astype(np.int32), top_k)[None, None, :]
+    dest = dest.reshape(n, layers, tokens * top_k)
+    kind = topology.kind_GG.astype(np.int32).ravel()[source * gpus + dest]
+    step_layer = (np.arange(n * layers, dtype=np.int32) * gpus).reshape(n, layers, 1)
     egress_key = (step_layer + source) * _K + kind
     ingress_key = (step_layer + dest) * _K + kind
-    if kept_NLTK is not None:
-        egress_key, ingress_key = egress_key[kept_NLTK], ingress_key[kept_NLTK]
     size = n * layers * gpus * _K
     shape = (n, layers, gpus, _K)
     egress = np.bincount(egress_key.ravel(), minlength=size).reshape(shape)
@@ -65,8 +67,9 @@ def routed_tokens(expert_ids_NLTK: np.ndarray, kept_NLTK: np.ndarray | None, sou
     return egress, ingress
 
 
-def alltoall_time(egress_XGK: np.ndarray, ingress_XGK: np.ndarray, topology: Topology,
-                  launch_overhead_s: float) -> np.ndarray:
+def alltoall_time(
+    egress_XGK: np.ndarray, ingress_XGK: np.ndarray, topology: Topology, launch_overhead_s: float
+) -> np.ndarray:
     """Seconds of an all-to-all moving these bytes: the slowest GPU's slowest link kind."""
     per_gpu = np.zeros(egress_XGK.shape[:-1])
     for k, kind in enumerate(KINDS):

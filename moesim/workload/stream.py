@@ -17,7 +17,7 @@ from moesim.workload.trace import load_trace, recut
 
 __all__ = ["StepChunk", "chunk_steps", "routing_chunks", "tokens_per_gpu"]
 
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,12 @@ def tokens_per_gpu(tokens: int, gpus: int) -> np.ndarray:
 
 
 def chunk_steps(scenario: Scenario) -> int:
-    """Steps per chunk, so that one chunk's routing holds about 4M assignments."""
-    layers = scenario.model.moe_layers(scenario.stack())
-    per_step = max(1, layers * scenario.workload.tokens_per_step * scenario.model.top_k)
+    """Steps per chunk: about 2M assignments or (layer, expert) cells, whichever is more."""
+    model = scenario.model
+    layers = model.moe_layers(scenario.stack())
+    per_step = max(
+        1, layers * max(scenario.workload.tokens_per_step * model.top_k, model.num_experts)
+    )
     return int(min(scenario.workload.steps, max(1, _CHUNK_ELEMENTS // per_step)))
 
 

@@ -41,7 +41,11 @@ class SyntheticRouter:
     """Draws ``expert_ids_NLTK`` chunk by chunk; the ranking state carries across chunks."""
 
     def __init__(
-        self, spec: SyntheticRouting, num_experts: int, top_k: int, layers: int,
+        self,
+        spec: SyntheticRouting,
+        num_experts: int,
+        top_k: int,
+        layers: int,
         rng: np.random.Generator,
     ) -> None:
         skew = 0.0 if spec.distribution == "uniform" else spec.skew

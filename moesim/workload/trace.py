@@ -1,4 +1,4 @@
-"""Routing replayed from a trace file: ``.npz`` with ``expert_ids [steps, moe_layers, tokens, top_k]``.
+"""Routing replayed from an ``.npz`` trace: ``expert_ids [steps, moe_layers, tokens, top_k]``.
 
 A trace recorded at another batch size is re-cut: per layer, its tokens are read in order as
 one stream (step after step) and cut into steps of the scenario's token count. The trace must
@@ -27,16 +27,24 @@ def load_trace(path: str | Path, num_experts: int, top_k: int, layers: int) -> n
     except (OSError, ValueError) as error:
         raise ConfigError(file, None, f"cannot read as .npz: {error}") from None
     if ids.ndim != 4:
-        raise ConfigError(file, "expert_ids", f"expected 4 dims [steps, layers, tokens, top_k], got shape {ids.shape}")
+        raise ConfigError(
+            file,
+            "expert_ids",
+            f"expected 4 dims [steps, layers, tokens, top_k], got shape {ids.shape}",
+        )
     if not np.issubdtype(ids.dtype, np.integer):
         raise ConfigError(file, "expert_ids", f"expected integers, got {ids.dtype}")
     if ids.shape[1] != layers:
-        raise ConfigError(file, "expert_ids", f"has {ids.shape[1]} MoE layers, the model runs {layers}")
+        raise ConfigError(
+            file, "expert_ids", f"has {ids.shape[1]} MoE layers, the model runs {layers}"
+        )
     if ids.shape[3] != top_k:
         raise ConfigError(file, "expert_ids", f"has top_k {ids.shape[3]}, the model uses {top_k}")
     if ids.size and (ids.min() < 0 or ids.max() >= num_experts):
         raise ConfigError(
-            file, "expert_ids", f"ids span [{ids.min()}, {ids.max()}], expected [0, {num_experts - 1}]"
+            file,
+            "expert_ids",
+            f"ids span [{ids.min()}, {ids.max()}], expected [0, {num_experts - 1}]",
         )
     return ids
 
@@ -48,7 +56,8 @@ def recut(ids_NLTK: np.ndarray, steps: int, tokens: int, file: str = "trace") ->
         return ids_NLTK
     if n * t < steps * tokens:
         raise ConfigError(
-            file, "expert_ids",
+            file,
+            "expert_ids",
             f"holds {n * t} tokens per layer ({n} steps x {t}); the scenario needs "
             f"{steps * tokens} ({steps} steps x {tokens})",
         )
