@@ -63,7 +63,7 @@ class Result(_Out):
     simulated_seconds: float
     wall_seconds: float
     events: int
-    per_step: dict[str, list[float]]
+    per_step: dict[str, list[float | None]]
 
     @classmethod
     def from_records(cls, records: RunRecords) -> Result:

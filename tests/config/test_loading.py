@@ -1,0 +1,143 @@
+"""Scenario loading: references, overrides, and one clear error per kind of bad input."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moesim.config import load_scenario
+from moesim.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "scenarios").rglob("*.yaml"))
+SHIPPED = [p for p in SHIPPED if "models" not in p.parts]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_scenario_loads(path: Path) -> None:
+    scenario = load_scenario(path)
+    assert scenario.cluster.gpus >= 1
+    assert scenario.workload.steps >= 1
+
+
+def test_units_are_stored_as_si_numbers() -> None:
+    scenario = load_scenario(ROOT / "scenarios" / "quickstart.yaml")
+    device = scenario.cluster.device
+    assert device.memory.capacity == 80e9
+    assert device.memory.bandwidth == 2039e9
+    assert device.compute.peak_flops["fp16"] == 312e12
+    assert device.links.network.bandwidth == 25e9  # 200 Gb/s
+    assert device.compute.launch_overhead == pytest.approx(5e-6)
+
+
+def test_overrides_reach_nested_fields_and_referenced_cards() -> None:
+    scenario = load_scenario(
+        ROOT / "scenarios" / "quickstart.yaml",
+        [
+            "workload.batch_size=128",
+            "model.top_k=1",
+            "cluster.device=h100-sxm5-80gb",
+            "policies.gating={name: static, capacity_factor: 2.0}",
+        ],
+    )
+    assert scenario.workload.batch_size == 128
+    assert scenario.model.top_k == 1 and scenario.model.name == "paper-lm"
+    assert scenario.cluster.device.name == "h100-sxm5-80gb"
+    assert scenario.policies.gating.name == "static"
+    assert scenario.policies.gating.capacity_factor == 2.0
+
+
+def _write(tmp_path: Path, data: dict, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _base() -> dict:
+    return yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "fragment"),
+    [
+        (lambda d: d["workload"].update(batch_size="many"), "workload.batch_size", "integer"),
+        (lambda d: d["workload"].update(batch_size=-3), "workload.batch_size", "greater than"),
+        (lambda d: d["workload"].update(colour="red"), "workload.colour", "unknown key"),
+        (lambda d: d["workload"].update(phase="train"), "workload.phase", "prefill"),
+        (lambda d: d["cluster"].update(device="tpu-v9"), "cluster.device", "no hardware profile"),
+        (lambda d: d.update(model="gpt-9"), "model", "no model card"),
+        (
+            lambda d: d["policies"].update(gating={"name": "magic"}),
+            "policies.gating",
+            "unknown gating policy",
+        ),
+        (
+            lambda d: d["policies"].update(gating={"name": "static", "capacity_factor": -1}),
+            "policies.gating.capacity_factor",
+            "greater than",
+        ),
+        (lambda d: d["workload"]["routing"].update(skew="x"), "workload.routing.skew", "number"),
+        (lambda d: d["cluster"].update(nodes=0), "cluster.nodes", "greater than"),
+        (lambda d: d.pop("workload"), "workload", "missing"),
+    ],
+)
+def test_bad_scenarios_name_file_field_and_expectation(tmp_path, edit, field, fragment) -> None:
+    data = _base()
+    edit(data)
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+    error = caught.value
+    assert error.file == str(path)
+    assert error.field == field
+    assert fragment in error.message
+    assert "\n" not in str(error)
+
+
+def test_an_inline_device_with_a_negative_size_names_its_path(tmp_path) -> None:
+    data = _base()
+    profile = yaml.safe_load((ROOT / "hardware_profiles" / "a100-sxm4-80gb.yaml").read_text())
+    profile["memory"]["capacity"] = "-80GB"
+    data["cluster"]["device"] = profile
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(_write(tmp_path, data))
+    assert caught.value.field == "cluster.device.memory.capacity"
+
+
+def test_an_error_inside_a_referenced_card_names_the_card(tmp_path) -> None:
+    (tmp_path / "models").mkdir()
+    card = yaml.safe_load((ROOT / "scenarios" / "models" / "paper-lm.yaml").read_text())
+    card["top_k"] = 1000
+    (tmp_path / "models" / "broken.yaml").write_text(yaml.safe_dump(card))
+    data = _base()
+    data["model"] = "broken"
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(_write(tmp_path, data))
+    assert caught.value.file == str(tmp_path / "models" / "broken.yaml")
+    assert "top_k = 1000 exceeds num_experts = 512" in caught.value.message
+
+
+def test_a_dtype_the_device_lacks_is_an_error(tmp_path) -> None:
+    data = _base()
+    data["model"] = "deepseek-v3"  # fp8
+    with pytest.raises(ConfigError, match="no peak_flops for the model's dtype fp8"):
+        load_scenario(_write(tmp_path, data))
+
+
+def test_malformed_yaml_reports_the_line(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nworkload: [unclosed\n")
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+    assert caught.value.file == str(path)
+    assert "line 3" in caught.value.message or "line 2" in caught.value.message
+
+
+def test_missing_file_and_bad_override() -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_scenario("does/not/exist.yaml")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_scenario(ROOT / "scenarios" / "quickstart.yaml", ["workload.batch_size"])
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(ROOT / "scenarios" / "quickstart.yaml", ["workload.batch_size=0"])
+    assert caught.value.field == "workload.batch_size"

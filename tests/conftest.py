@@ -1,0 +1,91 @@
+"""Shared fixtures: the repository's folders and a small, hand-checkable hardware profile."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import moesim  # noqa: F401  (registers the policies)
+from moesim.config import Scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "scenarios"
+
+# Round numbers so that expected durations can be computed by hand.
+SIMPLE_PROFILE: dict[str, Any] = {
+    "name": "simple",
+    "compute": {
+        "peak_flops": {"fp32": 1e12, "fp16": 2e12},
+        "efficiency": 1.0,
+        "launch_overhead": 0.0,
+        "provenance": {"source": "assumption", "ref": "test"},
+    },
+    "memory": {
+        "capacity": "1GB",
+        "bandwidth": 1e30,
+        "efficiency": 1.0,
+        "provenance": {"source": "assumption", "ref": "test"},
+    },
+    "links": {
+        "nvlink": {
+            "bandwidth": 1e9,
+            "latency": 1e-6,
+            "efficiency": 1.0,
+            "provenance": {"source": "assumption", "ref": "test"},
+        },
+        "host": {
+            "bandwidth": 1e9,
+            "latency": 1e-5,
+            "efficiency": 1.0,
+            "provenance": {"source": "assumption", "ref": "test"},
+        },
+        "network": {
+            "bandwidth": 1e8,
+            "latency": 1e-5,
+            "efficiency": 1.0,
+            "provenance": {"source": "assumption", "ref": "test"},
+        },
+    },
+    "host": {"cpu": "test", "memory": "1TB", "provenance": {"source": "assumption", "ref": "t"}},
+}
+
+TINY_MODEL: dict[str, Any] = {
+    "name": "tiny",
+    "layers": 2,
+    "moe_every": 2,
+    "d_model": 4,
+    "d_ffn": 8,
+    "num_experts": 4,
+    "top_k": 1,
+    "heads": 1,
+    "vocab_size": 10,
+    "dtype": "fp32",
+}
+
+
+def make_scenario(**changes: Any) -> Scenario:
+    """A tiny scenario on the simple profile; ``changes`` replace top-level sections."""
+    data: dict[str, Any] = {
+        "name": "test",
+        "seed": 3,
+        "model": copy.deepcopy(TINY_MODEL),
+        "cluster": {"nodes": 1, "gpus_per_node": 2, "device": copy.deepcopy(SIMPLE_PROFILE)},
+        "workload": {
+            "phase": "decode",
+            "batch_size": 4,
+            "seq_len": 1,
+            "steps": 1,
+            "routing": {"source": "synthetic"},
+        },
+        "policies": {"gating": {"name": "dynamic"}},
+    }
+    data.update(copy.deepcopy(changes))
+    return Scenario.model_validate(data)
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT

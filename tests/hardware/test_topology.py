@@ -1,0 +1,48 @@
+"""Topology graph and cost functions against hand-computed values."""
+
+import numpy as np
+import pytest
+
+from moesim.config import ClusterSpec, HardwareProfile
+from moesim.hardware import KINDS, DeviceCosts, build_topology, transfer_time
+from tests.conftest import SIMPLE_PROFILE
+
+
+def _cluster(nodes: int, per_node: int) -> ClusterSpec:
+    return ClusterSpec(nodes=nodes, gpus_per_node=per_node, device=SIMPLE_PROFILE)
+
+
+def test_pairs_inside_a_node_use_nvlink_and_across_nodes_the_network() -> None:
+    topology = build_topology(_cluster(2, 2))
+    nv, net = KINDS.index("nvlink"), KINDS.index("network")
+    assert topology.kind_GG.tolist() == [[0, nv, net, net], [nv, 0, net, net],
+                                         [net, net, 0, nv], [net, net, nv, 0]]
+    # switched paths: two hops of half the link latency each
+    assert topology.latency_GG[0, 1] == pytest.approx(1e-6)
+    assert topology.latency_GG[0, 3] == pytest.approx(1e-5)
+    assert topology.graph.number_of_nodes() == 4 + 2 + 2 + 1  # GPUs, switches, hosts, fabric
+    pcie = [e for e in topology.graph.edges(data=True) if e[2]["kind"] == "pcie"]
+    assert len(pcie) == 4
+
+
+def test_single_gpu_has_no_peers() -> None:
+    topology = build_topology(_cluster(1, 1))
+    assert topology.kind_GG.tolist() == [[0]]
+    assert set(topology.links) == {"nvlink", "network"}
+
+
+def test_roofline_takes_the_slower_of_compute_and_memory() -> None:
+    profile = HardwareProfile.model_validate(SIMPLE_PROFILE)
+    costs = DeviceCosts(flops_per_s=1e12, hbm_bytes_per_s=1e11, launch_overhead_s=2e-6)
+    # 1e9 FLOPs = 1 ms compute; 1e7 bytes = 0.1 ms memory -> compute-bound
+    assert costs.op_time(1e9, 1e7) == pytest.approx(2e-6 + 1e-3)
+    # memory-bound, three launches
+    assert costs.op_time(1e6, 1e9, 3) == pytest.approx(6e-6 + 1e-2)
+    from_profile = DeviceCosts.from_profile(profile, "fp16")
+    assert from_profile.flops_per_s == 2e12
+
+
+def test_transfer_time_is_latency_plus_bytes_over_bandwidth_and_free_when_empty() -> None:
+    link = HardwareProfile.model_validate(SIMPLE_PROFILE).links.nvlink
+    times = transfer_time(link, np.array([0.0, 1e6]))
+    assert times.tolist() == pytest.approx([0.0, 1e-6 + 1e-3])

@@ -1,0 +1,88 @@
+"""Exact step timings of tiny cases, worked out by hand from the documented cost model.
+
+Profile: 1e12 FLOP/s fp32, memory bandwidth so high that every op is compute-bound, no launch
+overhead, NVLink 1e9 B/s with 1 us latency, network 1e8 B/s with 10 us. Model: 2 layers (layer
+0 dense, layer 1 MoE), d_model 4, d_ffn 8, 4 experts, top-1, 1 head, vocabulary 10, fp32.
+Decode, 4 sequences with 1 position of context: 2 tokens per GPU. Experts 0,1 on GPU 0 and
+2,3 on GPU 1. Routing of the single step: tokens 0..3 -> experts 2, 0, 3, 0.
+"""
+
+import numpy as np
+import pytest
+
+from moesim.api import run
+from tests.conftest import make_scenario
+
+ATTENTION = (2 * 2 * 64 + 4 * 2 * 1 * 4) / 1e12  # projections (64 params) + core, 2 tokens
+DENSE_FFN = 2 * 2 * 64 / 1e12  # 2 * 4 * 8 params, 2 tokens
+LM_HEAD = 2 * 2 * 10 * 4 / 1e12
+
+
+@pytest.fixture
+def trace(tmp_path):
+    path = tmp_path / "route.npz"
+    np.savez(path, expert_ids=np.array([2, 0, 3, 0]).reshape(1, 1, 4, 1))
+    return {"phase": "decode", "batch_size": 4, "seq_len": 1, "steps": 1,
+            "routing": {"source": "trace", "path": str(path)}}
+
+
+def test_dynamic_gating_step_by_hand(trace) -> None:
+    result, _ = run(make_scenario(workload=trace))
+    gate = 2 * 2 * 4 * 4 / 1e12  # router GEMM over 4 experts
+    count_exchange = 1e-6 + 2 * 4 / 1e9  # an int32 for each of the peer's 2 experts
+    alltoall = 1e-6 + 16 / 1e9  # each GPU sends one row of 16 bytes and receives one
+    expert = 2 * 2 * 64 / 1e12  # GPU 0: expert 0 with 2 tokens; GPU 1: 1 + 1 tokens
+    expected = {
+        "attention": 2 * ATTENTION,  # layers 0 and 1
+        "dense_ffn": DENSE_FFN,
+        "gate": gate,
+        "alltoall": count_exchange + 2 * alltoall,
+        "expert": expert,
+        "transfer": 0.0,
+        "other": LM_HEAD,
+    }
+    assert result.time_breakdown_s == pytest.approx(expected, rel=1e-12)
+    assert result.latency_s.mean == pytest.approx(sum(expected.values()), rel=1e-12)
+    assert result.alltoall_bytes == 2 * (16 + 16) + 2 * 8
+    assert result.load_imbalance == pytest.approx(1.0)
+    assert result.tokens.model_dump() == {"routed": 4, "processed": 4, "dropped": 0, "padded": 0}
+    assert result.throughput_tokens_per_s == pytest.approx(4 / sum(expected.values()))
+
+
+def test_static_gating_step_by_hand(trace) -> None:
+    gating = {"gating": {"name": "static", "capacity_factor": 1.0, "min_capacity": 1}}
+    result, _ = run(make_scenario(workload=trace, policies=gating))
+    # C = max(1, ceil(1 * 1 * 2 / 4)) = 1 slot per (source GPU, expert); nothing drops.
+    mask = 2 * 4 * 1  # S x E x C
+    gate = (2 * 2 * 4 * 4 + 2 * 2 * mask * 4) / 1e12  # router + dispatch and combine einsums
+    alltoall = 1e-6 + 2 * 16 / 1e9  # one padded row to each of the 2 remote experts
+    expert = 2 * (2 * 2 * 64) / 1e12  # 2 local experts, 2 slots each
+    assert result.time_breakdown_s["gate"] == pytest.approx(gate, rel=1e-12)
+    assert result.time_breakdown_s["alltoall"] == pytest.approx(2 * alltoall, rel=1e-12)
+    assert result.time_breakdown_s["expert"] == pytest.approx(expert, rel=1e-12)
+    total = 2 * ATTENTION + DENSE_FFN + gate + 2 * alltoall + expert + LM_HEAD
+    assert result.latency_s.mean == pytest.approx(total, rel=1e-12)
+    assert result.tokens.model_dump() == {"routed": 4, "processed": 4, "dropped": 0, "padded": 4}
+
+
+def test_across_nodes_the_network_sets_the_alltoall(trace) -> None:
+    two_nodes = {"nodes": 2, "gpus_per_node": 1, "device": make_scenario().cluster.device}
+    result, _ = run(make_scenario(workload=trace, cluster=two_nodes.copy()))
+    count_exchange = 1e-5 + 8 / 1e8
+    alltoall = 1e-5 + 16 / 1e8
+    assert result.time_breakdown_s["alltoall"] == pytest.approx(count_exchange + 2 * alltoall)
+
+
+def test_memory_by_hand(trace) -> None:
+    result, _ = run(make_scenario(workload=trace))
+    # non-expert: embeddings 10*4 + 2 attention blocks * 64 + 1 dense FFN * 64 + router 4*4
+    # = 248 params; local experts: 2 * 64 params; fp32.
+    assert result.memory.weights_bytes_per_device == [(248 + 128) * 4.0] * 2
+    # KV: 2 sequences * 1 position * (K+V width 8) * 4 bytes * 2 layers
+    assert result.memory.kv_cache_bytes_per_device == [128.0, 128.0]
+    assert not result.memory.out_of_memory
+    small = make_scenario(workload=trace).cluster.device.model_dump()
+    small["memory"]["capacity"] = 1000
+    cramped, _ = run(make_scenario(workload=trace, cluster={"nodes": 1, "gpus_per_node": 2,
+                                                            "device": small}))
+    assert cramped.memory.out_of_memory

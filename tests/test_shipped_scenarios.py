@@ -1,0 +1,53 @@
+"""Every shipped scenario runs; the tiny ones match their golden result.json.
+
+Regenerate the golden files after an intended change of the model with
+``MOESIM_UPDATE_GOLDEN=1 pytest tests/test_shipped_scenarios.py`` and review the diff.
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from moesim.api import load_scenario, run
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+SHIPPED = sorted(p for p in (ROOT / "scenarios").rglob("*.yaml") if "models" not in p.parts)
+TINY = sorted((ROOT / "scenarios" / "tiny").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_scenario_runs(path: Path) -> None:
+    scenario = load_scenario(path, ["workload.steps=2"])
+    result, _ = run(scenario)
+    assert result.steps == 2
+    assert result.simulated_seconds > 0
+    assert result.tokens.routed == result.tokens.processed + result.tokens.dropped
+    assert not result.memory.out_of_memory, "shipped scenarios should fit their hardware"
+
+
+def _close(a, b, path="") -> list[str]:
+    if isinstance(a, dict):
+        keys = set(a) | set(b)
+        return [d for k in sorted(keys) for d in _close(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True))
+                for d in _close(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float | int):
+        return [] if math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15) else [f"{path}: {a} != {b}"]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+@pytest.mark.parametrize("path", TINY, ids=lambda p: p.stem)
+def test_tiny_scenarios_match_golden(path: Path) -> None:
+    result, _ = run(load_scenario(path))
+    document = json.loads(result.model_dump_json())
+    document.pop("wall_seconds")
+    golden = GOLDEN / f"{path.stem}.json"
+    if os.environ.get("MOESIM_UPDATE_GOLDEN"):
+        golden.write_text(json.dumps(document, indent=1) + "\n")
+    expected = json.loads(golden.read_text())
+    assert _close(document, expected) == []
