@@ -18,13 +18,30 @@ def test_run_writes_result_and_trace(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "throughput" in printed and "time breakdown" in printed
     result = json.loads((tmp_path / "result.json").read_text())
-    for key in ("throughput_tokens_per_s", "latency_s", "time_breakdown_s", "tokens", "memory",
-                "alltoall_bytes", "load_imbalance", "simulated_seconds", "wall_seconds",
-                "events", "per_step", "config"):
+    for key in (
+        "throughput_tokens_per_s",
+        "latency_s",
+        "time_breakdown_s",
+        "tokens",
+        "memory",
+        "alltoall_bytes",
+        "load_imbalance",
+        "simulated_seconds",
+        "wall_seconds",
+        "events",
+        "per_step",
+        "config",
+    ):
         assert key in result
     assert set(result["latency_s"]) == {"mean", "p50", "p99"}
-    assert set(result["time_breakdown_s"]) >= {"attention", "gate", "alltoall", "expert",
-                                               "transfer", "other"}
+    assert set(result["time_breakdown_s"]) >= {
+        "attention",
+        "gate",
+        "alltoall",
+        "expert",
+        "transfer",
+        "other",
+    }
     tokens = result["tokens"]
     assert tokens["routed"] == tokens["processed"] + tokens["dropped"]
     assert len(result["memory"]["peak_bytes_per_device"]) == 4
@@ -61,8 +78,9 @@ def test_bad_input_is_one_line_exit_2_and_keeps_earlier_outputs(tmp_path, capsys
     ],
 )
 def test_errors_through_the_real_entry_point(args, fragment) -> None:
-    done = subprocess.run([sys.executable, "-m", "moesim.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "moesim.cli", *args], capture_output=True, text=True, cwd=ROOT
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -51,7 +51,9 @@ class PlacementPlan:
         """``values_NLG``: the largest value among each GPU's experts (0 where it has none)."""
         n, layers, experts = values_NLE.shape
         if self._blocked:
-            return values_NLE.reshape(n, layers, self.gpus, experts // self.gpus).max(axis=-1, initial=0)
+            return values_NLE.reshape(n, layers, self.gpus, experts // self.gpus).max(
+                axis=-1, initial=0
+            )
         out = np.zeros((n, layers, self.gpus), dtype=values_NLE.dtype)
         index = np.broadcast_to(self.owner_LE[None], values_NLE.shape)
         np.maximum.at(out, (*np.indices(values_NLE.shape)[:2], index), values_NLE)

@@ -51,20 +51,18 @@ def routed_tokens(
     """Exact dispatch rows ``(egress_NLGK, ingress_NLGK)`` when every assignment travels."""
     n, layers, tokens, top_k = expert_ids_NLTK.shape
     gpus, experts = plan.gpus, plan.owner_LE.shape[1]
-    owner = plan.owner_LE.astype(np.int32).ravel()
-    layer_offset = (np.arange(layers, dtype=np.int32) * experts)[None, :, None, None]
-    dest = owner[expert_ids_NLTK + layer_offset]
-    source = np.repeat(source_T.astype(np.int32), top_k)[None, None, :]
-    dest = dest.reshape(n, layers, tokens * top_k)
-    kind = topology.kind_GG.astype(np.int32).ravel()[source * gpus + dest]
-    step_layer = (np.arange(n * layers, dtype=np.int32) * gpus).reshape(n, layers, 1)
-    egress_key = (step_layer + source) * _K + kind
-    ingress_key = (step_layer + dest) * _K + kind
+    # Per (layer, source GPU, expert): the (GPU, link kind) cell it counts in, on each side.
+    kind_LGE = topology.kind_GG[np.arange(gpus)[None, :, None], plan.owner_LE[:, None, :]]
+    egress_cell = (np.arange(gpus)[None, :, None] * _K + kind_LGE).ravel()
+    ingress_cell = (plan.owner_LE[:, None, :] * _K + kind_LGE).ravel()
+    base_LX = (np.arange(layers)[:, None] * gpus + np.repeat(source_T, top_k)[None]) * experts
+    lookup = expert_ids_NLTK.reshape(n, layers, tokens * top_k) + base_LX[None]
+    step_layer = (np.arange(n * layers, dtype=np.int64) * (gpus * _K)).reshape(n, layers, 1)
     size = n * layers * gpus * _K
     shape = (n, layers, gpus, _K)
-    egress = np.bincount(egress_key.ravel(), minlength=size).reshape(shape)
-    ingress = np.bincount(ingress_key.ravel(), minlength=size).reshape(shape)
-    return egress, ingress
+    egress = np.bincount((egress_cell[lookup] + step_layer).ravel(), minlength=size)
+    ingress = np.bincount((ingress_cell[lookup] + step_layer).ravel(), minlength=size)
+    return egress.reshape(shape), ingress.reshape(shape)
 
 
 def alltoall_time(

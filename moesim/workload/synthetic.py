@@ -116,5 +116,6 @@ class SyntheticRouter:
         ranking_NLE = self.rankings(steps)
         ranks_KR = self.ranks(steps * self.layers * tokens)
         ranks_NLX = ranks_KR.T.reshape(steps, self.layers, tokens * self.top_k)
-        experts = np.take_along_axis(ranking_NLE, ranks_NLX, axis=2)
+        offsets_NL = np.arange(steps * self.layers, dtype=np.int64) * self.num_experts
+        experts = ranking_NLE.ravel()[ranks_NLX + offsets_NL.reshape(steps, self.layers, 1)]
         return experts.reshape(steps, self.layers, tokens, self.top_k)

@@ -15,8 +15,12 @@ def _cluster(nodes: int, per_node: int) -> ClusterSpec:
 def test_pairs_inside_a_node_use_nvlink_and_across_nodes_the_network() -> None:
     topology = build_topology(_cluster(2, 2))
     nv, net = KINDS.index("nvlink"), KINDS.index("network")
-    assert topology.kind_GG.tolist() == [[0, nv, net, net], [nv, 0, net, net],
-                                         [net, net, 0, nv], [net, net, nv, 0]]
+    assert topology.kind_GG.tolist() == [
+        [0, nv, net, net],
+        [nv, 0, net, net],
+        [net, net, 0, nv],
+        [net, net, nv, 0],
+    ]
     # switched paths: two hops of half the link latency each
     assert topology.latency_GG[0, 1] == pytest.approx(1e-6)
     assert topology.latency_GG[0, 3] == pytest.approx(1e-5)

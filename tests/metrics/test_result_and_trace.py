@@ -14,15 +14,23 @@ def _records() -> RunRecords:
     breakdown = np.zeros((4, len(PHASES)))
     breakdown[:, PHASES.index("expert")] = [1.0, 2.0, 3.0, 4.0]
     steps = StepRecords(
-        start_s=np.array([0.0, 1.0, 3.0, 6.0]), latency_s=np.array([1.0, 2.0, 3.0, 4.0]),
-        tokens=np.full(4, 10), routed=np.full(4, 20), processed=np.array([20, 18, 20, 19]),
-        dropped=np.array([0, 2, 0, 1]), padded=np.array([5, 0, 5, 1]),
-        alltoall_bytes=np.full(4, 100.0), load_imbalance=np.array([1.0, np.nan, 2.0, 3.0]),
+        start_s=np.array([0.0, 1.0, 3.0, 6.0]),
+        latency_s=np.array([1.0, 2.0, 3.0, 4.0]),
+        tokens=np.full(4, 10),
+        routed=np.full(4, 20),
+        processed=np.array([20, 18, 20, 19]),
+        dropped=np.array([0, 2, 0, 1]),
+        padded=np.array([5, 0, 5, 1]),
+        alltoall_bytes=np.full(4, 100.0),
+        load_imbalance=np.array([1.0, np.nan, 2.0, 3.0]),
         breakdown_NP=breakdown,
     )
-    devices = DeviceRecords(capacity_bytes=100.0, weights_bytes=np.array([50.0, 60.0]),
-                            kv_cache_bytes=np.array([10.0, 10.0]),
-                            activation_peak_bytes=np.array([20.0, 35.0]))
+    devices = DeviceRecords(
+        capacity_bytes=100.0,
+        weights_bytes=np.array([50.0, 60.0]),
+        kv_cache_bytes=np.array([10.0, 10.0]),
+        activation_peak_bytes=np.array([20.0, 35.0]),
+    )
     return RunRecords("r", "sim", "dev", 2, "decode", steps, devices, wall_seconds=0.5, events=4)
 
 
@@ -33,8 +41,7 @@ def test_result_from_records_by_hand() -> None:
     assert result.latency_s.mean == 2.5
     assert result.latency_s.p50 == 2.5
     assert result.latency_s.p99 == pytest.approx(3.97)  # numpy linear interpolation
-    assert result.tokens.model_dump() == {"routed": 80, "processed": 77, "dropped": 3,
-                                          "padded": 11}
+    assert result.tokens.model_dump() == {"routed": 80, "processed": 77, "dropped": 3, "padded": 11}
     assert result.load_imbalance == 2.0  # NaN steps are skipped
     assert result.memory.peak_bytes_per_device == [80.0, 105.0]
     assert result.memory.out_of_memory
@@ -43,8 +50,15 @@ def test_result_from_records_by_hand() -> None:
 
 
 def test_chrome_trace_lanes_and_spans(tmp_path) -> None:
-    scenario = make_scenario(workload={"phase": "prefill", "batch_size": 2, "seq_len": 8,
-                                       "steps": 3, "routing": {"source": "synthetic"}})
+    scenario = make_scenario(
+        workload={
+            "phase": "prefill",
+            "batch_size": 2,
+            "seq_len": 8,
+            "steps": 3,
+            "routing": {"source": "synthetic"},
+        }
+    )
     result, records = run(scenario, trace_steps=2)
     trace = chrome_trace(records.spans)
     json.dumps(trace)  # serialisable

@@ -30,12 +30,17 @@ cases = st.tuples(
 
 def _scenario(experts, top_k, nodes, per_node, batch, phase, skew, seed, gating):
     model = dict(TINY_MODEL, num_experts=experts, top_k=top_k, layers=4)
-    cluster = {"nodes": nodes, "gpus_per_node": per_node,
-               "device": make_scenario().cluster.device}
-    workload = {"phase": phase, "batch_size": batch, "seq_len": 3, "steps": 4,
-                "routing": {"source": "synthetic", "skew": skew, "locality": 0.5}}
-    return make_scenario(model=model, cluster=cluster, workload=workload, seed=seed,
-                         policies={"gating": gating})
+    cluster = {"nodes": nodes, "gpus_per_node": per_node, "device": make_scenario().cluster.device}
+    workload = {
+        "phase": phase,
+        "batch_size": batch,
+        "seq_len": 3,
+        "steps": 4,
+        "routing": {"source": "synthetic", "skew": skew, "locality": 0.5},
+    }
+    return make_scenario(
+        model=model, cluster=cluster, workload=workload, seed=seed, policies={"gating": gating}
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -68,11 +73,26 @@ def test_static_without_drops_never_beats_dynamic_on_experts_or_alltoall(case) -
         gating = GATING.build(scenario.policies.gating)
         outcome = gating.gate(ids, source_T, gpus, experts)
         costs = DeviceCosts.from_profile(scenario.cluster.device, scenario.model.dtype)
-        local = local_work(scenario, costs, tokens_G, source_T, outcome.capacity_G,
-                           outcome.einsum_dispatch)
+        local = local_work(
+            scenario, costs, tokens_G, source_T, outcome.capacity_G, outcome.einsum_dispatch
+        )
         plan = contiguous_plan(experts, gpus, 2)
-        timings.append((outcome, time_chunk(scenario, costs, build_topology(scenario.cluster),
-                                            plan, local, ids, outcome, tokens_G, source_T)))
+        timings.append(
+            (
+                outcome,
+                time_chunk(
+                    scenario,
+                    costs,
+                    build_topology(scenario.cluster),
+                    plan,
+                    local,
+                    ids,
+                    outcome,
+                    tokens_G,
+                    source_T,
+                ),
+            )
+        )
     (static_outcome, static_t), (_, dynamic_t) = timings
     assert static_outcome.tokens_NLE.sum() == dynamic_t.processed_N.sum()  # nothing dropped
     assert (static_t.expert_NLG >= dynamic_t.expert_NLG - 1e-18).all()
@@ -98,13 +118,26 @@ def test_same_seed_same_result_and_a_new_seed_changes_it() -> None:
 def test_a_one_expert_moe_costs_what_a_dense_layer_costs() -> None:
     # megablocks' check: with one expert and top-1 the expert is the dense FFN.
     base = dict(TINY_MODEL, layers=1, d_model=64, d_ffn=256, dtype="fp16")
-    workload = {"phase": "prefill", "batch_size": 2, "seq_len": 32, "steps": 2,
-                "routing": {"source": "synthetic"}}
+    workload = {
+        "phase": "prefill",
+        "batch_size": 2,
+        "seq_len": 32,
+        "steps": 2,
+        "routing": {"source": "synthetic"},
+    }
     cluster = {"nodes": 1, "gpus_per_node": 1, "device": make_scenario().cluster.device}
-    moe, _ = run(make_scenario(model=dict(base, moe_every=1, num_experts=1, top_k=1),
-                               cluster=cluster, workload=workload))
-    dense, _ = run(make_scenario(model=dict(base, moe_every=0, num_experts=0), cluster=cluster,
-                                 workload=workload))
+    moe, _ = run(
+        make_scenario(
+            model=dict(base, moe_every=1, num_experts=1, top_k=1),
+            cluster=cluster,
+            workload=workload,
+        )
+    )
+    dense, _ = run(
+        make_scenario(
+            model=dict(base, moe_every=0, num_experts=0), cluster=cluster, workload=workload
+        )
+    )
     assert moe.time_breakdown_s["expert"] == pytest.approx(dense.time_breakdown_s["dense_ffn"])
     assert moe.time_breakdown_s["attention"] == pytest.approx(dense.time_breakdown_s["attention"])
     assert moe.time_breakdown_s["alltoall"] == 0.0  # a single GPU talks to nobody

@@ -22,8 +22,13 @@ LM_HEAD = 2 * 2 * 10 * 4 / 1e12
 def trace(tmp_path):
     path = tmp_path / "route.npz"
     np.savez(path, expert_ids=np.array([2, 0, 3, 0]).reshape(1, 1, 4, 1))
-    return {"phase": "decode", "batch_size": 4, "seq_len": 1, "steps": 1,
-            "routing": {"source": "trace", "path": str(path)}}
+    return {
+        "phase": "decode",
+        "batch_size": 4,
+        "seq_len": 1,
+        "steps": 1,
+        "routing": {"source": "trace", "path": str(path)},
+    }
 
 
 def test_dynamic_gating_step_by_hand(trace) -> None:
@@ -83,6 +88,7 @@ def test_memory_by_hand(trace) -> None:
     assert not result.memory.out_of_memory
     small = make_scenario(workload=trace).cluster.device.model_dump()
     small["memory"]["capacity"] = 1000
-    cramped, _ = run(make_scenario(workload=trace, cluster={"nodes": 1, "gpus_per_node": 2,
-                                                            "device": small}))
+    cramped, _ = run(
+        make_scenario(workload=trace, cluster={"nodes": 1, "gpus_per_node": 2, "device": small})
+    )
     assert cramped.memory.out_of_memory
