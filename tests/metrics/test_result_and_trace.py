@@ -1,5 +1,6 @@
 """Result is a pure function of records; the Chrome trace has one lane per device and stream."""
 
+import itertools
 import json
 
 import numpy as np
@@ -59,7 +60,7 @@ def test_chrome_trace_lanes_and_spans(tmp_path) -> None:
             "routing": {"source": "synthetic"},
         }
     )
-    result, records = run(scenario, trace_steps=2)
+    _result, records = run(scenario, trace_steps=2)
     trace = chrome_trace(records.spans)
     json.dumps(trace)  # serialisable
     names = {(e["pid"], e["args"]["name"]) for e in trace["traceEvents"] if e["ph"] == "M"}
@@ -71,6 +72,6 @@ def test_chrome_trace_lanes_and_spans(tmp_path) -> None:
     assert max(e["ts"] + e["dur"] for e in spans if e["args"]["step"] == 0) == pytest.approx(step1)
     for lane in {(e["pid"], e["tid"]) for e in spans}:
         ordered = sorted((e["ts"], e["dur"]) for e in spans if (e["pid"], e["tid"]) == lane)
-        for (start, dur), (next_start, _) in zip(ordered, ordered[1:], strict=False):
+        for (start, dur), (next_start, _) in itertools.pairwise(ordered):
             assert start + dur <= next_start + 1e-9
     assert {e["name"] for e in spans} >= {"attention", "gate", "dispatch", "expert", "combine"}
