@@ -10,6 +10,7 @@ from typing import Any
 
 from moesim.config import Scenario, load_scenario
 from moesim.metrics import Result, RunRecords, chrome_trace
+from moesim.policies import PlacementPlan, save_eplb
 from moesim.sim import simulate
 from moesim.sim.engine import StepCallback
 
@@ -41,7 +42,8 @@ def _write_json(path: Path, document: Any) -> None:
 def write_outputs(
     out_dir: str | Path, scenario: Scenario, result: Result, records: RunRecords | None = None
 ) -> list[Path]:
-    """Write ``result.json`` (with the resolved scenario) and, given spans, ``trace.json``."""
+    """Write ``result.json`` (with the resolved scenario), ``trace.json`` given spans, and the
+    placement in EPLB form, ``placement.npz``, when every GPU holds as many experts."""
     out = Path(out_dir)
     document = result.model_dump(mode="json")
     document["config"] = scenario.model_dump(mode="json")
@@ -49,5 +51,13 @@ def write_outputs(
     _write_json(written[0], document)
     if records is not None and records.spans.device.size:
         written.append(out / "trace.json")
-        _write_json(written[1], chrome_trace(records.spans, scenario.name))
+        _write_json(written[-1], chrome_trace(records.spans, scenario.name))
+    if records is not None and records.phy2log_LU is not None and records.phy2log_LU.size:
+        plan = PlacementPlan(records.phy2log_LU, records.owner_LU, records.gpus,
+                             scenario.model.num_experts)
+        try:
+            save_eplb(out / "placement.npz", plan)
+            written.append(out / "placement.npz")
+        except ValueError:
+            pass  # GPUs hold unequal numbers of experts: no EPLB form
     return written

@@ -90,11 +90,15 @@ def _summary(console: Console, scenario: Scenario, result: Result) -> None:
         f"tokens      routed {tokens.routed:,}  processed {tokens.processed:,}  "
         f"dropped {tokens.dropped:,}  padded {tokens.padded:,} (token-expert slots)"
     )
-    imbalance = "n/a" if result.load_imbalance is None else f"{result.load_imbalance:.2f}"
-    console.print(
-        f"all-to-all  {result.alltoall_bytes / 1e9:.3f} GB moved; "
-        f"load imbalance (max/mean) {imbalance}"
-    )
+    kinds = ", ".join(f"{kind} {b / 1e9:.3f}" for kind, b in result.alltoall_bytes_by_kind.items())
+    console.print(f"all-to-all  {result.alltoall_bytes / 1e9:.3f} GB moved ({kinds})")
+    placement = result.placement
+    if placement.max_load is not None:
+        console.print(
+            f"placement   {placement.name}: load imbalance (max/mean) "
+            f"{result.load_imbalance:.2f}; busiest GPU's share of a layer's expert tokens "
+            f"{placement.avg_max_load:.3f} on average, {placement.max_load:.3f} at worst"
+        )
     speed = result.simulated_seconds / result.wall_seconds if result.wall_seconds else 0.0
     console.print(
         f"simulated {result.simulated_seconds:.3f} s in {result.wall_seconds:.2f} s "

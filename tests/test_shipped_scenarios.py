@@ -30,7 +30,7 @@ def test_every_shipped_scenario_runs(path: Path) -> None:
 
 
 def _close(a, b, path="") -> list[str]:
-    if isinstance(a, dict):
+    if isinstance(a, dict) and isinstance(b, dict):
         keys = set(a) | set(b)
         return [d for k in sorted(keys) for d in _close(a.get(k), b.get(k), f"{path}.{k}")]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):

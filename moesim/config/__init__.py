@@ -1,6 +1,6 @@
 """The validated schema of scenarios, model cards and hardware profiles, and YAML loading."""
 
-from moesim.config.hardware import HardwareProfile, LinkSpec
+from moesim.config.hardware import LINK_KINDS, HardwareProfile, LinkSpec
 from moesim.config.loading import (
     find_file,
     load_hardware_profile,
@@ -10,7 +10,7 @@ from moesim.config.loading import (
     read_yaml,
 )
 from moesim.config.model import DTYPE_BYTES, ModelSpec
-from moesim.config.registry import GATING, PolicyParams, Registry
+from moesim.config.registry import GATING, PLACEMENT, PolicyParams, Registry
 from moesim.config.scenario import (
     ClusterSpec,
     PoliciesSpec,
@@ -23,6 +23,8 @@ from moesim.config.scenario import (
 __all__ = [
     "DTYPE_BYTES",
     "GATING",
+    "LINK_KINDS",
+    "PLACEMENT",
     "ClusterSpec",
     "HardwareProfile",
     "LinkSpec",

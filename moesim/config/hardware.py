@@ -18,7 +18,12 @@ from moesim.config.fields import (
     Seconds,
 )
 
-__all__ = ["ComputeSpec", "HardwareProfile", "HostSpec", "LinkSpec", "LinksSpec", "MemorySpec"]
+__all__ = [
+    "LINK_KINDS",
+    "ComputeSpec", "HardwareProfile", "HostSpec", "LinkSpec", "LinksSpec", "MemorySpec"]
+
+
+LINK_KINDS = ("local", "nvlink", "network")  # how two GPUs talk; "local" is a GPU to itself
 
 
 class ComputeSpec(Frozen):

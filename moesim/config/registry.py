@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from moesim.config.fields import Frozen
 
-__all__ = ["GATING", "PolicyParams", "Registry"]
+__all__ = ["GATING", "PLACEMENT", "PolicyParams", "Registry"]
 
 T = TypeVar("T")
 
@@ -69,3 +69,4 @@ class Registry(Generic[T]):
 
 
 GATING: Registry[Any] = Registry("gating")
+PLACEMENT: Registry[Any] = Registry("placement")

@@ -10,7 +10,7 @@ from pydantic_core import PydanticCustomError
 from moesim.config.fields import Frozen
 from moesim.config.hardware import HardwareProfile
 from moesim.config.model import ModelSpec
-from moesim.config.registry import GATING, PolicyParams, Registry
+from moesim.config.registry import GATING, PLACEMENT, PolicyParams, Registry
 
 __all__ = [
     "ClusterSpec",
@@ -86,10 +86,19 @@ def _policy(registry: Registry[Any], raw: Any) -> PolicyParams:
 class PoliciesSpec(Frozen):
     gating: SerializeAsAny[PolicyParams] = Field(default_factory=lambda: GATING.validate("dynamic"))
 
+    placement: SerializeAsAny[PolicyParams] = Field(
+        default_factory=lambda: PLACEMENT.validate("contiguous")
+    )
+
     @field_validator("gating", mode="before")
     @classmethod
     def _gating(cls, raw: Any) -> PolicyParams:
         return _policy(GATING, raw)
+
+    @field_validator("placement", mode="before")
+    @classmethod
+    def _placement(cls, raw: Any) -> PolicyParams:
+        return _policy(PLACEMENT, raw)
 
 
 class Scenario(Frozen):

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from moesim.config import ClusterSpec, LinkSpec
+from moesim.config import LINK_KINDS, ClusterSpec, LinkSpec
 
 __all__ = ["KINDS", "Topology", "build_topology"]
 
-KINDS = ("local", "nvlink", "network")
+KINDS = LINK_KINDS
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ class StepRecords:
 
     ``breakdown_NP[n, p]`` is the critical-path time of phase ``PHASES[p]`` in step ``n``; a
     row sums to the step's latency. ``load_imbalance_N`` is NaN for a step with no expert work.
+    ``alltoall_bytes_NK``: bytes over each link kind (``hardware.KINDS``); per MoE layer,
+    ``busiest_tokens_NL`` is the expert tokens of the busiest GPU, ``expert_tokens_NL`` of all.
     """
 
     start_s: np.ndarray
@@ -31,9 +33,11 @@ class StepRecords:
     processed: np.ndarray
     dropped: np.ndarray
     padded: np.ndarray
-    alltoall_bytes: np.ndarray
+    alltoall_bytes_NK: np.ndarray
     load_imbalance: np.ndarray
     breakdown_NP: np.ndarray
+    busiest_tokens_NL: np.ndarray
+    expert_tokens_NL: np.ndarray
 
     @staticmethod
     def concat(parts: list[StepRecords]) -> StepRecords:
@@ -45,12 +49,14 @@ class StepRecords:
 
 @dataclass(frozen=True)
 class DeviceRecords:
-    """Per device: bytes of weights, KV cache and the activation peak over the run."""
+    """Per device: bytes of weights, KV cache and the activation peak over the run; expert
+    tokens each GPU received per MoE layer, summed over steps (``expert_tokens_LG``)."""
 
     capacity_bytes: float
     weights_bytes: np.ndarray
     kv_cache_bytes: np.ndarray
     activation_peak_bytes: np.ndarray
+    expert_tokens_LG: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,9 @@ class RunRecords:
     phase: str
     steps: StepRecords
     devices: DeviceRecords
+    placement: str = "contiguous"
+    phy2log_LU: np.ndarray | None = None
+    owner_LU: np.ndarray | None = None
     spans: SpanRecords = field(default_factory=SpanRecords.empty)
     wall_seconds: float = 0.0
     events: int = 0

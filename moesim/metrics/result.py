@@ -13,9 +13,10 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from moesim.config import LINK_KINDS
 from moesim.metrics.records import PHASES, RunRecords
 
-__all__ = ["Latency", "Memory", "Result", "TokenCounts"]
+__all__ = ["Latency", "Memory", "PlacementStats", "Result", "TokenCounts"]
 
 
 class _Out(BaseModel):
@@ -44,6 +45,43 @@ class Memory(_Out):
     out_of_memory: bool
 
 
+class PlacementStats(_Out):
+    """Expert-token load per GPU. ``max_load`` / ``avg_max_load`` are the seed paper's metrics:
+    the share of a layer's expert tokens in a step that the busiest GPU receives, the worst and
+    the mean over steps and layers. ``max_gpu_tokens`` / ``mean_gpu_tokens``: the busiest and
+    the average GPU's tokens, averaged over steps and layers. ``gpu_tokens_by_layer``: mean
+    tokens per step of each GPU in each MoE layer; ``imbalance_by_layer``: its max / mean."""
+
+    name: str
+    max_load: float | None
+    avg_max_load: float | None
+    max_gpu_tokens: float
+    mean_gpu_tokens: float
+    imbalance_by_layer: list[float | None]
+    gpu_tokens_by_layer: list[list[float]]
+
+
+def _placement(records: RunRecords) -> PlacementStats:
+    steps = records.steps
+    busiest, total = steps.busiest_tokens_NL, steps.expert_tokens_NL
+    share = busiest[total > 0] / total[total > 0]
+    per_step_LG = records.devices.expert_tokens_LG / max(steps.latency_s.size, 1)
+    mean_L = per_step_LG.mean(axis=1) if per_step_LG.size else np.zeros(0)
+    imbalance = [float(m) if mean > 0 else None
+                 for m, mean in zip(per_step_LG.max(axis=1, initial=0) / np.where(
+                     mean_L > 0, mean_L, 1), mean_L, strict=True)]
+    gpus = max(records.gpus, 1)
+    return PlacementStats(
+        name=records.placement,
+        max_load=float(share.max()) if share.size else None,
+        avg_max_load=float(share.mean()) if share.size else None,
+        max_gpu_tokens=float(busiest.mean()) if busiest.size else 0.0,
+        mean_gpu_tokens=float(total.mean() / gpus) if total.size else 0.0,
+        imbalance_by_layer=imbalance,
+        gpu_tokens_by_layer=per_step_LG.tolist(),
+    )
+
+
 class Result(_Out):
     """What ``result.json`` holds; ``per_step`` is a column table (``pandas.DataFrame`` ready)."""
 
@@ -59,7 +97,9 @@ class Result(_Out):
     tokens: TokenCounts
     memory: Memory
     alltoall_bytes: float
+    alltoall_bytes_by_kind: dict[str, float]
     load_imbalance: float | None
+    placement: PlacementStats
     simulated_seconds: float
     wall_seconds: float
     events: int
@@ -101,8 +141,13 @@ class Result(_Out):
                 activation_peak_bytes_per_device=devices.activation_peak_bytes.tolist(),
                 out_of_memory=bool((peak > devices.capacity_bytes).any()),
             ),
-            alltoall_bytes=float(steps.alltoall_bytes.sum()),
+            alltoall_bytes=float(steps.alltoall_bytes_NK.sum()),
+            alltoall_bytes_by_kind={
+                kind: float(steps.alltoall_bytes_NK[:, k].sum())
+                for k, kind in enumerate(LINK_KINDS) if kind != "local"
+            },
             load_imbalance=float(imbalance.mean()) if imbalance.size else None,
+            placement=_placement(records),
             simulated_seconds=simulated,
             wall_seconds=records.wall_seconds,
             events=records.events,
@@ -112,7 +157,7 @@ class Result(_Out):
                 "latency_s": latency.tolist(),
                 "dropped": steps.dropped.tolist(),
                 "padded": steps.padded.tolist(),
-                "alltoall_bytes": steps.alltoall_bytes.tolist(),
+                "alltoall_bytes": steps.alltoall_bytes_NK.sum(axis=1).tolist(),
                 "load_imbalance": [None if math.isnan(v) else v for v in steps.load_imbalance],
             },
         )

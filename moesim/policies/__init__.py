@@ -3,6 +3,7 @@
 Importing this package registers every built-in policy in the config registries.
 """
 
+from moesim.policies import planners as _planners  # noqa: F401  (registers the planners)
 from moesim.policies.gating import (
     DynamicGating,
     GatingOutcome,
@@ -10,14 +11,23 @@ from moesim.policies.gating import (
     expert_counts,
     static_capacity,
 )
-from moesim.policies.placement import PlacementPlan, contiguous_plan
+from moesim.policies.history import plan_placement, warmup_steps
+from moesim.policies.placement import PlacementPlan, contiguous_plan, load_eplb, save_eplb
+from moesim.policies.planners import PlannerParams, balanced_slots, pearson
 
 __all__ = [
     "DynamicGating",
     "GatingOutcome",
     "PlacementPlan",
+    "PlannerParams",
     "StaticGating",
+    "balanced_slots",
     "contiguous_plan",
     "expert_counts",
+    "load_eplb",
+    "pearson",
+    "plan_placement",
+    "save_eplb",
     "static_capacity",
+    "warmup_steps",
 ]

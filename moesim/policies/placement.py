@@ -1,66 +1,154 @@
-"""Expert placement plans: which GPU holds each expert of each MoE layer.
+"""Expert placement plans: which GPU holds each expert (and each replica) of each MoE layer.
 
-For now the one plan is ``contiguous`` (expert ``e`` on GPU ``e * G // E``), the layout of
-expert-parallel MoE layers in fairseq, DeepSpeed and Megatron.
+A plan has ``U`` physical slots per layer (``U = E`` without replicas): ``phy2log_LU`` says which
+logical expert a slot holds, ``owner_LU`` on which GPU it sits. With replicas, a token's
+assignment to expert ``e`` goes to replica ``t % logcnt[e]`` (tokens split evenly). This is the
+``phy2log`` / ``logcnt`` form of DeepSeek's EPLB, whose plans import and export as-is (slot
+``u`` on GPU ``u // (U / G)``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PlacementPlan", "contiguous_plan"]
+from moesim.errors import ConfigError
+
+__all__ = ["PlacementPlan", "contiguous_plan", "load_eplb", "save_eplb"]
 
 
 @dataclass(frozen=True)
 class PlacementPlan:
-    """``owner_LE[l, e]``: the GPU that holds expert ``e`` of MoE layer ``l``."""
+    """``phy2log_LU[l, u]``: logical expert in slot ``u``; ``owner_LU[l, u]``: its GPU."""
 
-    owner_LE: np.ndarray
+    phy2log_LU: np.ndarray
+    owner_LU: np.ndarray
     gpus: int
+    num_experts: int
+
+    @property
+    def units(self) -> int:
+        return self.phy2log_LU.shape[1]
+
+    @property
+    def layers(self) -> int:
+        return self.phy2log_LU.shape[0]
+
+    @cached_property
+    def logcnt_LE(self) -> np.ndarray:
+        """Replicas of each logical expert."""
+        keys = (np.arange(self.layers)[:, None] * self.num_experts + self.phy2log_LU).ravel()
+        counts = np.bincount(keys, minlength=self.layers * self.num_experts)
+        return counts.reshape(self.layers, self.num_experts)
+
+    @cached_property
+    def log2phy_LER(self) -> np.ndarray:
+        """Slots of each logical expert, padded with -1 (EPLB's ``log2phy``)."""
+        replicas = int(self.logcnt_LE.max(initial=1))
+        table = np.full((self.layers, self.num_experts, replicas), -1, dtype=np.int64)
+        for layer in range(self.layers):
+            order = np.argsort(self.phy2log_LU[layer], kind="stable")
+            experts = self.phy2log_LU[layer][order]
+            first = np.searchsorted(experts, experts)
+            table[layer, experts, np.arange(order.size) - first] = order
+        return table
+
+    @cached_property
+    def _identity(self) -> bool:
+        return self.units == self.num_experts and bool(
+            (self.phy2log_LU == np.arange(self.num_experts)).all()
+        )
+
+    def to_units(self, expert_ids_NLTK: np.ndarray) -> np.ndarray:
+        """Map each token's logical experts to the physical slots that serve them."""
+        if self._identity:
+            return expert_ids_NLTK
+        n, layers, tokens, top_k = expert_ids_NLTK.shape
+        replicas = self.log2phy_LER.shape[2]
+        cell = (np.arange(layers)[:, None, None] * self.num_experts + expert_ids_NLTK) * replicas
+        count = self.logcnt_LE.ravel()[cell // replicas]
+        replica = np.arange(tokens)[:, None] % count
+        return self.log2phy_LER.ravel()[cell + replica]
 
     @property
     def experts_per_gpu_LG(self) -> np.ndarray:
-        layers = self.owner_LE.shape[0]
-        flat = (np.arange(layers)[:, None] * self.gpus + self.owner_LE).ravel()
-        return np.bincount(flat, minlength=layers * self.gpus).reshape(layers, self.gpus)
+        """Slots (experts and replicas) each GPU holds per layer."""
+        flat = (np.arange(self.layers)[:, None] * self.gpus + self.owner_LU).ravel()
+        return np.bincount(flat, minlength=self.layers * self.gpus).reshape(self.layers, self.gpus)
 
     @cached_property
     def _blocked(self) -> bool:
-        """Every GPU holds the same number of experts, in ascending id order (contiguous)."""
-        _layers, experts = self.owner_LE.shape
-        if experts % self.gpus:
+        """Every GPU holds the same number of slots, in ascending order (a reshape suffices)."""
+        if self.units % self.gpus:
             return False
-        block = np.repeat(np.arange(self.gpus), experts // self.gpus)
-        return bool((self.owner_LE == block).all())
+        block = np.repeat(np.arange(self.gpus), self.units // self.gpus)
+        return bool((self.owner_LU == block).all())
 
-    def per_gpu_sum(self, values_NLE: np.ndarray) -> np.ndarray:
-        """``values_NLG``: the sum over each GPU's experts."""
-        n, layers, experts = values_NLE.shape
+    def per_gpu_sum(self, values_NLU: np.ndarray) -> np.ndarray:
+        """``values_NLG``: the sum over each GPU's slots."""
+        n, layers, units = values_NLU.shape
         if self._blocked:
-            return values_NLE.reshape(n, layers, self.gpus, experts // self.gpus).sum(axis=-1)
-        keys = np.arange(n * layers).reshape(n, layers, 1) * self.gpus + self.owner_LE[None]
+            return values_NLU.reshape(n, layers, self.gpus, units // self.gpus).sum(axis=-1)
+        keys = np.arange(n * layers).reshape(n, layers, 1) * self.gpus + self.owner_LU[None]
         summed = np.bincount(
-            keys.ravel(), weights=values_NLE.ravel(), minlength=n * layers * self.gpus
+            keys.ravel(), weights=values_NLU.ravel(), minlength=n * layers * self.gpus
         )
-        return summed.reshape(n, layers, self.gpus).astype(values_NLE.dtype)
+        return summed.reshape(n, layers, self.gpus).astype(values_NLU.dtype)
 
-    def per_gpu_max(self, values_NLE: np.ndarray) -> np.ndarray:
-        """``values_NLG``: the largest value among each GPU's experts (0 where it has none)."""
-        n, layers, experts = values_NLE.shape
+    def per_gpu_max(self, values_NLU: np.ndarray) -> np.ndarray:
+        """``values_NLG``: the largest value among each GPU's slots (0 where it has none)."""
+        n, layers, units = values_NLU.shape
         if self._blocked:
-            return values_NLE.reshape(n, layers, self.gpus, experts // self.gpus).max(
+            return values_NLU.reshape(n, layers, self.gpus, units // self.gpus).max(
                 axis=-1, initial=0
             )
-        out = np.zeros((n, layers, self.gpus), dtype=values_NLE.dtype)
-        index = np.broadcast_to(self.owner_LE[None], values_NLE.shape)
-        np.maximum.at(out, (*np.indices(values_NLE.shape)[:2], index), values_NLE)
+        out = np.zeros((n, layers, self.gpus), dtype=values_NLU.dtype)
+        index = np.broadcast_to(self.owner_LU[None], values_NLU.shape)
+        np.maximum.at(out, (*np.indices(values_NLU.shape)[:2], index), values_NLU)
         return out
 
 
 def contiguous_plan(num_experts: int, gpus: int, layers: int) -> PlacementPlan:
     """Expert ``e`` on GPU ``e * gpus // num_experts`` in every layer."""
     owner_E = np.arange(num_experts, dtype=np.int64) * gpus // max(num_experts, 1)
-    return PlacementPlan(np.broadcast_to(owner_E, (layers, num_experts)).copy(), gpus)
+    phy2log = np.broadcast_to(np.arange(num_experts), (layers, num_experts)).copy()
+    return PlacementPlan(phy2log, np.broadcast_to(owner_E, (layers, num_experts)).copy(), gpus,
+                         num_experts)
+
+
+def save_eplb(path: str | Path, plan: PlacementPlan) -> None:
+    """Write ``phy2log``, ``log2phy`` and ``logcnt`` (EPLB's arrays) to an ``.npz``; slots are
+    ordered by GPU first, so the plan needs the same number of slots on every GPU."""
+    if plan.units % plan.gpus or (plan.experts_per_gpu_LG != plan.units // plan.gpus).any():
+        raise ValueError("the EPLB form needs the same number of slots on every GPU")
+    order = np.argsort(plan.owner_LU, axis=1, kind="stable")
+    phy2log = np.take_along_axis(plan.phy2log_LU, order, axis=1)
+    owner = np.take_along_axis(plan.owner_LU, order, axis=1)
+    ordered = PlacementPlan(phy2log, owner, plan.gpus, plan.num_experts)
+    np.savez(path, phy2log=phy2log, log2phy=ordered.log2phy_LER, logcnt=ordered.logcnt_LE)
+
+
+def load_eplb(path: str | Path, gpus: int, num_experts: int, layers: int) -> PlacementPlan:
+    """A plan from an EPLB ``phy2log [layers, slots]`` array in an ``.npz`` file."""
+    file = str(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            phy2log = np.asarray(archive["phy2log"])
+    except (OSError, KeyError, ValueError) as error:
+        raise ConfigError(file, "phy2log", f"cannot read an EPLB plan: {error}") from None
+    if phy2log.ndim != 2 or phy2log.shape[0] != layers:
+        raise ConfigError(file, "phy2log", f"expected shape [{layers} layers, slots], got "
+                          f"{phy2log.shape}")
+    units = phy2log.shape[1]
+    if units % gpus:
+        raise ConfigError(file, "phy2log", f"{units} slots do not split evenly over {gpus} GPUs")
+    if phy2log.min() < 0 or phy2log.max() >= num_experts:
+        raise ConfigError(file, "phy2log", f"expert ids must lie in [0, {num_experts - 1}]")
+    missing = [layer for layer in range(layers) if np.unique(phy2log[layer]).size < num_experts]
+    if missing:
+        raise ConfigError(file, "phy2log", f"layer {missing[0]} leaves some expert without a slot")
+    owner = np.broadcast_to(np.arange(units) // (units // gpus), phy2log.shape).copy()
+    return PlacementPlan(phy2log.astype(np.int64), owner, gpus, num_experts)

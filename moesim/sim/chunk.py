@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.config import Scenario
-from moesim.hardware import DeviceCosts, Topology
+from moesim.hardware import KINDS, DeviceCosts, Topology
 from moesim.metrics import PHASES
 from moesim.policies import GatingOutcome, PlacementPlan
 from moesim.sim.local_work import LocalWork
@@ -26,7 +26,8 @@ __all__ = ["ChunkTiming", "time_chunk"]
 
 @dataclass(frozen=True)
 class ChunkTiming:
-    """Per step and MoE layer: collective and expert durations; per step: totals and counts."""
+    """Per step and MoE layer: collective and expert durations, expert tokens per GPU
+    (``tokens_NLG``); per step: totals, counts and bytes per link kind (``alltoall_bytes_NK``)."""
 
     count_NL: np.ndarray
     dispatch_NL: np.ndarray
@@ -36,7 +37,8 @@ class ChunkTiming:
     breakdown_NP: np.ndarray
     processed_N: np.ndarray
     padded_N: np.ndarray
-    alltoall_bytes_N: np.ndarray
+    alltoall_bytes_NK: np.ndarray
+    tokens_NLG: np.ndarray
     load_imbalance_N: np.ndarray
     activation_NG: np.ndarray
 
@@ -84,15 +86,18 @@ def time_chunk(
         (n, layers),
     )
     combine_NL = dispatch_NL  # the same rows travel back over full-duplex ports
-    remote_bytes_N = np.broadcast_to(egress[..., 1:].sum(axis=(1, 2, 3)), (n,)) * row_bytes
-    alltoall_bytes_N = 2.0 * remote_bytes_N
+    # Bytes crossing each link kind, dispatch and combine (local traffic stays at zero).
+    alltoall_bytes_NK = 2.0 * row_bytes * np.broadcast_to(egress.sum(axis=(1, 2)), (n, len(KINDS)))
+    alltoall_bytes_NK = alltoall_bytes_NK * (np.arange(len(KINDS)) > 0)
     count_NL = np.zeros((n, layers))
     if outcome.count_exchange and layers:
         count_egress, count_ingress = count_exchange_bytes(plan, topology)
         count_NL = count_NL + alltoall_time(
             count_egress, count_ingress, topology, costs.launch_overhead_s
         )
-        alltoall_bytes_N = alltoall_bytes_N + count_egress[..., 1:].sum()
+        alltoall_bytes_NK = alltoall_bytes_NK + count_egress.sum(axis=(0, 1)) * (
+            np.arange(len(KINDS)) > 0
+        )
 
     pre_LG = local.pre_LG
     critical_L = pre_LG.argmax(axis=1) if layers else np.zeros(0, dtype=np.int64)
@@ -142,7 +147,8 @@ def time_chunk(
         breakdown_NP=breakdown_NP,
         processed_N=tokens_NLG.sum(axis=(1, 2)),
         padded_N=(slots_NLG - tokens_NLG).sum(axis=(1, 2)) if padding else np.zeros(n, np.int64),
-        alltoall_bytes_N=alltoall_bytes_N,
+        alltoall_bytes_NK=alltoall_bytes_NK,
+        tokens_NLG=tokens_NLG,
         load_imbalance_N=_imbalance(tokens_NLG),
         activation_NG=activation_NG,
     )

@@ -18,7 +18,7 @@ import simpy
 from moesim.config import GATING, Scenario
 from moesim.hardware import DeviceCosts, build_topology
 from moesim.metrics import DeviceRecords, RunRecords, SpanRecords, StepRecords
-from moesim.policies import contiguous_plan
+from moesim.policies import plan_placement, warmup_steps
 from moesim.sim.chunk import time_chunk
 from moesim.sim.local_work import local_work
 from moesim.sim.memory import dense_activation_bytes, kv_cache_bytes, weights_bytes
@@ -35,6 +35,7 @@ class _Collected:
     steps: list[StepRecords]
     spans: list[SpanRecords]
     activation_G: np.ndarray
+    expert_tokens_LG: np.ndarray
     events: int = 0
 
 
@@ -48,18 +49,19 @@ def simulate(
     costs = DeviceCosts.from_profile(cluster.device, model.dtype)
     topology = build_topology(cluster)
     layers = model.moe_layers(scenario.stack())
-    plan = contiguous_plan(model.num_experts, gpus, layers)
+    plan = plan_placement(scenario)
     gating = GATING.build(scenario.policies.gating)
-    routing_rng = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(1)[0])
     tokens_G = tokens_per_gpu(workload.tokens_per_step, gpus)
     source_T = np.repeat(np.arange(gpus), tokens_G)
-    collected = _Collected([], [], dense_activation_bytes(scenario, tokens_G))
+    collected = _Collected(
+        [], [], dense_activation_bytes(scenario, tokens_G), np.zeros((layers, gpus))
+    )
 
     def run(env: simpy.Environment) -> Generator[simpy.Event, None, None]:
         local = None
-        for chunk in routing_chunks(scenario, routing_rng):
-            ids = chunk.expert_ids_NLTK
-            outcome = gating.gate(ids, source_T, gpus, model.num_experts)
+        for chunk in routing_chunks(scenario, warmup_steps(scenario)):
+            ids = plan.to_units(chunk.expert_ids_NLTK)
+            outcome = gating.gate(ids, source_T, gpus, plan.units)
             if local is None:
                 local = local_work(
                     scenario, costs, tokens_G, source_T, outcome.capacity_G, outcome.einsum_dispatch
@@ -87,11 +89,14 @@ def simulate(
                     processed=timing.processed_N,
                     dropped=routed - timing.processed_N,
                     padded=timing.padded_N,
-                    alltoall_bytes=timing.alltoall_bytes_N,
+                    alltoall_bytes_NK=timing.alltoall_bytes_NK,
                     load_imbalance=timing.load_imbalance_N,
                     breakdown_NP=timing.breakdown_NP,
+                    busiest_tokens_NL=timing.tokens_NLG.max(axis=-1, initial=0),
+                    expert_tokens_NL=timing.tokens_NLG.sum(axis=-1),
                 )
             )
+            collected.expert_tokens_LG += timing.tokens_NLG.sum(axis=0)
             collected.activation_G = np.maximum(
                 collected.activation_G, timing.activation_NG.max(axis=0)
             )
@@ -104,6 +109,7 @@ def simulate(
         weights_bytes=weights_bytes(scenario, plan),
         kv_cache_bytes=kv_cache_bytes(scenario, tokens_G),
         activation_peak_bytes=collected.activation_G,
+        expert_tokens_LG=collected.expert_tokens_LG,
     )
     return RunRecords(
         scenario=scenario.name,
@@ -113,6 +119,9 @@ def simulate(
         phase=workload.phase,
         steps=StepRecords.concat(collected.steps),
         devices=devices,
+        placement=scenario.policies.placement.name,
+        phy2log_LU=plan.phy2log_LU,
+        owner_LU=plan.owner_LU,
         spans=SpanRecords.concat(collected.spans),
         wall_seconds=time.perf_counter() - wall_start,
         events=collected.events,

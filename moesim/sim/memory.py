@@ -27,7 +27,7 @@ def weights_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:
     model = scenario.model
     gpus = plan.gpus
     planned_G = plan.experts_per_gpu_LG.sum(axis=0)
-    others = model.total_moe_layers - plan.owner_LE.shape[0]
+    others = model.total_moe_layers - plan.layers
     contiguous_G = np.bincount(
         np.arange(model.num_experts) * gpus // max(model.num_experts, 1), minlength=gpus
     )

@@ -50,11 +50,11 @@ def routed_tokens(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact dispatch rows ``(egress_NLGK, ingress_NLGK)`` when every assignment travels."""
     n, layers, tokens, top_k = expert_ids_NLTK.shape
-    gpus, experts = plan.gpus, plan.owner_LE.shape[1]
+    gpus, experts = plan.gpus, plan.units
     # Per (layer, source GPU, expert): the (GPU, link kind) cell it counts in, on each side.
-    kind_LGE = topology.kind_GG[np.arange(gpus)[None, :, None], plan.owner_LE[:, None, :]]
+    kind_LGE = topology.kind_GG[np.arange(gpus)[None, :, None], plan.owner_LU[:, None, :]]
     egress_cell = (np.arange(gpus)[None, :, None] * _K + kind_LGE).ravel()
-    ingress_cell = (plan.owner_LE[:, None, :] * _K + kind_LGE).ravel()
+    ingress_cell = (plan.owner_LU[:, None, :] * _K + kind_LGE).ravel()
     base_LX = (np.arange(layers)[:, None] * gpus + np.repeat(source_T, top_k)[None]) * experts
     lookup = expert_ids_NLTK.reshape(n, layers, tokens * top_k) + base_LX[None]
     step_layer = (np.arange(n * layers, dtype=np.int64) * (gpus * _K)).reshape(n, layers, 1)

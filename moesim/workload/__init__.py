@@ -1,6 +1,12 @@
 """Routing sources (synthetic, trace files) and the stream of steps a scenario runs."""
 
-from moesim.workload.stream import StepChunk, chunk_steps, routing_chunks, tokens_per_gpu
+from moesim.workload.stream import (
+    StepChunk,
+    chunk_steps,
+    routing_chunks,
+    routing_rng,
+    tokens_per_gpu,
+)
 from moesim.workload.synthetic import SyntheticRouter, rank_table, zipf_weights
 from moesim.workload.trace import load_trace, recut
 
@@ -12,6 +18,7 @@ __all__ = [
     "rank_table",
     "recut",
     "routing_chunks",
+    "routing_rng",
     "tokens_per_gpu",
     "zipf_weights",
 ]

@@ -15,7 +15,7 @@ from moesim.config import Scenario, SyntheticRouting
 from moesim.workload.synthetic import SyntheticRouter
 from moesim.workload.trace import load_trace, recut
 
-__all__ = ["StepChunk", "chunk_steps", "routing_chunks", "tokens_per_gpu"]
+__all__ = ["StepChunk", "chunk_steps", "routing_chunks", "routing_rng", "tokens_per_gpu"]
 
 _CHUNK_ELEMENTS = 1 << 21
 
@@ -38,6 +38,11 @@ def tokens_per_gpu(tokens: int, gpus: int) -> np.ndarray:
     return base + (np.arange(gpus) < extra).astype(np.int64)
 
 
+def routing_rng(scenario: Scenario) -> np.random.Generator:
+    """A fresh generator for the scenario's routing stream: every call gives the same draws."""
+    return np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(1)[0])
+
+
 def chunk_steps(scenario: Scenario) -> int:
     """Steps per chunk: about 2M assignments or (layer, expert) cells, whichever is more."""
     model = scenario.model
@@ -45,27 +50,40 @@ def chunk_steps(scenario: Scenario) -> int:
     per_step = max(
         1, layers * max(scenario.workload.tokens_per_step * model.top_k, model.num_experts)
     )
-    return int(min(scenario.workload.steps, max(1, _CHUNK_ELEMENTS // per_step)))
+    return int(max(1, _CHUNK_ELEMENTS // per_step))
 
 
-def routing_chunks(scenario: Scenario, rng: np.random.Generator) -> Iterator[StepChunk]:
-    """Yield the run's steps in chunks; synthetic routing is drawn from ``rng``."""
+def _stream(scenario: Scenario, total: int) -> Iterator[np.ndarray]:
+    """``expert_ids_NLTK`` for steps ``0 .. total - 1`` of the routing, in chunks."""
     model, workload = scenario.model, scenario.workload
     layers = model.moe_layers(scenario.stack())
-    tokens, steps = workload.tokens_per_step, workload.steps
+    tokens = workload.tokens_per_step
     per_chunk = chunk_steps(scenario)
     routing = workload.routing
     if layers == 0:
-        for first in range(0, steps, per_chunk):
-            n = min(per_chunk, steps - first)
-            yield StepChunk(first, np.zeros((n, 0, tokens, model.top_k), dtype=np.int16))
-        return
-    if isinstance(routing, SyntheticRouting):
-        router = SyntheticRouter(routing, model.num_experts, model.top_k, layers, rng)
-        for first in range(0, steps, per_chunk):
-            yield StepChunk(first, router.draw(min(per_chunk, steps - first), tokens))
-        return
-    trace = load_trace(routing.path, model.num_experts, model.top_k, layers)
-    ids = recut(trace, steps, tokens, routing.path)
-    for first in range(0, steps, per_chunk):
-        yield StepChunk(first, ids[first : first + per_chunk])
+        for first in range(0, total, per_chunk):
+            n = min(per_chunk, total - first)
+            yield np.zeros((n, 0, tokens, model.top_k), dtype=np.int16)
+    elif isinstance(routing, SyntheticRouting):
+        router = SyntheticRouter(routing, model.num_experts, model.top_k, layers,
+                                 routing_rng(scenario))
+        for first in range(0, total, per_chunk):
+            yield router.draw(min(per_chunk, total - first), tokens)
+    else:
+        trace = load_trace(routing.path, model.num_experts, model.top_k, layers)
+        ids = recut(trace, total, tokens, routing.path)
+        for first in range(0, total, per_chunk):
+            yield ids[first : first + per_chunk]
+
+
+def routing_chunks(scenario: Scenario, start: int = 0, steps: int | None = None
+                   ) -> Iterator[StepChunk]:
+    """Steps ``start .. start + steps - 1`` of the scenario's routing (``steps`` defaults to
+    the workload's), numbered from 0; the same steps whatever ``start`` and chunking."""
+    steps = scenario.workload.steps if steps is None else steps
+    first = 0
+    for ids in _stream(scenario, start + steps):
+        lo, hi = max(start - first, 0), min(start + steps - first, ids.shape[0])
+        if lo < hi:
+            yield StepChunk(first + lo - start, ids[lo:hi])
+        first += ids.shape[0]

@@ -22,15 +22,18 @@ def _records() -> RunRecords:
         processed=np.array([20, 18, 20, 19]),
         dropped=np.array([0, 2, 0, 1]),
         padded=np.array([5, 0, 5, 1]),
-        alltoall_bytes=np.full(4, 100.0),
+        alltoall_bytes_NK=np.tile([0.0, 60.0, 40.0], (4, 1)),
         load_imbalance=np.array([1.0, np.nan, 2.0, 3.0]),
         breakdown_NP=breakdown,
+        busiest_tokens_NL=np.array([[6], [0], [5], [9]]),
+        expert_tokens_NL=np.array([[10], [0], [10], [10]]),
     )
     devices = DeviceRecords(
         capacity_bytes=100.0,
         weights_bytes=np.array([50.0, 60.0]),
         kv_cache_bytes=np.array([10.0, 10.0]),
         activation_peak_bytes=np.array([20.0, 35.0]),
+        expert_tokens_LG=np.array([[20.0, 10.0]]),
     )
     return RunRecords("r", "sim", "dev", 2, "decode", steps, devices, wall_seconds=0.5, events=4)
 
@@ -48,6 +51,15 @@ def test_result_from_records_by_hand() -> None:
     assert result.memory.out_of_memory
     assert result.time_breakdown_s["expert"] == 10.0
     assert result.per_step["load_imbalance"] == [1.0, None, 2.0, 3.0]
+    assert result.alltoall_bytes == 400.0
+    assert result.alltoall_bytes_by_kind == {"nvlink": 240.0, "network": 160.0}
+    placement = result.placement
+    assert placement.max_load == 0.9  # 9 of 10 tokens in step 3; step 1 had none
+    assert placement.avg_max_load == pytest.approx((0.6 + 0.5 + 0.9) / 3)
+    assert placement.gpu_tokens_by_layer == [[5.0, 2.5]]  # per step over 4 steps
+    assert placement.imbalance_by_layer == [pytest.approx(5.0 / 3.75)]
+    assert placement.max_gpu_tokens == 5.0  # (6 + 0 + 5 + 9) / 4
+    assert placement.mean_gpu_tokens == 3.75  # 30 tokens / 4 steps / 2 GPUs
 
 
 def test_chrome_trace_lanes_and_spans(tmp_path) -> None:
