@@ -53,8 +53,9 @@ def write_outputs(
         written.append(out / "trace.json")
         _write_json(written[-1], chrome_trace(records.spans, scenario.name))
     if records is not None and records.phy2log_LU is not None and records.phy2log_LU.size:
-        plan = PlacementPlan(records.phy2log_LU, records.owner_LU, records.gpus,
-                             scenario.model.num_experts)
+        plan = PlacementPlan(
+            records.phy2log_LU, records.owner_LU, records.gpus, scenario.model.num_experts
+        )
         try:
             save_eplb(out / "placement.npz", plan)
             written.append(out / "placement.npz")

@@ -20,7 +20,13 @@ from moesim.config.fields import (
 
 __all__ = [
     "LINK_KINDS",
-    "ComputeSpec", "HardwareProfile", "HostSpec", "LinkSpec", "LinksSpec", "MemorySpec"]
+    "ComputeSpec",
+    "HardwareProfile",
+    "HostSpec",
+    "LinkSpec",
+    "LinksSpec",
+    "MemorySpec",
+]
 
 
 LINK_KINDS = ("local", "nvlink", "network")  # how two GPUs talk; "local" is a GPU to itself

@@ -67,9 +67,14 @@ def _placement(records: RunRecords) -> PlacementStats:
     share = busiest[total > 0] / total[total > 0]
     per_step_LG = records.devices.expert_tokens_LG / max(steps.latency_s.size, 1)
     mean_L = per_step_LG.mean(axis=1) if per_step_LG.size else np.zeros(0)
-    imbalance = [float(m) if mean > 0 else None
-                 for m, mean in zip(per_step_LG.max(axis=1, initial=0) / np.where(
-                     mean_L > 0, mean_L, 1), mean_L, strict=True)]
+    imbalance = [
+        float(m) if mean > 0 else None
+        for m, mean in zip(
+            per_step_LG.max(axis=1, initial=0) / np.where(mean_L > 0, mean_L, 1),
+            mean_L,
+            strict=True,
+        )
+    ]
     gpus = max(records.gpus, 1)
     return PlacementStats(
         name=records.placement,
@@ -144,7 +149,8 @@ class Result(_Out):
             alltoall_bytes=float(steps.alltoall_bytes_NK.sum()),
             alltoall_bytes_by_kind={
                 kind: float(steps.alltoall_bytes_NK[:, k].sum())
-                for k, kind in enumerate(LINK_KINDS) if kind != "local"
+                for k, kind in enumerate(LINK_KINDS)
+                if kind != "local"
             },
             load_imbalance=float(imbalance.mean()) if imbalance.size else None,
             placement=_placement(records),

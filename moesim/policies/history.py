@@ -31,7 +31,9 @@ def plan_placement(scenario: Scenario) -> PlacementPlan:
         return contiguous_plan(model.num_experts, scenario.cluster.gpus, 0)
     warmup = warmup_steps(scenario)
     start, steps = (warmup, None) if params.oracle else (0, warmup)
-    loads = [expert_counts(chunk.expert_ids_NLTK, model.num_experts)
-             for chunk in routing_chunks(scenario, start, steps)]
+    loads = [
+        expert_counts(chunk.expert_ids_NLTK, model.num_experts)
+        for chunk in routing_chunks(scenario, start, steps)
+    ]
     load_HLE = np.concatenate(loads) if loads else np.zeros((0, layers, model.num_experts))
     return PLACEMENT.build(params).plan(load_HLE, scenario.cluster.gpus)

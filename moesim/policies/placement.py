@@ -115,8 +115,9 @@ def contiguous_plan(num_experts: int, gpus: int, layers: int) -> PlacementPlan:
     """Expert ``e`` on GPU ``e * gpus // num_experts`` in every layer."""
     owner_E = np.arange(num_experts, dtype=np.int64) * gpus // max(num_experts, 1)
     phy2log = np.broadcast_to(np.arange(num_experts), (layers, num_experts)).copy()
-    return PlacementPlan(phy2log, np.broadcast_to(owner_E, (layers, num_experts)).copy(), gpus,
-                         num_experts)
+    return PlacementPlan(
+        phy2log, np.broadcast_to(owner_E, (layers, num_experts)).copy(), gpus, num_experts
+    )
 
 
 def save_eplb(path: str | Path, plan: PlacementPlan) -> None:
@@ -140,8 +141,9 @@ def load_eplb(path: str | Path, gpus: int, num_experts: int, layers: int) -> Pla
     except (OSError, KeyError, ValueError) as error:
         raise ConfigError(file, "phy2log", f"cannot read an EPLB plan: {error}") from None
     if phy2log.ndim != 2 or phy2log.shape[0] != layers:
-        raise ConfigError(file, "phy2log", f"expected shape [{layers} layers, slots], got "
-                          f"{phy2log.shape}")
+        raise ConfigError(
+            file, "phy2log", f"expected shape [{layers} layers, slots], got {phy2log.shape}"
+        )
     units = phy2log.shape[1]
     if units % gpus:
         raise ConfigError(file, "phy2log", f"{units} slots do not split evenly over {gpus} GPUs")

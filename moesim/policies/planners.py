@@ -58,8 +58,11 @@ def pearson(load_HE: np.ndarray) -> np.ndarray:
 
 def _mean_load(load_HLE: np.ndarray) -> np.ndarray:
     if load_HLE.shape[0] == 0:
-        raise ConfigError(None, "policies.placement.history_steps",
-                          "this planner learns from history: set history_steps >= 1 or oracle")
+        raise ConfigError(
+            None,
+            "policies.placement.history_steps",
+            "this planner learns from history: set history_steps >= 1 or oracle",
+        )
     return load_HLE.mean(axis=0)
 
 
@@ -143,10 +146,12 @@ class AntiCorrelation:
         mean_LE = _mean_load(load_HLE)
         # The paper's load term is each expert's share of the step's tokens.
         share_HLE = load_HLE / np.maximum(load_HLE.sum(axis=2, keepdims=True), 1)
-        owner = np.stack([
-            _greedy_layer(share_HLE[:, layer].mean(axis=0), gpus, pearson(share_HLE[:, layer]))
-            for layer in range(mean_LE.shape[0])
-        ])
+        owner = np.stack(
+            [
+                _greedy_layer(share_HLE[:, layer].mean(axis=0), gpus, pearson(share_HLE[:, layer]))
+                for layer in range(mean_LE.shape[0])
+            ]
+        )
         return _from_owner(owner, gpus)
 
 
@@ -166,7 +171,8 @@ class Replicated:
         units = experts + self.params.redundant_experts
         if units % gpus:
             raise ConfigError(
-                None, "policies.placement.redundant_experts",
+                None,
+                "policies.placement.redundant_experts",
                 f"{experts} experts + {self.params.redundant_experts} redundant = {units} slots "
                 f"do not split evenly over {gpus} GPUs",
             )
@@ -176,8 +182,12 @@ class Replicated:
             phy2log[layer], owner[layer] = self._layer(mean_LE[layer], units, gpus)
         # Order slots by GPU so that slot u sits on GPU u // (U / G), as EPLB lays them out.
         order = np.argsort(owner, axis=1, kind="stable")
-        return PlacementPlan(np.take_along_axis(phy2log, order, axis=1),
-                             np.take_along_axis(owner, order, axis=1), gpus, experts)
+        return PlacementPlan(
+            np.take_along_axis(phy2log, order, axis=1),
+            np.take_along_axis(owner, order, axis=1),
+            gpus,
+            experts,
+        )
 
     @staticmethod
     def _layer(mean_E: np.ndarray, units: int, gpus: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,14 @@ from moesim.config import Scenario, SyntheticRouting
 from moesim.workload.synthetic import SyntheticRouter
 from moesim.workload.trace import load_trace, recut
 
-__all__ = ["StepChunk", "chunk_steps", "routing_chunks", "routing_rng", "tokens_per_gpu"]
+__all__ = [
+    "StepChunk",
+    "block_steps",
+    "chunk_steps",
+    "routing_chunks",
+    "routing_rng",
+    "tokens_per_gpu",
+]
 
 _CHUNK_ELEMENTS = 1 << 21
 
@@ -38,9 +45,19 @@ def tokens_per_gpu(tokens: int, gpus: int) -> np.ndarray:
     return base + (np.arange(gpus) < extra).astype(np.int64)
 
 
-def routing_rng(scenario: Scenario) -> np.random.Generator:
-    """A fresh generator for the scenario's routing stream: every call gives the same draws."""
-    return np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(1)[0])
+_BLOCK_STEPS = 64
+_ROUTING_STREAM = 0  # spawn key of the routing stream under the scenario's seed
+
+
+def routing_rng(scenario: Scenario, block: int) -> np.random.Generator:
+    """The generator of block ``block`` of the routing stream (``block_steps`` steps each)."""
+    key = (_ROUTING_STREAM, block)
+    return np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=key))
+
+
+def block_steps(scenario: Scenario) -> int:
+    """Steps drawn together with one generator: at most 64, at most one chunk."""
+    return min(_BLOCK_STEPS, chunk_steps(scenario))
 
 
 def chunk_steps(scenario: Scenario) -> int:
@@ -65,10 +82,14 @@ def _stream(scenario: Scenario, total: int) -> Iterator[np.ndarray]:
             n = min(per_chunk, total - first)
             yield np.zeros((n, 0, tokens, model.top_k), dtype=np.int16)
     elif isinstance(routing, SyntheticRouting):
-        router = SyntheticRouter(routing, model.num_experts, model.top_k, layers,
-                                 routing_rng(scenario))
-        for first in range(0, total, per_chunk):
-            yield router.draw(min(per_chunk, total - first), tokens)
+        # Whole blocks with their own generators: step n's routing never depends on ``total``.
+        block = block_steps(scenario)
+        router = SyntheticRouter(
+            routing, model.num_experts, model.top_k, layers, routing_rng(scenario, 0)
+        )
+        for index, first in enumerate(range(0, total, block)):
+            router.reseed(routing_rng(scenario, index))
+            yield router.draw(block, tokens)[: total - first]
     else:
         trace = load_trace(routing.path, model.num_experts, model.top_k, layers)
         ids = recut(trace, total, tokens, routing.path)
@@ -76,8 +97,9 @@ def _stream(scenario: Scenario, total: int) -> Iterator[np.ndarray]:
             yield ids[first : first + per_chunk]
 
 
-def routing_chunks(scenario: Scenario, start: int = 0, steps: int | None = None
-                   ) -> Iterator[StepChunk]:
+def routing_chunks(
+    scenario: Scenario, start: int = 0, steps: int | None = None
+) -> Iterator[StepChunk]:
     """Steps ``start .. start + steps - 1`` of the scenario's routing (``steps`` defaults to
     the workload's), numbered from 0; the same steps whatever ``start`` and chunking."""
     steps = scenario.workload.steps if steps is None else steps

@@ -38,7 +38,11 @@ def rank_table(weights_E: np.ndarray, bits: int = _TABLE_BITS) -> np.ndarray:
 
 
 class SyntheticRouter:
-    """Draws ``expert_ids_NLTK`` chunk by chunk; the ranking state carries across chunks."""
+    """Draws ``expert_ids_NLTK`` chunk by chunk; the ranking state carries across chunks.
+
+    ``reseed`` swaps the generator between chunks, so that a stream cut into fixed blocks, each
+    with its own generator, gives every step the same routing however it is consumed.
+    """
 
     def __init__(
         self,
@@ -59,6 +63,9 @@ class SyntheticRouter:
         self.rng = rng
         self._ranking_LE: np.ndarray | None = None
         self.dtype = np.int16 if num_experts <= np.iinfo(np.int16).max else np.int32
+
+    def reseed(self, rng: np.random.Generator) -> None:
+        self.rng = rng
 
     def rankings(self, steps: int) -> np.ndarray:
         """``ranking_NLE[n, l, r]``: the expert at popularity rank ``r``."""

@@ -49,8 +49,17 @@ def test_anti_correlation_separates_a_planted_pair() -> None:
     rng = np.random.default_rng(0)
     steps = 200
     pair = rng.integers(1, 4, size=steps)  # experts 0 and 1 always fire together
-    load = np.stack([pair, pair, rng.integers(5, 8, size=steps), rng.integers(5, 8, size=steps),
-                     rng.integers(1, 4, size=steps), rng.integers(1, 4, size=steps)], axis=1)
+    load = np.stack(
+        [
+            pair,
+            pair,
+            rng.integers(5, 8, size=steps),
+            rng.integers(5, 8, size=steps),
+            rng.integers(1, 4, size=steps),
+            rng.integers(1, 4, size=steps),
+        ],
+        axis=1,
+    )
     assert pearson(load.astype(float))[0, 1] == pytest.approx(1.0)
     plan = _plan("anti_correlation", load[:, None, :], 3)
     owner = plan.owner_LU[0]
@@ -112,26 +121,36 @@ def _scenario(placement, locality=1.0, steps=6):
     return make_scenario(
         model=model,
         cluster={"nodes": 1, "gpus_per_node": 4, "device": make_scenario().cluster.device},
-        workload={"phase": "prefill", "batch_size": 8, "seq_len": 16, "steps": steps,
-                  "routing": {"source": "synthetic", "skew": 1.5, "locality": locality}},
+        workload={
+            "phase": "prefill",
+            "batch_size": 8,
+            "seq_len": 16,
+            "steps": steps,
+            "routing": {"source": "synthetic", "skew": 1.5, "locality": locality},
+        },
         policies={"gating": {"name": "dynamic"}, "placement": placement},
     )
 
 
 def test_no_peeking_the_plan_comes_from_the_warmup_window_only() -> None:
     scenario = _scenario({"name": "greedy", "history_steps": 5}, locality=0.3)
-    history = np.concatenate([expert_counts(c.expert_ids_NLTK, 8)
-                              for c in routing_chunks(scenario, 0, 5)])
+    history = np.concatenate(
+        [expert_counts(c.expert_ids_NLTK, 8) for c in routing_chunks(scenario, 0, 5)]
+    )
     expected = _plan("greedy", history, 4)
     assert np.array_equal(plan_placement(scenario).owner_LU, expected.owner_LU)
     oracle = _scenario({"name": "greedy", "history_steps": 5, "oracle": True}, locality=0.3)
-    measured = np.concatenate([expert_counts(c.expert_ids_NLTK, 8)
-                               for c in routing_chunks(oracle, 5)])
+    measured = np.concatenate(
+        [expert_counts(c.expert_ids_NLTK, 8) for c in routing_chunks(oracle, 5)]
+    )
     assert np.array_equal(plan_placement(oracle).owner_LU, _plan("greedy", measured, 4).owner_LU)
 
 
-def test_routing_windows_do_not_depend_on_chunking() -> None:
-    scenario = _scenario("contiguous")
-    whole = np.concatenate([c.expert_ids_NLTK for c in routing_chunks(scenario, 0, 9)])
-    tail = np.concatenate([c.expert_ids_NLTK for c in routing_chunks(scenario, 4, 5)])
-    assert np.array_equal(whole[4:], tail)
+@pytest.mark.parametrize(("start", "steps"), [(4, 5), (4, 100), (70, 3), (0, 130)])
+def test_a_step_has_the_same_routing_in_every_window(start, steps) -> None:
+    scenario = _scenario("contiguous", locality=0.5)
+    whole = np.concatenate([c.expert_ids_NLTK for c in routing_chunks(scenario, 0, 140)])
+    window = list(routing_chunks(scenario, start, steps))
+    assert window[0].first_step == 0
+    got = np.concatenate([c.expert_ids_NLTK for c in window])
+    assert np.array_equal(whole[start : start + steps], got)
