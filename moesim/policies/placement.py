@@ -66,7 +66,7 @@ class PlacementPlan:
         """Map each token's logical experts to the physical slots that serve them."""
         if self._identity:
             return expert_ids_NLTK
-        n, layers, tokens, top_k = expert_ids_NLTK.shape
+        _, layers, tokens, _ = expert_ids_NLTK.shape
         replicas = self.log2phy_LER.shape[2]
         cell = (np.arange(layers)[:, None, None] * self.num_experts + expert_ids_NLTK) * replicas
         count = self.logcnt_LE.ravel()[cell // replicas]
