@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from moesim.config import Scenario, load_scenario
+from moesim.errors import MoesimError
 from moesim.metrics import Result, RunRecords, chrome_trace
 from moesim.policies import PlacementPlan, save_eplb
 from moesim.sim import simulate
 from moesim.sim.engine import StepCallback
 
-__all__ = ["load_scenario", "run", "write_outputs"]
+__all__ = ["check_out_dir", "load_scenario", "run", "write_outputs"]
 
 
 def run(
@@ -27,8 +28,11 @@ def run(
 
 def _write_json(path: Path, document: Any) -> None:
     """Write atomically: a crash never leaves a half-written file in place of a good one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as error:
+        raise MoesimError(f"cannot write {path}: {error.strerror}") from None
     try:
         with os.fdopen(handle, "w") as stream:
             json.dump(document, stream, indent=1)
@@ -39,12 +43,20 @@ def _write_json(path: Path, document: Any) -> None:
         raise
 
 
+def check_out_dir(out_dir: str | Path) -> Path:
+    """The output folder, refused up front if a file stands in its place."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MoesimError(f"--out {out}: exists and is not a folder")
+    return out
+
+
 def write_outputs(
     out_dir: str | Path, scenario: Scenario, result: Result, records: RunRecords | None = None
 ) -> list[Path]:
     """Write ``result.json`` (with the resolved scenario), ``trace.json`` given spans, and the
     placement in EPLB form, ``placement.npz``, when every GPU holds as many experts."""
-    out = Path(out_dir)
+    out = check_out_dir(out_dir)
     document = result.model_dump(mode="json")
     document["config"] = scenario.model_dump(mode="json")
     written = [out / "result.json"]

@@ -111,6 +111,10 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     trace_steps = args.trace_steps if args.chrome_trace else 0
     if args.chrome_trace and not args.out:
         raise MoesimError("--chrome-trace needs --out DIR")
+    if args.out:
+        api.check_out_dir(args.out)
+    if args.chrome_trace and args.trace_steps < 1:
+        raise MoesimError(f"--trace-steps: expected at least 1, got {args.trace_steps}")
     with Progress(
         TextColumn("simulating"),
         BarColumn(),

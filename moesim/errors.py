@@ -13,8 +13,13 @@ class ConfigError(MoesimError):
     """A scenario, model card or hardware profile is wrong: names the file, the field and why."""
 
     def __init__(self, file: str | None, field: str | None, message: str) -> None:
+        # The three parts are the exception's args, so that it can be rebuilt from them (SimPy
+        # re-raises a process's exception as ``type(error)(*error.args)``).
+        super().__init__(file, field, message)
         self.file = file
         self.field = field
         self.message = message
-        where = ": ".join(part for part in (file, field) if part)
-        super().__init__(f"{where}: {message}" if where else message)
+
+    def __str__(self) -> str:
+        where = ": ".join(part for part in (self.file, self.field) if part)
+        return f"{where}: {self.message}" if where else self.message

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from moesim.cli import main
@@ -85,3 +86,77 @@ def test_errors_through_the_real_entry_point(args, fragment) -> None:
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert fragment in done.stderr
+
+
+def _bad_trace(tmp_path, ids) -> Path:
+    np.savez(tmp_path / "t.npz", expert_ids=ids)
+    return tmp_path / "t.npz"
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda d: _bad_trace(d, np.zeros((2, 2, 64, 2), dtype=int)), "same expert twice"),
+        (lambda d: _bad_trace(d, np.zeros((2, 2, 64, 2))), "expected integers"),
+        (lambda d: _bad_trace(d, np.tile(np.arange(2), (1, 2, 8, 1))), "holds 8 tokens"),
+        (lambda d: d, "cannot read as .npz"),  # a folder
+        (lambda d: (np.save(d / "x.npy", np.zeros(3)), d / "x.npy")[1], "expected an .npz"),
+    ],
+)
+def test_bad_trace_files_through_a_run_are_one_line(tmp_path, capsys, make, fragment) -> None:
+    path = make(tmp_path)
+    routing = f"workload.routing={{source: trace, path: {path}}}"
+    code = main(["run", str(TINY), "--set", routing, "--set", "workload.phase=decode"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert fragment in error and str(path) in error
+    assert error.count("\n") == 0
+
+
+def test_a_trace_of_unsigned_ids_runs(tmp_path, capsys) -> None:
+    ids = np.tile(np.array([[0, 1], [2, 3]], dtype=np.uint64), (10, 2, 4, 1)).reshape(10, 2, 8, 2)
+    path = _bad_trace(tmp_path, ids)
+    routing = f"workload.routing={{source: trace, path: {path}}}"
+    assert (
+        main(
+            [
+                "run",
+                str(TINY),
+                "--set",
+                routing,
+                "--set",
+                "workload.phase=decode",
+                "--set",
+                "workload.batch_size=8",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["tokens"]["routed"] == 10 * 2 * 8 * 2
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--out", "README.md"], "exists and is not a folder"),
+        (["--out", "OUT", "--chrome-trace", "--trace-steps", "0"], "expected at least 1"),
+        (["--set", "policies.gating={name: static, capacity_factor: .inf}"], "capacity_factor"),
+        (["--set", "cluster.gpus_per_node=100000"], "at most 8192"),
+        (["--set", "workload.batch_size=100000000"], "token-expert pairs"),
+    ],
+)
+def test_impossible_requests_are_refused_before_running(tmp_path, capsys, args, fragment) -> None:
+    args = [
+        str(ROOT / a) if a == "README.md" else (str(tmp_path) if a == "OUT" else a) for a in args
+    ]
+    assert main(["run", str(TINY), *args]) == 2
+    error = capsys.readouterr().err.strip()
+    assert fragment in error and error.count("\n") == 0
+
+
+def test_yaml_that_is_not_utf8(tmp_path, capsys) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"name: \xff\xfe\n")
+    assert main(["run", str(path)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err

@@ -44,9 +44,11 @@ _BUILTIN = {
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; a missing file or bad syntax is a ConfigError."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(str(path), None, f"cannot read: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), None, "cannot read: not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -22,10 +22,20 @@ __all__ = [
 ]
 
 
+MAX_GPUS = 8192  # pairwise GPU arrays grow with the square of the count
+MAX_ASSIGNMENTS_PER_STEP = 1 << 26  # routing is drawn per token: 67M token-expert pairs a step
+
+
 class ClusterSpec(Frozen):
     nodes: int = Field(default=1, ge=1)
     gpus_per_node: int = Field(default=8, ge=1)
     device: HardwareProfile
+
+    @model_validator(mode="after")
+    def _size(self) -> ClusterSpec:
+        if self.gpus > MAX_GPUS:
+            raise ValueError(f"{self.gpus} GPUs; moesim models at most {MAX_GPUS}")
+        return self
 
     @property
     def gpus(self) -> int:
@@ -122,6 +132,14 @@ class Scenario(Frozen):
             raise ValueError(f"{self.cluster.nodes} nodes need links.network in the device profile")
         if self.cluster.gpus_per_node > 1 and self.cluster.device.links.nvlink is None:
             raise ValueError("several GPUs per node need links.nvlink in the device profile")
+        layers = max(self.model.moe_layers(self.stack()), 1)
+        assignments = layers * self.workload.tokens_per_step * self.model.top_k
+        if assignments > MAX_ASSIGNMENTS_PER_STEP:
+            raise ValueError(
+                f"a step routes {assignments:,} token-expert pairs ({layers} MoE layers x "
+                f"{self.workload.tokens_per_step:,} tokens x top-{self.model.top_k}); moesim "
+                f"draws routing per token and handles at most {MAX_ASSIGNMENTS_PER_STEP:,}"
+            )
         return self
 
     def stack(self) -> str:

@@ -3,13 +3,13 @@
 Nodes: ``("gpu", i)``, ``("nvswitch", n)`` per node, ``("host", n)`` per node (CPU memory,
 behind PCIe) and one ``("fabric",)`` that joins the nodes' NICs. Edges carry ``kind``
 (``nvlink`` | ``pcie`` | ``network``), ``bandwidth`` (per direction, bytes/s) and ``latency``
-(seconds, half the link's on each hop of a switched path). A GPU pair talks over the path of
-least latency; its kind is the kind of the path's first hop.
+(seconds, half the link's on each hop of a switched path). GPUs of one node talk over NVLink,
+of different nodes over the network, whatever the latencies; a pair's latency is that of its
+path over links of its kind.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import networkx as nx
@@ -58,20 +58,22 @@ def build_topology(cluster: ClusterSpec) -> Topology:
         if links.network is not None and cluster.nodes > 1:
             _add_link(graph, ("gpu", gpu), ("fabric",), "network", links.network, 2)
 
-    kind_GG = np.zeros((gpus, gpus), dtype=np.int64)
+    node_G = np.arange(gpus) // cluster.gpus_per_node
+    same_node = node_G[:, None] == node_G[None, :]
+    kind_GG = np.where(same_node, KINDS.index("nvlink"), KINDS.index("network"))
+    np.fill_diagonal(kind_GG, KINDS.index("local"))
     latency_GG = np.zeros((gpus, gpus))
-    gpu_nodes = [("gpu", g) for g in range(gpus)]
-    for source, paths in nx.all_pairs_dijkstra_path(graph, weight="latency"):
-        if source[0] != "gpu":
-            continue
-        for target in gpu_nodes:
-            path = paths.get(target)
-            if target == source or path is None:
+    for k, kind in enumerate(KINDS[1:], start=1):
+        # Pairs of this kind talk over links of this kind only, however fast the others are.
+        view = nx.subgraph_view(
+            graph, filter_edge=lambda a, b, kind=kind: graph.edges[a, b]["kind"] == kind
+        )
+        pairs = kind_GG == k
+        for source, lengths in nx.all_pairs_dijkstra_path_length(view, weight="latency"):
+            if source[0] != "gpu":
                 continue
-            kind = graph.edges[path[0], path[1]]["kind"]
-            kind_GG[source[1], target[1]] = KINDS.index(kind) if kind in KINDS else 0
-            latency_GG[source[1], target[1]] = sum(
-                graph.edges[a, b]["latency"] for a, b in itertools.pairwise(path)
-            )
+            for target, seconds in lengths.items():
+                if target[0] == "gpu" and pairs[source[1], target[1]]:
+                    latency_GG[source[1], target[1]] = seconds
     used = {"nvlink": links.nvlink, "network": links.network}
     return Topology(graph, kind_GG, latency_GG, {k: v for k, v in used.items() if v is not None})

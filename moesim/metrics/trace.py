@@ -1,5 +1,5 @@
 """Chrome trace (Perfetto-loadable JSON) from span records: one process per GPU, one thread
-per stream (compute, comm, copy), complete ("X") events in microseconds."""
+per stream that has work (compute, comm, copy), complete ("X") events in microseconds."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ def chrome_trace(spans: SpanRecords, title: str = "moesim") -> dict[str, Any]:
                 "args": {"name": f"GPU {gpu}"},
             }
         )
+        used = {str(name) for name in spans.stream[spans.device == gpu]}
         for tid, stream in enumerate(STREAMS):
+            if stream not in used:
+                continue
             events.append(
                 {"ph": "M", "name": "thread_name", "pid": gpu, "tid": tid, "args": {"name": stream}}
             )

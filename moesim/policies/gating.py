@@ -65,6 +65,7 @@ def static_capacity(
 ) -> np.ndarray:
     """``C_G``: slots per expert that each source GPU with ``tokens_G`` tokens sends."""
     tokens = tokens_G.astype(np.float64)
+    num_experts = max(num_experts, 1)
     if formula == "gshard":
         capacity = np.maximum(min_capacity, np.ceil(capacity_factor * top_k * tokens / num_experts))
     elif formula == "tutel":
@@ -80,7 +81,7 @@ class StaticGating:
 
     class Params(PolicyParams):
         name: Literal["static"] = "static"
-        capacity_factor: float = Field(default=1.0, gt=0)
+        capacity_factor: float = Field(default=1.0, gt=0, le=1e6, allow_inf_nan=False)
         formula: Literal["gshard", "tutel", "fairseq"] = "gshard"
         min_capacity: int = Field(default=4, ge=0)
         dispatch: Literal["einsum", "index"] = Field(
@@ -106,7 +107,7 @@ class StaticGating:
         tokens_NLE = counts_NLE
         # A (step, layer, expert) can drop only if its total load exceeds the smallest capacity;
         # for those cells, count per source GPU and keep min(count, C_g).
-        risky = np.flatnonzero(counts_NLE.ravel() > capacity_G.min(initial=0))
+        risky = np.flatnonzero(counts_NLE.ravel() > capacity_G.min())
         if risky.size:
             cell_id = np.full(counts_NLE.size, -1, dtype=np.int64)
             cell_id[risky] = np.arange(risky.size)

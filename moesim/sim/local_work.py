@@ -105,6 +105,7 @@ def local_work(
     )
     dense_L, ones_L, tail_dense = _layout(scenario)
     lm_G = lm_head_time(model, costs, _lm_head_tokens(scenario, tokens_G, source_T))
+    # An expert (or replica) gets each token at most once; static slots can exceed that.
     max_rows = max(int(tokens_G.sum()), int(capacity_G.sum()) if capacity_G is not None else 0)
     expert_by_rows = ffn_time(model, costs, np.arange(max_rows + 1), model.d_ffn)
     return LocalWork(

@@ -17,15 +17,19 @@ __all__ = ["load_trace", "recut"]
 
 
 def load_trace(path: str | Path, num_experts: int, top_k: int, layers: int) -> np.ndarray:
-    """``expert_ids_NLTK`` from ``path``, checked against the model's E, K and MoE layers."""
+    """``expert_ids_NLTK`` from ``path``, checked against the model's E, K and MoE layers:
+    integer ids in range, ``top_k`` distinct experts per token."""
     file = str(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "expert_ids" not in archive.files:
-                raise ConfigError(file, "expert_ids", f"missing (the file has {archive.files})")
-            ids = archive["expert_ids"]
+        archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise ConfigError(file, None, f"cannot read as .npz: {error}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ConfigError(file, None, "expected an .npz archive with an array expert_ids")
+    with archive:
+        if "expert_ids" not in archive.files:
+            raise ConfigError(file, "expert_ids", f"missing (the file has {archive.files})")
+        ids = archive["expert_ids"]
     if ids.ndim != 4:
         raise ConfigError(
             file,
@@ -46,6 +50,9 @@ def load_trace(path: str | Path, num_experts: int, top_k: int, layers: int) -> n
             "expert_ids",
             f"ids span [{ids.min()}, {ids.max()}], expected [0, {num_experts - 1}]",
         )
+    ids = ids.astype(np.int16 if num_experts <= np.iinfo(np.int16).max else np.int32)
+    if top_k > 1 and (np.diff(np.sort(ids, axis=-1), axis=-1) == 0).any():
+        raise ConfigError(file, "expert_ids", "a token picks the same expert twice in its top-k")
     return ids
 
 

@@ -50,3 +50,15 @@ def test_transfer_time_is_latency_plus_bytes_over_bandwidth_and_free_when_empty(
     link = HardwareProfile.model_validate(SIMPLE_PROFILE).links.nvlink
     times = transfer_time(link, np.array([0.0, 1e6]))
     assert times.tolist() == pytest.approx([0.0, 1e-6 + 1e-3])
+
+
+def test_link_kind_follows_node_membership_whatever_the_latencies() -> None:
+    # A very fast PCIe or network must not turn an NVLink pair into something else.
+    profile = HardwareProfile.model_validate(SIMPLE_PROFILE).model_dump()
+    profile["links"]["host"]["latency"] = 1e-9
+    profile["links"]["network"]["latency"] = 1e-9
+    topology = build_topology(ClusterSpec(nodes=2, gpus_per_node=2, device=profile))
+    nv, net = KINDS.index("nvlink"), KINDS.index("network")
+    assert topology.kind_GG[0, 1] == nv and topology.kind_GG[0, 2] == net
+    assert topology.latency_GG[0, 1] == pytest.approx(1e-6)  # over NVLink, not PCIe
+    assert topology.latency_GG[0, 2] == pytest.approx(1e-9)

@@ -13,7 +13,7 @@ from moesim.hardware import DeviceCosts, build_topology
 from moesim.policies import contiguous_plan
 from moesim.sim.chunk import time_chunk
 from moesim.sim.local_work import local_work
-from moesim.workload import tokens_per_gpu
+from moesim.workload import routing_chunks, tokens_per_gpu
 from tests.conftest import TINY_MODEL, make_scenario
 
 cases = st.tuples(
@@ -47,8 +47,18 @@ def _scenario(experts, top_k, nodes, per_node, batch, phase, skew, seed, gating)
 @given(cases, st.floats(0.1, 2.0))
 def test_tokens_are_conserved_and_breakdowns_sum_to_latency(case, factor) -> None:
     gating = {"name": "static", "capacity_factor": factor, "min_capacity": 0}
-    result, records = run(_scenario(*case, gating))
+    scenario = _scenario(*case, gating)
+    result, records = run(scenario)
     tokens = result.tokens
+    # processed assignments, independently: the exact keep mask over the same routing
+    policy = GATING.build(scenario.policies.gating)
+    gpus = scenario.cluster.gpus
+    source_T = np.repeat(np.arange(gpus), tokens_per_gpu(scenario.workload.tokens_per_step, gpus))
+    kept = sum(
+        int(policy.kept(c.expert_ids_NLTK, source_T, gpus, case[0]).sum())
+        for c in routing_chunks(scenario)
+    )
+    assert tokens.processed == kept
     assert tokens.routed == tokens.processed + tokens.dropped
     assert tokens.routed == 4 * 2 * records.steps.tokens[0] * case[1]  # steps * MoE layers * T * K
     assert sum(result.time_breakdown_s.values()) == pytest.approx(result.simulated_seconds)

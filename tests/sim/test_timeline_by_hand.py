@@ -92,3 +92,33 @@ def test_memory_by_hand(trace) -> None:
         make_scenario(workload=trace, cluster={"nodes": 1, "gpus_per_node": 2, "device": small})
     )
     assert cramped.memory.out_of_memory
+
+
+def test_memory_bound_decode_with_launch_overhead_by_hand(trace) -> None:
+    # Slow memory (1e9 B/s) and 1 us per kernel launch: the decode step is memory-bound.
+    scenario = make_scenario(workload=trace)
+    device = scenario.cluster.device.model_dump()
+    device["memory"]["bandwidth"] = 1e9
+    device["compute"]["launch_overhead"] = 1e-6
+    cluster = {"nodes": 1, "gpus_per_node": 2, "device": device}
+    result, _ = run(make_scenario(workload=trace, cluster=cluster))
+    launch = 1e-6
+    # attention block, 2 tokens, context 1: weights 64 params, activations 2 * (2*4 + 4 + 8)
+    # elements, KV read 2 * 1 * 8 elements; fp32; 5 launches
+    attention = 5 * launch + (64 + 2 * (2 * 4 + 4 + 8) + 2 * 1 * 8) * 4 / 1e9
+    dense = 3 * launch + (64 + 2 * (2 * 4 + 8)) * 4 / 1e9  # 3 launches, hidden 8
+    # router: weights 4*4, input 2*4 (fp32), scores 3 * 2 * 4 in fp32; gathers 2*2*2*4 rows
+    # plus 2 * 16 bytes of indices; 8 launches
+    gate = 8 * launch + (16 * 4 + 8 * 4 + 3 * 2 * 4 * 4 + 2 * 2 * 2 * 4 * 4 + 2 * 16) / 1e9
+    expert_2 = 3 * launch + (64 + 2 * (2 * 4 + 8)) * 4 / 1e9  # GPU 0: expert 0, 2 tokens
+    expert_1 = 3 * launch + (64 + 1 * (2 * 4 + 8)) * 4 / 1e9
+    expert = max(expert_2, 2 * expert_1)  # GPU 1 runs experts 2 and 3, one token each
+    lm_head = 2 * launch + (40 + 2 * (4 + 10)) * 4 / 1e9
+    comm = (1e-6 + 8 / 1e9) + 2 * (1e-6 + 16 / 1e9) + 3 * launch  # each collective launches
+    breakdown = result.time_breakdown_s
+    assert breakdown["attention"] == pytest.approx(2 * attention, rel=1e-12)
+    assert breakdown["dense_ffn"] == pytest.approx(dense, rel=1e-12)
+    assert breakdown["gate"] == pytest.approx(gate, rel=1e-12)
+    assert breakdown["expert"] == pytest.approx(expert, rel=1e-12)
+    assert breakdown["other"] == pytest.approx(lm_head, rel=1e-12)
+    assert breakdown["alltoall"] == pytest.approx(comm, rel=1e-12)
