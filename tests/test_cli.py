@@ -65,8 +65,13 @@ def test_bad_input_is_one_line_exit_2_and_keeps_earlier_outputs(tmp_path, capsys
     error = capsys.readouterr().err.strip()
     assert code == 2
     assert error.count("\n") == 0
-    assert error.startswith("moesim: error: ") and "workload.batch_size" in error
-    assert str(TINY) in error
+    assert error.startswith("moesim: error: --set workload.batch_size: ")
+    assert (tmp_path / "result.json").read_text() == before
+    # the same mistake inside the file names the file
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text().replace("batch_size: 4", "batch_size: -1"))
+    assert main(["run", str(bad), "--out", str(tmp_path)]) == 2
+    assert f"{bad}: workload.batch_size: " in capsys.readouterr().err
     assert (tmp_path / "result.json").read_text() == before
 
 

@@ -33,7 +33,7 @@ Efficiency = Annotated[float, Field(gt=0, le=1)]
 class Frozen(BaseModel):
     """Base of every config model: immutable, unknown keys rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Provenance(Frozen):

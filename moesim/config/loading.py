@@ -176,8 +176,8 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     data = read_yaml(path)
     near = path.resolve().parent
     sources = {"": str(path)}
-    pending = [parse_override(text) for text in overrides or []]
-    pending = [(key, value) for key, value in pending if not _apply(data, key, value)]
+    parsed = [parse_override(text) for text in overrides or []]
+    pending = [(key, value) for key, value in parsed if not _apply(data, key, value)]
 
     data["model"] = _resolve("model", data.get("model"), near, sources, "model")
     cluster = data.get("cluster")
@@ -197,6 +197,9 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         return Scenario.model_validate(data)
     except ValidationError as error:
         field, message = _format(error)
+        for key, _ in parsed:
+            if field == key or field.startswith(key + "."):
+                raise ConfigError(None, f"--set {field}", message) from None
         owner = max((p for p in sources if p and field.startswith(p)), key=len, default="")
         file = sources[owner]
         if owner:

@@ -140,4 +140,10 @@ def test_missing_file_and_bad_override() -> None:
         load_scenario(ROOT / "scenarios" / "quickstart.yaml", ["workload.batch_size"])
     with pytest.raises(ConfigError) as caught:
         load_scenario(ROOT / "scenarios" / "quickstart.yaml", ["workload.batch_size=0"])
-    assert caught.value.field == "workload.batch_size"
+    assert caught.value.field == "--set workload.batch_size"
+    assert caught.value.file is None
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(ROOT / "scenarios" / "quickstart.yaml", ["model.top_k=0"])
+    assert str(caught.value).startswith("--set model.top_k: ")  # not the card's fault
+    with pytest.raises(ConfigError, match="valid integer"):
+        load_scenario(ROOT / "scenarios" / "quickstart.yaml", ["workload.batch_size=true"])
