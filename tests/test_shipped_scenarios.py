@@ -23,10 +23,18 @@ TINY = sorted((ROOT / "scenarios" / "tiny").glob("*.yaml"))
 def test_every_shipped_scenario_runs(path: Path) -> None:
     scenario = load_scenario(path, ["workload.steps=2"])
     result, _ = run(scenario)
+    model, gpus = scenario.model, scenario.cluster.gpus
     assert result.steps == 2
-    assert result.simulated_seconds > 0
-    assert result.tokens.routed == result.tokens.processed + result.tokens.dropped
+    assert sum(result.time_breakdown_s.values()) == pytest.approx(result.simulated_seconds)
+    tokens = 2 * scenario.workload.tokens_per_step
+    assert result.throughput_tokens_per_s == pytest.approx(tokens / result.simulated_seconds)
+    moe_layers = model.moe_layers(scenario.stack())
+    assert result.tokens.routed == moe_layers * tokens * model.top_k
     assert not result.memory.out_of_memory, "shipped scenarios should fit their hardware"
+    if scenario.policies.placement.name == "contiguous" and model.num_experts % gpus == 0:
+        local = model.total_moe_layers * model.num_experts // gpus
+        weights = (model.non_expert_params + local * model.expert_params) * model.dtype_bytes
+        assert result.memory.weights_bytes_per_device == [pytest.approx(weights)] * gpus
 
 
 def _close(a, b, path="") -> list[str]:

@@ -15,9 +15,16 @@ SHIPPED = [p for p in SHIPPED if "models" not in p.parts]
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_scenario_loads(path: Path) -> None:
+    raw = yaml.safe_load(path.read_text())
     scenario = load_scenario(path)
-    assert scenario.cluster.gpus >= 1
-    assert scenario.workload.steps >= 1
+    assert scenario.name == raw["name"]
+    assert scenario.cluster.gpus == raw["cluster"]["nodes"] * raw["cluster"]["gpus_per_node"]
+    assert scenario.workload.batch_size == raw["workload"]["batch_size"]
+    card = raw["model"] if isinstance(raw["model"], str) else raw["model"]["name"]
+    assert scenario.model.name == card
+    device = raw["cluster"]["device"]
+    assert scenario.cluster.device.name == device
+    assert scenario.policies.gating.name == raw["policies"]["gating"]["name"]
 
 
 def test_units_are_stored_as_si_numbers() -> None:
