@@ -99,6 +99,16 @@ def _summary(console: Console, scenario: Scenario, result: Result) -> None:
             f"{result.load_imbalance:.2f}; busiest GPU's share of a layer's expert tokens "
             f"{placement.avg_max_load:.3f} on average, {placement.max_load:.3f} at worst"
         )
+    cache = result.cache
+    if cache is not None:
+        rate = "n/a" if cache.hit_rate is None else f"{cache.hit_rate:.3f}"
+        console.print(
+            f"cache       {cache.name}, {cache.slots_per_layer} slots/layer: hit rate {rate} "
+            f"({cache.hits:,} hits, {cache.misses:,} misses), "
+            f"{cache.bytes_host_to_device / 1e9:.3f} GB host-to-device, "
+            f"compute waited {cache.stall_s:.4f} s for copies, experts "
+            f"{max(cache.expert_bytes_per_device) / GIB:.2f} GiB/GPU"
+        )
     speed = result.simulated_seconds / result.wall_seconds if result.wall_seconds else 0.0
     console.print(
         f"simulated {result.simulated_seconds:.3f} s in {result.wall_seconds:.2f} s "
@@ -134,6 +144,10 @@ def _run(args: argparse.Namespace, console: Console) -> None:
         print(result.model_dump_json(indent=1))
     else:
         _summary(console, scenario, result)
+    if args.chrome_trace and scenario.policies.cache.name != "none":
+        Console(stderr=True, highlight=False).print(
+            "note: the Chrome trace does not cover runs with expert buffering yet"
+        )
     if args.out:
         for path in api.write_outputs(args.out, scenario, result, records):
             Console(stderr=True, highlight=False).print(f"wrote {path}")

@@ -10,7 +10,7 @@ from moesim.config.loading import (
     read_yaml,
 )
 from moesim.config.model import DTYPE_BYTES, ModelSpec
-from moesim.config.registry import GATING, PLACEMENT, PolicyParams, Registry
+from moesim.config.registry import CACHE, GATING, PLACEMENT, PolicyParams, Registry
 from moesim.config.scenario import (
     ClusterSpec,
     PoliciesSpec,
@@ -21,6 +21,7 @@ from moesim.config.scenario import (
 )
 
 __all__ = [
+    "CACHE",
     "DTYPE_BYTES",
     "GATING",
     "LINK_KINDS",

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from moesim.config.fields import Frozen
 
-__all__ = ["GATING", "PLACEMENT", "PolicyParams", "Registry"]
+__all__ = ["CACHE", "GATING", "PLACEMENT", "PolicyParams", "Registry"]
 
 T = TypeVar("T")
 
@@ -70,3 +70,4 @@ class Registry(Generic[T]):
 
 GATING: Registry[Any] = Registry("gating")
 PLACEMENT: Registry[Any] = Registry("placement")
+CACHE: Registry[Any] = Registry("cache")

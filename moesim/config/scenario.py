@@ -10,7 +10,7 @@ from pydantic_core import PydanticCustomError
 from moesim.config.fields import Frozen
 from moesim.config.hardware import HardwareProfile
 from moesim.config.model import ModelSpec
-from moesim.config.registry import GATING, PLACEMENT, PolicyParams, Registry
+from moesim.config.registry import CACHE, GATING, PLACEMENT, PolicyParams, Registry
 
 __all__ = [
     "ClusterSpec",
@@ -100,10 +100,17 @@ class PoliciesSpec(Frozen):
         default_factory=lambda: PLACEMENT.validate("contiguous")
     )
 
+    cache: SerializeAsAny[PolicyParams] = Field(default_factory=lambda: CACHE.validate("none"))
+
     @field_validator("gating", mode="before")
     @classmethod
     def _gating(cls, raw: Any) -> PolicyParams:
         return _policy(GATING, raw)
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache(cls, raw: Any) -> PolicyParams:
+        return _policy(CACHE, raw)
 
     @field_validator("placement", mode="before")
     @classmethod

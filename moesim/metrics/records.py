@@ -24,6 +24,8 @@ class StepRecords:
     row sums to the step's latency. ``load_imbalance_N`` is NaN for a step with no expert work.
     ``alltoall_bytes_NK``: bytes over each link kind (``hardware.KINDS``); per MoE layer,
     ``busiest_tokens_NL`` is the expert tokens of the busiest GPU, ``expert_tokens_NL`` of all.
+    Expert buffering: cache hits, misses and evictions over all GPUs and buffered layers, and
+    the bytes copied from host to device (misses and prefetches).
     """
 
     start_s: np.ndarray
@@ -38,6 +40,10 @@ class StepRecords:
     breakdown_NP: np.ndarray
     busiest_tokens_NL: np.ndarray
     expert_tokens_NL: np.ndarray
+    cache_hits: np.ndarray
+    cache_misses: np.ndarray
+    cache_evictions: np.ndarray
+    host_to_device_bytes: np.ndarray
 
     @staticmethod
     def concat(parts: list[StepRecords]) -> StepRecords:
@@ -57,6 +63,7 @@ class DeviceRecords:
     kv_cache_bytes: np.ndarray
     activation_peak_bytes: np.ndarray
     expert_tokens_LG: np.ndarray
+    expert_weights_bytes: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class RunRecords:
     steps: StepRecords
     devices: DeviceRecords
     placement: str = "contiguous"
+    cache: dict[str, object] | None = None  # the cache policy's parameters, None without one
     phy2log_LU: np.ndarray | None = None
     owner_LU: np.ndarray | None = None
     spans: SpanRecords = field(default_factory=SpanRecords.empty)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from moesim.config import LINK_KINDS
 from moesim.metrics.records import PHASES, RunRecords
 
-__all__ = ["Latency", "Memory", "PlacementStats", "Result", "TokenCounts"]
+__all__ = ["CacheStats", "Latency", "Memory", "PlacementStats", "Result", "TokenCounts"]
 
 
 class _Out(BaseModel):
@@ -87,6 +87,44 @@ def _placement(records: RunRecords) -> PlacementStats:
     )
 
 
+class CacheStats(_Out):
+    """Expert buffering over the run: requests (hits + misses) per (GPU, buffered layer, step),
+    bytes copied from host memory, and ``stall_s``, the critical path's wait for copies."""
+
+    name: str
+    slots_per_layer: int
+    prefetch: str
+    step_aware: bool
+    hits: int
+    misses: int
+    hit_rate: float | None
+    evictions: int
+    bytes_host_to_device: float
+    stall_s: float
+    expert_bytes_per_device: list[float]
+
+
+def _cache(records: RunRecords) -> CacheStats | None:
+    if records.cache is None:
+        return None
+    steps = records.steps
+    hits, misses = int(steps.cache_hits.sum()), int(steps.cache_misses.sum())
+    params = records.cache
+    return CacheStats(
+        name=str(params["name"]),
+        slots_per_layer=int(params["slots_per_layer"]),  # type: ignore[call-overload]
+        prefetch=str(params["prefetch"]),
+        step_aware=bool(params["step_aware"]),
+        hits=hits,
+        misses=misses,
+        hit_rate=hits / (hits + misses) if hits + misses else None,
+        evictions=int(steps.cache_evictions.sum()),
+        bytes_host_to_device=float(steps.host_to_device_bytes.sum()),
+        stall_s=float(steps.breakdown_NP[:, PHASES.index("transfer")].sum()),
+        expert_bytes_per_device=records.devices.expert_weights_bytes.tolist(),
+    )
+
+
 class Result(_Out):
     """What ``result.json`` holds; ``per_step`` is a column table (``pandas.DataFrame`` ready)."""
 
@@ -105,6 +143,7 @@ class Result(_Out):
     alltoall_bytes_by_kind: dict[str, float]
     load_imbalance: float | None
     placement: PlacementStats
+    cache: CacheStats | None
     simulated_seconds: float
     wall_seconds: float
     events: int
@@ -154,6 +193,7 @@ class Result(_Out):
             },
             load_imbalance=float(imbalance.mean()) if imbalance.size else None,
             placement=_placement(records),
+            cache=_cache(records),
             simulated_seconds=simulated,
             wall_seconds=records.wall_seconds,
             events=records.events,

@@ -1,9 +1,10 @@
-"""Policies decide, the simulator and the reference executor time: gating, placement.
+"""Policies decide, the simulator and the reference executor time: gating, placement, cache.
 
 Importing this package registers every built-in policy in the config registries.
 """
 
 from moesim.policies import planners as _planners  # noqa: F401  (registers the planners)
+from moesim.policies.cache import CacheParams, ExpertCache, StepAccess
 from moesim.policies.gating import (
     DynamicGating,
     GatingOutcome,
@@ -16,11 +17,14 @@ from moesim.policies.placement import PlacementPlan, contiguous_plan, load_eplb,
 from moesim.policies.planners import PlannerParams, balanced_slots, pearson
 
 __all__ = [
+    "CacheParams",
     "DynamicGating",
+    "ExpertCache",
     "GatingOutcome",
     "PlacementPlan",
     "PlannerParams",
     "StaticGating",
+    "StepAccess",
     "balanced_slots",
     "contiguous_plan",
     "expert_counts",

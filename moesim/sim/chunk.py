@@ -26,13 +26,15 @@ __all__ = ["ChunkTiming", "time_chunk"]
 
 @dataclass(frozen=True)
 class ChunkTiming:
-    """Per step and MoE layer: collective and expert durations, expert tokens per GPU
+    """Per step and MoE layer: collective and expert durations (per GPU, and per placement
+    slot in ``expert_NLU``, zero where a slot computes nothing), expert tokens per GPU
     (``tokens_NLG``); per step: totals, counts and bytes per link kind (``alltoall_bytes_NK``)."""
 
     count_NL: np.ndarray
     dispatch_NL: np.ndarray
     combine_NL: np.ndarray
     expert_NLG: np.ndarray
+    expert_NLU: np.ndarray
     latency_N: np.ndarray
     breakdown_NP: np.ndarray
     processed_N: np.ndarray
@@ -143,6 +145,7 @@ def time_chunk(
         dispatch_NL=dispatch_NL,
         combine_NL=combine_NL,
         expert_NLG=expert_NLG,
+        expert_NLU=expert_NLE,
         latency_N=latency_N,
         breakdown_NP=breakdown_NP,
         processed_N=tokens_NLG.sum(axis=(1, 2)),

@@ -2,32 +2,45 @@
 
 A step is a lock-step stretch: its duration follows from arrays (``chunk.time_chunk``), so the
 inference process advances SimPy time by one timeout per step and emits records; routing and
-durations are computed for a chunk of steps at once. Processes that overlap with the step
-(copy engines, request arrivals) join the same environment as separate SimPy processes.
+durations are computed for a chunk of steps at once. With expert buffering, the caches couple
+the steps, and each step's duration comes from the cache decisions and the copy engines'
+clocks (``buffering.Buffering``) before its timeout.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import simpy
 
 from moesim.config import GATING, Scenario
+from moesim.errors import MoesimError
 from moesim.hardware import DeviceCosts, build_topology
 from moesim.metrics import DeviceRecords, RunRecords, SpanRecords, StepRecords
-from moesim.policies import plan_placement, warmup_steps
+from moesim.policies import GatingOutcome, PlacementPlan, plan_placement, warmup_steps
+from moesim.sim.buffering import Buffering, request_sequences
 from moesim.sim.chunk import time_chunk
 from moesim.sim.local_work import local_work
-from moesim.sim.memory import dense_activation_bytes, kv_cache_bytes, weights_bytes
+from moesim.sim.memory import (
+    dense_activation_bytes,
+    expert_weights_bytes,
+    kv_cache_bytes,
+    weights_bytes,
+)
 from moesim.sim.timeline import step_spans
-from moesim.workload import routing_chunks, tokens_per_gpu
+from moesim.workload import StepChunk, routing_chunks, tokens_per_gpu
 
-__all__ = ["simulate"]
+__all__ = ["OutOfMemoryError", "simulate"]
 
 StepCallback = Callable[[int, int], None]
+GIB = 2.0**30
+
+
+class OutOfMemoryError(MoesimError):
+    """The weights and KV cache alone exceed a GPU's memory: nothing to simulate."""
 
 
 @dataclass
@@ -37,6 +50,26 @@ class _Collected:
     activation_G: np.ndarray
     expert_tokens_LG: np.ndarray
     events: int = 0
+
+
+def _gated(
+    scenario: Scenario, plan: PlacementPlan, source_T: np.ndarray
+) -> Iterator[tuple[StepChunk, np.ndarray, GatingOutcome]]:
+    """The measured steps' routing in placement slots, and what gating makes of it."""
+    gating = GATING.build(scenario.policies.gating)
+    for chunk in routing_chunks(scenario, warmup_steps(scenario)):
+        ids = plan.to_units(chunk.expert_ids_NLTK)
+        yield chunk, ids, gating.gate(ids, source_T, plan.gpus, plan.units)
+
+
+def _check_resident_set(scenario: Scenario, resident_G: np.ndarray) -> None:
+    capacity = scenario.cluster.device.memory.capacity
+    worst = int(np.argmax(resident_G))
+    if resident_G[worst] > capacity:
+        raise OutOfMemoryError(
+            f"out of memory: GPU {worst} holds {resident_G[worst] / GIB:.2f} GiB of weights and "
+            f"KV cache, more than its {capacity / GIB:.2f} GiB"
+        )
 
 
 def simulate(
@@ -50,18 +83,27 @@ def simulate(
     topology = build_topology(cluster)
     layers = model.moe_layers(scenario.stack())
     plan = plan_placement(scenario)
-    gating = GATING.build(scenario.policies.gating)
     tokens_G = tokens_per_gpu(workload.tokens_per_step, gpus)
     source_T = np.repeat(np.arange(gpus), tokens_G)
+    weights_G = weights_bytes(scenario, plan)
+    kv_G = kv_cache_bytes(scenario, tokens_G)
+    _check_resident_set(scenario, weights_G + kv_G)
+    buffering = None
+    if scenario.policies.cache.name != "none":
+        future = None
+        if scenario.policies.cache.name == "belady":  # the offline optimum reads ahead
+            needed = [o.slots_NLE > 0 for _, _, o in _gated(scenario, plan, source_T)]
+            future = request_sequences(np.concatenate(needed), plan) if needed else None
+        buffering = Buffering(scenario, plan, future)
     collected = _Collected(
         [], [], dense_activation_bytes(scenario, tokens_G), np.zeros((layers, gpus))
     )
+    if buffering is not None and buffering.active:  # one expert in flight into its slot
+        collected.activation_G = collected.activation_G + buffering.expert_bytes
 
     def run(env: simpy.Environment) -> Generator[simpy.Event, None, None]:
         local = None
-        for chunk in routing_chunks(scenario, warmup_steps(scenario)):
-            ids = plan.to_units(chunk.expert_ids_NLTK)
-            outcome = gating.gate(ids, source_T, gpus, plan.units)
+        for chunk, ids, outcome in _gated(scenario, plan, source_T):
             if local is None:
                 local = local_work(
                     scenario, costs, tokens_G, source_T, outcome.capacity_G, outcome.einsum_dispatch
@@ -69,31 +111,49 @@ def simulate(
             timing = time_chunk(
                 scenario, costs, topology, plan, local, ids, outcome, tokens_G, source_T
             )
-            start_N = np.empty(chunk.steps)
-            for index in range(chunk.steps):
+            n = chunk.steps
+            start_N = np.empty(n)
+            latency_N, breakdown_NP = timing.latency_N.copy(), timing.breakdown_NP.copy()
+            cache_NC = np.zeros((n, 4), dtype=np.int64)  # hits, misses, evictions, copies
+            for index in range(n):
                 step = chunk.first_step + index
                 start_N[index] = env.now
-                if step < trace_steps:
+                if buffering is not None:
+                    latency_N[index], stats = buffering.step(
+                        index, env.now, local, timing, breakdown_NP[index]
+                    )
+                    cache_NC[index] = (
+                        stats.hits,
+                        stats.misses,
+                        stats.evictions,
+                        stats.misses + stats.copies,
+                    )
+                elif step < trace_steps:
                     collected.spans.append(step_spans(step, env.now, index, local, timing))
-                yield env.timeout(timing.latency_N[index])
+                yield env.timeout(latency_N[index])
                 collected.events += 1
                 if on_step is not None:
                     on_step(step + 1, workload.steps)
             routed = layers * workload.tokens_per_step * model.top_k
+            expert_bytes = model.expert_params * model.dtype_bytes
             collected.steps.append(
                 StepRecords(
                     start_s=start_N,
-                    latency_s=timing.latency_N,
-                    tokens=np.full(chunk.steps, workload.tokens_per_step),
-                    routed=np.full(chunk.steps, routed),
+                    latency_s=latency_N,
+                    tokens=np.full(n, workload.tokens_per_step),
+                    routed=np.full(n, routed),
                     processed=timing.processed_N,
                     dropped=routed - timing.processed_N,
                     padded=timing.padded_N,
                     alltoall_bytes_NK=timing.alltoall_bytes_NK,
                     load_imbalance=timing.load_imbalance_N,
-                    breakdown_NP=timing.breakdown_NP,
+                    breakdown_NP=breakdown_NP,
                     busiest_tokens_NL=timing.tokens_NLG.max(axis=-1, initial=0),
                     expert_tokens_NL=timing.tokens_NLG.sum(axis=-1),
+                    cache_hits=cache_NC[:, 0],
+                    cache_misses=cache_NC[:, 1],
+                    cache_evictions=cache_NC[:, 2],
+                    host_to_device_bytes=cache_NC[:, 3] * float(expert_bytes),
                 )
             )
             collected.expert_tokens_LG += timing.tokens_NLG.sum(axis=0)
@@ -106,11 +166,13 @@ def simulate(
     env.run()
     devices = DeviceRecords(
         capacity_bytes=cluster.device.memory.capacity,
-        weights_bytes=weights_bytes(scenario, plan),
-        kv_cache_bytes=kv_cache_bytes(scenario, tokens_G),
+        weights_bytes=weights_G,
+        kv_cache_bytes=kv_G,
         activation_peak_bytes=collected.activation_G,
         expert_tokens_LG=collected.expert_tokens_LG,
+        expert_weights_bytes=expert_weights_bytes(scenario, plan),
     )
+    cache = scenario.policies.cache
     return RunRecords(
         scenario=scenario.name,
         executor="sim",
@@ -120,6 +182,7 @@ def simulate(
         steps=StepRecords.concat(collected.steps),
         devices=devices,
         placement=scenario.policies.placement.name,
+        cache=None if cache.name == "none" else cache.model_dump(),
         phy2log_LU=plan.phy2log_LU,
         owner_LU=plan.owner_LU,
         spans=SpanRecords.concat(collected.spans),

@@ -16,23 +16,57 @@ import numpy as np
 from moesim.config import Scenario
 from moesim.policies import PlacementPlan
 
-__all__ = ["activation_bytes", "dense_activation_bytes", "kv_cache_bytes", "weights_bytes"]
+__all__ = [
+    "activation_bytes",
+    "buffered_stacks",
+    "dense_activation_bytes",
+    "expert_weights_bytes",
+    "kv_cache_bytes",
+    "weights_bytes",
+]
 
 MASK_BYTES = 4 + 1  # fp32 combine weights and a bool dispatch mask per (token, expert, slot)
 SCORE_BYTES = 4
 
 
-def weights_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:
-    """``weights_G``; MoE layers outside the plan's stack are placed contiguously."""
+def buffered_stacks(scenario: Scenario) -> set[str]:
+    """The layer stacks whose MoE layers keep only ``slots_per_layer`` experts per GPU."""
+    cache = scenario.policies.cache
+    if cache.name == "none":
+        return set()
+    stacks = set(scenario.model.stacks())
+    return stacks if cache.layers == "all" else stacks & {cache.layers}
+
+
+def expert_weights_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:
+    """``experts_G``: bytes of resident expert weights (and replicas) per GPU. MoE layers
+    outside the plan's stack are placed contiguously; buffered layers hold at most
+    ``slots_per_layer`` experts (the expert in flight on its way in counts as activation)."""
     model = scenario.model
     gpus = plan.gpus
-    planned_G = plan.experts_per_gpu_LG.sum(axis=0)
-    others = model.total_moe_layers - plan.layers
     contiguous_G = np.bincount(
         np.arange(model.num_experts) * gpus // max(model.num_experts, 1), minlength=gpus
     )
-    experts_G = planned_G + others * contiguous_G
-    return (model.non_expert_params + experts_G * model.expert_params) * float(model.dtype_bytes)
+    buffered = buffered_stacks(scenario)
+    slots = scenario.policies.cache.slots_per_layer if buffered else 0
+    experts_G = np.zeros(gpus)
+    for stack in model.stacks():
+        layers = model.moe_layers(stack)
+        per_layer_LG = (
+            plan.experts_per_gpu_LG
+            if stack == scenario.stack()
+            else np.broadcast_to(contiguous_G, (layers, gpus))
+        )
+        if stack in buffered:
+            per_layer_LG = np.minimum(per_layer_LG, slots)
+        experts_G += per_layer_LG.sum(axis=0)
+    return experts_G * model.expert_params * float(model.dtype_bytes)
+
+
+def weights_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:
+    """``weights_G``: the non-expert parameters on every GPU plus its resident experts."""
+    model = scenario.model
+    return model.non_expert_params * float(model.dtype_bytes) + expert_weights_bytes(scenario, plan)
 
 
 def kv_cache_bytes(scenario: Scenario, tokens_G: np.ndarray) -> np.ndarray:

@@ -27,6 +27,10 @@ def _records() -> RunRecords:
         breakdown_NP=breakdown,
         busiest_tokens_NL=np.array([[6], [0], [5], [9]]),
         expert_tokens_NL=np.array([[10], [0], [10], [10]]),
+        cache_hits=np.array([0, 3, 4, 5]),
+        cache_misses=np.array([4, 1, 0, 3]),
+        cache_evictions=np.array([0, 1, 0, 3]),
+        host_to_device_bytes=np.array([40.0, 10.0, 0.0, 30.0]),
     )
     devices = DeviceRecords(
         capacity_bytes=100.0,
@@ -34,8 +38,12 @@ def _records() -> RunRecords:
         kv_cache_bytes=np.array([10.0, 10.0]),
         activation_peak_bytes=np.array([20.0, 35.0]),
         expert_tokens_LG=np.array([[20.0, 10.0]]),
+        expert_weights_bytes=np.array([30.0, 40.0]),
     )
-    return RunRecords("r", "sim", "dev", 2, "decode", steps, devices, wall_seconds=0.5, events=4)
+    cache = {"name": "lifo", "slots_per_layer": 2, "prefetch": "none", "step_aware": True}
+    return RunRecords(
+        "r", "sim", "dev", 2, "decode", steps, devices, cache=cache, wall_seconds=0.5, events=4
+    )
 
 
 def test_result_from_records_by_hand() -> None:
@@ -60,6 +68,11 @@ def test_result_from_records_by_hand() -> None:
     assert placement.imbalance_by_layer == [pytest.approx(5.0 / 3.75)]
     assert placement.max_gpu_tokens == 5.0  # (6 + 0 + 5 + 9) / 4
     assert placement.mean_gpu_tokens == 3.75  # 30 tokens / 4 steps / 2 GPUs
+    cache = result.cache
+    assert (cache.hits, cache.misses, cache.evictions) == (12, 8, 4)
+    assert cache.hit_rate == 0.6
+    assert cache.bytes_host_to_device == 80.0
+    assert cache.stall_s == 0.0 and cache.expert_bytes_per_device == [30.0, 40.0]
 
 
 def test_chrome_trace_lanes_and_spans(tmp_path) -> None:

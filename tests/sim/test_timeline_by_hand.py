@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from moesim.api import run
+from moesim.sim.engine import OutOfMemoryError
 from tests.conftest import make_scenario
 
 ATTENTION = (2 * 2 * 64 + 4 * 2 * 1 * 4) / 1e12  # projections (64 params) + core, 2 tokens
@@ -86,11 +87,17 @@ def test_memory_by_hand(trace) -> None:
     # KV: 2 sequences * 1 position * (K+V width 8) * 4 bytes * 2 layers
     assert result.memory.kv_cache_bytes_per_device == [128.0, 128.0]
     assert not result.memory.out_of_memory
-    small = make_scenario(workload=trace).cluster.device.model_dump()
-    small["memory"]["capacity"] = 1000
-    cramped, _ = run(
-        make_scenario(workload=trace, cluster={"nodes": 1, "gpus_per_node": 2, "device": small})
-    )
+
+    def with_capacity(capacity: float):
+        device = make_scenario(workload=trace).cluster.device.model_dump()
+        device["memory"]["capacity"] = capacity
+        cluster = {"nodes": 1, "gpus_per_node": 2, "device": device}
+        return make_scenario(workload=trace, cluster=cluster)
+
+    # weights + KV = 1632 bytes: below that nothing runs, above it activations may not fit
+    with pytest.raises(OutOfMemoryError, match=r"holds 0\.00 GiB of weights and KV cache"):
+        run(with_capacity(1631))
+    cramped, _ = run(with_capacity(1640))
     assert cramped.memory.out_of_memory
 
 

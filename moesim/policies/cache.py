@@ -1,0 +1,214 @@
+"""Expert buffering: a cache of expert weights per (GPU, MoE layer), with eviction policies.
+
+A cache sees, step after step, the local experts (placement slots) its layer needs, each
+requested once per step in ascending id; a request is a hit when the expert is resident and
+a miss otherwise, which loads it, evicting a victim when the ``slots_per_layer`` slots are
+full. Nothing here knows about time: the simulator turns misses into host-to-device copies.
+
+With ``step_aware: true`` the victim is first sought among residents the step does not need
+(the count exchange of dynamic gating tells a GPU which of its experts are active), and among
+all residents only when every one is needed. The seed paper's policy is
+``{name: lifo, step_aware: true}`` (Huang et al. §VI). Policies: ``lru``, ``lfu`` (ties: least
+recent), ``fifo``, ``lifo``, ``random``, ``belady`` (evict the resident whose next request is
+farthest away: the offline optimum, it reads the whole request sequence) and ``none`` (no
+cache: every local expert stays resident).
+
+Adding a policy: one class with ``Params`` and ``victim(cache, candidates)``, decorated
+``@CACHE.register``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from moesim.config import CACHE, PolicyParams
+
+__all__ = ["CacheParams", "ExpertCache", "StepAccess"]
+
+NEVER = float("inf")
+
+
+class CacheParams(PolicyParams):
+    """``slots_per_layer``: expert weights a GPU keeps per buffered MoE layer; ``layers``: the
+    MoE layers buffered; ``prefetch``: copy the next layer's experts during this layer."""
+
+    slots_per_layer: int = Field(default=1, ge=1)
+    prefetch: Literal["none", "next-layer", "oracle"] = "none"
+    warm: bool = False
+    step_aware: bool = False
+    layers: Literal["all", "encoder", "decoder"] = "all"
+
+
+@dataclass
+class StepAccess:
+    """What one step's requests did: per request (ascending expert id) hit or miss."""
+
+    experts: np.ndarray
+    hit: np.ndarray
+    evictions: int
+
+
+@dataclass
+class ExpertCache:
+    """The residents of one (GPU, layer) cache and what policies need to know of them."""
+
+    slots: int
+    policy: object
+    step_aware: bool = False
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    future: np.ndarray | None = None  # the whole request sequence, for belady
+    clock: int = 0  # requests seen so far
+    inserted: dict[int, int] = field(default_factory=dict)
+    last_use: dict[int, int] = field(default_factory=dict)
+    uses: dict[int, int] = field(default_factory=dict)
+    next_use: dict[int, float] = field(default_factory=dict)
+    _next_index: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.future is not None:
+            self._next_index = _next_uses(self.future)
+
+    @property
+    def resident(self) -> list[int]:
+        return list(self.inserted)
+
+    def preload(self, experts: Sequence[int]) -> None:
+        """Fill the cache (``warm: true``) without counting misses."""
+        for expert in list(experts)[: self.slots]:
+            self.inserted[int(expert)] = -1
+            self.last_use[int(expert)] = -1
+            self.uses[int(expert)] = 0
+            self.next_use[int(expert)] = NEVER
+
+    def _evict(self, needed: set[int]) -> None:
+        candidates = [e for e in self.inserted if e not in needed] if self.step_aware else []
+        victim = self.policy.victim(self, candidates or list(self.inserted))  # type: ignore[attr-defined]
+        for table in (self.inserted, self.last_use, self.uses, self.next_use):
+            table.pop(victim, None)
+
+    def _load(self, expert: int, needed: set[int]) -> int:
+        evicted = 0
+        if len(self.inserted) >= self.slots:
+            self._evict(needed)
+            evicted = 1
+        self.inserted[expert] = self.clock
+        self.uses[expert] = 0
+        return evicted
+
+    def access(self, experts: np.ndarray) -> StepAccess:
+        """Request ``experts`` (ascending) for one step."""
+        needed = {int(e) for e in experts}
+        hit = np.zeros(experts.size, dtype=bool)
+        evictions = 0
+        for i, expert in enumerate(int(e) for e in experts):
+            hit[i] = expert in self.inserted
+            if not hit[i]:
+                evictions += self._load(expert, needed)
+            self.last_use[expert] = self.clock
+            self.uses[expert] = self.uses.get(expert, 0) + 1
+            if self._next_index is not None:
+                self.next_use[expert] = self._next_index[self.clock]
+            self.clock += 1
+        return StepAccess(experts, hit, evictions)
+
+    def prefetch(self, experts: Sequence[int]) -> list[int]:
+        """Load ``experts`` ahead of their step; returns those that needed a copy."""
+        copied = []
+        wanted = {int(e) for e in experts}
+        for expert in (int(e) for e in experts):
+            if expert in self.inserted or len(copied) >= self.slots:
+                continue
+            self._load(expert, wanted)
+            self.last_use[expert] = self.clock
+            self.next_use[expert] = self._upcoming(expert)
+            copied.append(expert)
+        return copied
+
+    def _upcoming(self, expert: int) -> float:
+        if self.future is None:
+            return NEVER
+        later = np.flatnonzero(self.future[self.clock :] == expert)
+        return float(self.clock + later[0]) if later.size else NEVER
+
+
+def _next_uses(sequence: np.ndarray) -> np.ndarray:
+    """For each request, the index of the next request of the same expert (inf if none)."""
+    following = np.full(sequence.size, NEVER)
+    seen: dict[int, int] = {}
+    for index in range(sequence.size - 1, -1, -1):
+        expert = int(sequence[index])
+        following[index] = seen.get(expert, NEVER)
+        seen[expert] = index
+    return following
+
+
+class _Policy:
+    def __init__(self, params: CacheParams) -> None:
+        self.params = params
+
+
+@CACHE.register("none")
+class NoCache(_Policy):
+    """Every local expert resident: the baseline the others are compared with."""
+
+    class Params(CacheParams):
+        name: Literal["none"] = "none"
+
+
+@CACHE.register("lru")
+class LeastRecentlyUsed(_Policy):
+    class Params(CacheParams):
+        name: Literal["lru"] = "lru"
+
+    def victim(self, cache: ExpertCache, candidates: list[int]) -> int:
+        return min(candidates, key=lambda e: (cache.last_use[e], e))
+
+
+@CACHE.register("lfu")
+class LeastFrequentlyUsed(_Policy):
+    class Params(CacheParams):
+        name: Literal["lfu"] = "lfu"
+
+    def victim(self, cache: ExpertCache, candidates: list[int]) -> int:
+        return min(candidates, key=lambda e: (cache.uses[e], cache.last_use[e], e))
+
+
+@CACHE.register("fifo")
+class FirstInFirstOut(_Policy):
+    class Params(CacheParams):
+        name: Literal["fifo"] = "fifo"
+
+    def victim(self, cache: ExpertCache, candidates: list[int]) -> int:
+        return min(candidates, key=lambda e: (cache.inserted[e], e))
+
+
+@CACHE.register("lifo")
+class LastInFirstOut(_Policy):
+    class Params(CacheParams):
+        name: Literal["lifo"] = "lifo"
+
+    def victim(self, cache: ExpertCache, candidates: list[int]) -> int:
+        return max(candidates, key=lambda e: (cache.inserted[e], e))
+
+
+@CACHE.register("random")
+class RandomEviction(_Policy):
+    class Params(CacheParams):
+        name: Literal["random"] = "random"
+
+    def victim(self, cache: ExpertCache, candidates: list[int]) -> int:
+        return sorted(candidates)[int(cache.rng.integers(len(candidates)))]
+
+
+@CACHE.register("belady")
+class Belady(_Policy):
+    class Params(CacheParams):
+        name: Literal["belady"] = "belady"
+
+    def victim(self, cache: ExpertCache, candidates: list[int]) -> int:
+        return max(candidates, key=lambda e: (cache.next_use.get(e, NEVER), e))
