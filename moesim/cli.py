@@ -144,10 +144,6 @@ def _run(args: argparse.Namespace, console: Console) -> None:
         print(result.model_dump_json(indent=1))
     else:
         _summary(console, scenario, result)
-    if args.chrome_trace and scenario.policies.cache.name != "none":
-        Console(stderr=True, highlight=False).print(
-            "note: the Chrome trace does not cover runs with expert buffering yet"
-        )
     if args.out:
         for path in api.write_outputs(args.out, scenario, result, records):
             Console(stderr=True, highlight=False).print(f"wrote {path}")

@@ -26,6 +26,7 @@ from moesim.policies import ExpertCache, PlacementPlan
 from moesim.sim.chunk import ChunkTiming
 from moesim.sim.local_work import LocalWork
 from moesim.sim.memory import buffered_stacks
+from moesim.sim.timeline import Span
 
 __all__ = ["Buffering", "request_sequences"]
 
@@ -65,6 +66,8 @@ class Buffering:
     copy_free_G: np.ndarray = field(init=False)
     ready: dict[tuple[int, int, int], float] = field(default_factory=dict)
     popularity_LU: np.ndarray = field(init=False)
+    copy_spans: list[Span] = field(default_factory=list)  # of the last step
+    expert_LG: np.ndarray = field(init=False)  # each GPU's expert phase in the last step
 
     def __post_init__(self) -> None:
         params = self.scenario.policies.cache
@@ -88,17 +91,21 @@ class Buffering:
                     cache.preload(mine)
                 self.caches[gpu, layer] = cache
         self.copy_free_G = np.zeros(self.plan.gpus)
+        self.expert_LG = np.zeros((layers, self.plan.gpus))
         self.popularity_LU = np.zeros((layers, self.plan.units))
         self.expert_bytes = model.expert_params * model.dtype_bytes
         host = cluster.device.links.host
         self.copy_s = float(transfer_time(host, self.expert_bytes * host.shared_by))
 
-    def _copies(self, gpu: int, start: float, count: int) -> np.ndarray:
+    def _copies(self, gpu: int, layer: int, start: float, count: int) -> np.ndarray:
         """Landing times of ``count`` copies queued on ``gpu``'s copy engine from ``start``."""
         begin = max(start, self.copy_free_G[gpu])
         landed = begin + self.copy_s * np.arange(1, count + 1)
         if count:
             self.copy_free_G[gpu] = landed[-1]
+        self.copy_spans += [
+            (gpu, "copy", "copy_expert", layer, float(t) - self.copy_s, self.copy_s) for t in landed
+        ]
         return landed
 
     def _layer(
@@ -124,7 +131,7 @@ class Buffering:
             stats.misses += misses
             stats.evictions += access.evictions
             ready = np.full(experts.size, dispatch_end)
-            ready[~access.hit] = self._copies(gpu, dispatch_start, misses)
+            ready[~access.hit] = self._copies(gpu, layer, dispatch_start, misses)
             for expert in experts[~access.hit]:
                 self.ready.pop((gpu, layer, int(expert)), None)  # a prefetch it outlived
             for i in np.flatnonzero(access.hit):
@@ -153,7 +160,9 @@ class Buffering:
                 order = np.argsort(-self.popularity_LU[layer, mine], kind="stable")
                 predicted = mine[order][: self.params.slots_per_layer]
             copied = self.caches[gpu, layer].prefetch(predicted)
-            for expert, landed in zip(copied, self._copies(gpu, start, len(copied)), strict=True):
+            for expert, landed in zip(
+                copied, self._copies(gpu, layer, start, len(copied)), strict=True
+            ):
                 self.ready[gpu, layer, expert] = float(landed)
             stats.copies += len(copied)
 
@@ -167,6 +176,7 @@ class Buffering:
     ) -> tuple[float, StepCache]:
         """The step's latency with buffering (``breakdown_P`` is updated in place)."""
         stats = StepCache()
+        self.copy_spans = []
         pre_L = local.pre_LG.max(axis=1) if self.plan.layers else np.zeros(0)
         needed_LU = timing.expert_NLU[index] > 0
         clock = start_s
@@ -184,6 +194,7 @@ class Buffering:
                     local.shared_G,
                     stats,
                 )
+                self.expert_LG[layer] = end_G - dispatch_end
                 critical = int(np.argmax(end_G))
                 phase = end_G[critical] - dispatch_end
                 transfer_total += stall_G[critical]
@@ -192,7 +203,8 @@ class Buffering:
                     oracle = needed_LU[layer + 1] if self.params.prefetch == "oracle" else None
                     self._prefetch(layer + 1, oracle, dispatch_end, stats)
             else:
-                phase = timing.expert_NLG[index, layer].max()
+                self.expert_LG[layer] = timing.expert_NLG[index, layer]
+                phase = self.expert_LG[layer].max()
                 expert_total += phase
             clock = dispatch_end + phase + timing.combine_NL[index, layer]
         breakdown_P[_EXPERT] = expert_total

@@ -128,8 +128,19 @@ def simulate(
                         stats.evictions,
                         stats.misses + stats.copies,
                     )
-                elif step < trace_steps:
-                    collected.spans.append(step_spans(step, env.now, index, local, timing))
+                if step < trace_steps:
+                    buffered = buffering is not None
+                    collected.spans.append(
+                        step_spans(
+                            step,
+                            env.now,
+                            index,
+                            local,
+                            timing,
+                            buffering.expert_LG if buffered else None,
+                            buffering.copy_spans if buffered else None,
+                        )
+                    )
                 yield env.timeout(latency_N[index])
                 collected.events += 1
                 if on_step is not None:

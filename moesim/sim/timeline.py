@@ -3,7 +3,8 @@
 Within a step, MoE layer ``l`` starts when the previous combine ends: each GPU's compute
 stream runs its attention/dense/router work, waits for the slowest GPU, the comm stream runs
 the count exchange, dispatch and combine, and the compute stream runs the GPU's experts in
-between. Work after the last MoE layer (dense tail, LM head) follows.
+between (with buffering, the copy stream shows the expert copies they wait for). Work after
+the last MoE layer (dense tail, LM head) follows.
 """
 
 from __future__ import annotations
@@ -17,11 +18,22 @@ from moesim.sim.local_work import LocalWork
 __all__ = ["step_spans"]
 
 
+Span = tuple[int, str, str, int, float, float]  # GPU, stream, name, MoE layer, start, seconds
+
+
 def step_spans(
-    step: int, start_s: float, index: int, local: LocalWork, timing: ChunkTiming
+    step: int,
+    start_s: float,
+    index: int,
+    local: LocalWork,
+    timing: ChunkTiming,
+    expert_LG: np.ndarray | None = None,
+    extra: list[Span] | None = None,
 ) -> SpanRecords:
-    """Spans of step ``step`` (row ``index`` of ``timing``), starting at ``start_s``."""
-    rows: list[tuple[int, str, str, int, float, float]] = []
+    """Spans of step ``step`` (row ``index`` of ``timing``), starting at ``start_s``. With
+    buffering, ``expert_LG`` gives each GPU's expert phase (copy waits included) and ``extra``
+    the copy engines' spans."""
+    rows: list[Span] = list(extra or [])
     gpus = local.attention_G.size
     pre_attention, pre_dense = local.pre_attention_LG, local.pre_dense_LG
     clock = start_s
@@ -44,7 +56,7 @@ def step_spans(
             if seconds > 0:
                 rows += [(gpu, "comm", name, layer, clock, seconds) for gpu in range(gpus)]
                 clock += seconds
-        expert_G = timing.expert_NLG[index, layer]
+        expert_G = timing.expert_NLG[index, layer] if expert_LG is None else expert_LG[layer]
         rows += [
             (gpu, "compute", "expert", layer, clock, expert_G[gpu])
             for gpu in range(gpus)

@@ -129,3 +129,26 @@ def test_buffering_the_decoder_leaves_the_encoder_run_alone() -> None:
     assert cached.latency_s == plain.latency_s
     assert cached.cache.misses == 0
     assert cached.memory.weights_bytes_per_device[0] < plain.memory.weights_bytes_per_device[0]
+
+
+def test_the_timeline_shows_each_copy_and_the_waiting_experts() -> None:
+    scenario = _scenario({"name": "lru", "slots_per_layer": 2}, steps=3)
+    result, records = run(scenario, trace_steps=3)
+    spans = records.spans
+    copies = spans.name == "copy_expert"
+    assert copies.sum() == result.cache.misses
+    assert set(spans.stream[copies]) == {"copy"}
+    # each GPU's expert span ends no earlier than the copies it waited for in that layer
+    for gpu in range(2):
+        for step in range(3):
+            for layer in range(2):
+                mine = (spans.device == gpu) & (spans.step == step) & (spans.layer == layer)
+                landed = (spans.start_s + spans.duration_s)[mine & copies]
+                expert = mine & (spans.name == "expert")
+                if landed.size and expert.any():
+                    end = (spans.start_s + spans.duration_s)[expert][0]
+                    assert end >= landed.max() - 1e-15
+    compute = spans.stream == "compute"
+    assert (spans.start_s + spans.duration_s)[compute & (spans.step == 0)].max() == pytest.approx(
+        records.steps.start_s[1]
+    )
