@@ -74,11 +74,13 @@ def main() -> None:
             f" {m['events_per_s']:10.0f} {target:6d}x {mark}"
         )
 
-    print("\nDeepSeek-V3 decode, batch 64, scaling with GPUs (8 per node)")
+    # DeepSeek-V3's weights do not fit 8 or 16 H100s: lift the capacity, this measures speed.
+    print("\nDeepSeek-V3 decode, batch 64, scaling with GPUs (8 per node, memory unchecked)")
     print(f"{'GPUs':>5s} {'wall s':>8s} {'x real time':>12s} {'wall / wall(8)':>15s}")
     base = None
     for gpus in (8, 16, 32, 64, 128):
-        m = measure(deepseek, [f"cluster.nodes={gpus // 8}", steps], args.repeats)
+        roomy = "cluster.device.memory.capacity=1TB"
+        m = measure(deepseek, [f"cluster.nodes={gpus // 8}", roomy, steps], args.repeats)
         base = base or m["wall_s"]
         print(f"{gpus:5d} {m['wall_s']:8.3f} {m['speed']:12.0f} {m['wall_s'] / base:15.2f}")
 
