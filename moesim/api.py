@@ -71,6 +71,6 @@ def write_outputs(
         try:
             save_eplb(out / "placement.npz", plan)
             written.append(out / "placement.npz")
-        except ValueError:
-            pass  # GPUs hold unequal numbers of experts: no EPLB form
+        except ValueError:  # GPUs hold unequal numbers of experts: no EPLB form
+            (out / "placement.npz").unlink(missing_ok=True)  # never leave an older run's plan
     return written

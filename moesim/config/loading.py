@@ -188,10 +188,12 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     for key, value in pending:
         _apply(data, key, value)
     routing = (data.get("workload") or {}).get("routing")
-    if isinstance(routing, dict) and isinstance(routing.get("path"), str):
-        trace = Path(routing["path"])
-        if not trace.is_absolute() and (near / trace).exists():
-            routing["path"] = str(near / trace)
+    placement = (data.get("policies") or {}).get("placement")
+    for section in (routing, placement):  # files named relative to the scenario
+        if isinstance(section, dict) and isinstance(section.get("path"), str):
+            named = Path(section["path"])
+            if not named.is_absolute() and (near / named).exists():
+                section["path"] = str(near / named)
 
     try:
         return Scenario.model_validate(data)

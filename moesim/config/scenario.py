@@ -139,6 +139,12 @@ class Scenario(Frozen):
             raise ValueError(f"{self.cluster.nodes} nodes need links.network in the device profile")
         if self.cluster.gpus_per_node > 1 and self.cluster.device.links.nvlink is None:
             raise ValueError("several GPUs per node need links.nvlink in the device profile")
+        cache = self.policies.cache
+        if cache.name != "none" and cache.layers not in ("all", *self.model.stacks()):
+            raise ValueError(
+                f"policies.cache.layers is {cache.layers}, but {self.model.name} has no "
+                f"{cache.layers} (it is a {self.model.architecture} model)"
+            )
         layers = max(self.model.moe_layers(self.stack()), 1)
         assignments = layers * self.workload.tokens_per_step * self.model.top_k
         if assignments > MAX_ASSIGNMENTS_PER_STEP:

@@ -37,7 +37,7 @@ class CacheParams(PolicyParams):
     """``slots_per_layer``: expert weights a GPU keeps per buffered MoE layer; ``layers``: the
     MoE layers buffered; ``prefetch``: copy the next layer's experts during this layer."""
 
-    slots_per_layer: int = Field(default=1, ge=1)
+    slots_per_layer: int = Field(default=1, ge=1, le=1_000_000)
     prefetch: Literal["none", "next-layer", "oracle"] = "none"
     warm: bool = False
     step_aware: bool = False
@@ -83,11 +83,13 @@ class ExpertCache:
             self.inserted[int(expert)] = -1
             self.last_use[int(expert)] = -1
             self.uses[int(expert)] = 0
-            self.next_use[int(expert)] = NEVER
+            self.next_use[int(expert)] = self._upcoming(int(expert))
 
     def _evict(self, needed: set[int]) -> None:
         candidates = [e for e in self.inserted if e not in needed] if self.step_aware else []
-        victim = self.policy.victim(self, candidates or list(self.inserted))  # type: ignore[attr-defined]
+        self._drop(self.policy.victim(self, candidates or list(self.inserted)))  # type: ignore[attr-defined]
+
+    def _drop(self, victim: int) -> None:
         for table in (self.inserted, self.last_use, self.uses, self.next_use):
             table.pop(victim, None)
 
@@ -116,18 +118,27 @@ class ExpertCache:
             self.clock += 1
         return StepAccess(experts, hit, evictions)
 
-    def prefetch(self, experts: Sequence[int]) -> list[int]:
-        """Load ``experts`` ahead of their step; returns those that needed a copy."""
-        copied = []
+    def prefetch(self, experts: Sequence[int]) -> tuple[list[int], int]:
+        """Load ``experts`` ahead of their step, evicting only residents outside that set (never
+        one just prefetched); returns the experts copied and the evictions."""
+        copied: list[int] = []
+        evictions = 0
         wanted = {int(e) for e in experts}
         for expert in (int(e) for e in experts):
-            if expert in self.inserted or len(copied) >= self.slots:
+            if expert in self.inserted:
                 continue
-            self._load(expert, wanted)
+            if len(self.inserted) >= self.slots:
+                candidates = [e for e in self.inserted if e not in wanted]
+                if not candidates:
+                    break
+                self._drop(self.policy.victim(self, candidates))  # type: ignore[attr-defined]
+                evictions += 1
+            self.inserted[expert] = self.clock
+            self.uses[expert] = 0
             self.last_use[expert] = self.clock
             self.next_use[expert] = self._upcoming(expert)
             copied.append(expert)
-        return copied
+        return copied, evictions
 
     def _upcoming(self, expert: int) -> float:
         if self.future is None:

@@ -29,6 +29,9 @@ def plan_placement(scenario: Scenario) -> PlacementPlan:
     layers = model.moe_layers(scenario.stack())
     if layers == 0:
         return contiguous_plan(model.num_experts, scenario.cluster.gpus, 0)
+    planner = PLACEMENT.build(params)
+    if not getattr(planner, "learns", False):  # draws no history it would ignore
+        return planner.plan(np.zeros((0, layers, model.num_experts)), scenario.cluster.gpus)
     warmup = warmup_steps(scenario)
     start, steps = (warmup, None) if params.oracle else (0, warmup)
     loads = [
@@ -36,4 +39,4 @@ def plan_placement(scenario: Scenario) -> PlacementPlan:
         for chunk in routing_chunks(scenario, start, steps)
     ]
     load_HLE = np.concatenate(loads) if loads else np.zeros((0, layers, model.num_experts))
-    return PLACEMENT.build(params).plan(load_HLE, scenario.cluster.gpus)
+    return planner.plan(load_HLE, scenario.cluster.gpus)

@@ -140,6 +140,10 @@ def load_eplb(path: str | Path, gpus: int, num_experts: int, layers: int) -> Pla
             phy2log = np.asarray(archive["phy2log"])
     except (OSError, KeyError, ValueError) as error:
         raise ConfigError(file, "phy2log", f"cannot read an EPLB plan: {error}") from None
+    if not np.issubdtype(phy2log.dtype, np.integer) or phy2log.size == 0:
+        raise ConfigError(
+            file, "phy2log", f"expected a non-empty integer array, got {phy2log.dtype}"
+        )
     if phy2log.ndim != 2 or phy2log.shape[0] != layers:
         raise ConfigError(
             file, "phy2log", f"expected shape [{layers} layers, slots], got {phy2log.shape}"

@@ -15,7 +15,8 @@ slots (``ceil``/``floor`` of ``E / G`` when it does not divide), the seed paper'
   GPU with room, avoiding a second copy of an expert on one GPU where possible.
 - ``file``: an EPLB ``phy2log`` plan from an ``.npz`` (``moesim run --out`` writes one).
 
-Adding a planner: one class with ``Params`` and ``plan``, decorated ``@PLACEMENT.register``.
+Adding a planner: one class with ``Params`` and ``plan`` (and ``learns = True`` if it reads
+the history), decorated ``@PLACEMENT.register``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class PlannerParams(PolicyParams):
     """``history_steps``: warm-up steps the planner learns from (excluded from the result);
     ``oracle``: plan from the measured steps themselves instead (an upper bound)."""
 
-    history_steps: int = Field(default=0, ge=0)
+    history_steps: int = Field(default=0, ge=0, le=100_000)
     oracle: bool = False
 
 
@@ -120,9 +121,11 @@ def _greedy_layer(mean_E: np.ndarray, gpus: int, correlation_EE: np.ndarray | No
 
 @PLACEMENT.register("greedy")
 class Greedy:
+    learns = True  # reads the routing history
+
     class Params(PlannerParams):
         name: Literal["greedy"] = "greedy"
-        history_steps: int = Field(default=50, ge=0)
+        history_steps: int = Field(default=50, ge=0, le=100_000)
 
     def __init__(self, params: Params) -> None:
         self.params = params
@@ -135,9 +138,11 @@ class Greedy:
 
 @PLACEMENT.register("anti_correlation")
 class AntiCorrelation:
+    learns = True  # reads the routing history
+
     class Params(PlannerParams):
         name: Literal["anti_correlation"] = "anti_correlation"
-        history_steps: int = Field(default=50, ge=0)
+        history_steps: int = Field(default=50, ge=0, le=100_000)
 
     def __init__(self, params: Params) -> None:
         self.params = params
@@ -157,9 +162,11 @@ class AntiCorrelation:
 
 @PLACEMENT.register("replicated")
 class Replicated:
+    learns = True  # reads the routing history
+
     class Params(PlannerParams):
         name: Literal["replicated"] = "replicated"
-        history_steps: int = Field(default=50, ge=0)
+        history_steps: int = Field(default=50, ge=0, le=100_000)
         redundant_experts: int = Field(default=0, ge=0)
 
     def __init__(self, params: Params) -> None:
@@ -169,6 +176,13 @@ class Replicated:
         mean_LE = _mean_load(load_HLE)
         layers, experts = mean_LE.shape
         units = experts + self.params.redundant_experts
+        if self.params.redundant_experts > experts * (gpus - 1):
+            raise ConfigError(
+                None,
+                "policies.placement.redundant_experts",
+                f"{self.params.redundant_experts} exceeds {experts * (gpus - 1)}, the most that "
+                f"keeps at most one copy of an expert per GPU ({experts} experts, {gpus} GPUs)",
+            )
         if units % gpus:
             raise ConfigError(
                 None,

@@ -1,16 +1,18 @@
 """Expert buffering in the step loop: cache decisions become copies that experts wait for.
 
 Per buffered MoE layer and GPU: the layer's cache policy turns the experts the step needs
-(ascending id) into hits and misses. Each miss is a host-to-device copy of one expert on the
-GPU's copy engine, ``latency + bytes * shared_by / (bandwidth * efficiency)`` over its PCIe host
-link; copies start when the count exchange has told the GPU which experts it needs (at the
-dispatch all-to-all, Huang et al. §VI) or when the engine frees up, one after another. Experts
-run in ascending id once the dispatch has ended, each no earlier than its copy:
-``end_i = max(end_{i-1}, ready_i) + duration_i``. With prefetch, after its own misses the copy
-engine loads the next layer's predicted experts (``next-layer``: the layer's most requested
-so far; ``oracle``: exactly those it will need), which the next layer finds resident, waiting
-only if their copy has not landed. Time between the dispatch's end and the slowest GPU's last
-expert that is not compute is ``transfer``.
+(those with at least one token, ascending id) into hits and misses; a buffered expert with no
+token is not run, so under static gating its padding is skipped. Each miss is a host-to-device
+copy of one expert on the GPU's copy engine over its PCIe host link,
+``latency + bytes * shared_by / (bandwidth * efficiency)``; copies start when the count
+exchange has told the GPU which experts it needs (at the dispatch all-to-all, Huang et al.
+§VI) or when the engine frees up, one after another. Experts run in ascending id once the
+dispatch has ended, each no earlier than its copy: ``end_i = max(end_{i-1}, ready_i) +
+duration_i``. With prefetch, after its own misses the copy engine loads the next layer's
+predicted experts (``next-layer``: the layer's most requested so far; ``oracle``: exactly those
+it will need), which the next layer finds resident, waiting only if their copy has not
+landed. Time between the dispatch's end and the slowest GPU's last expert that is not compute
+is ``transfer``.
 """
 
 from __future__ import annotations
@@ -131,14 +133,17 @@ class Buffering:
             stats.misses += misses
             stats.evictions += access.evictions
             ready = np.full(experts.size, dispatch_end)
-            ready[~access.hit] = self._copies(gpu, layer, dispatch_start, misses)
+            # a copy may land before the tokens do: an expert starts after both
+            ready[~access.hit] = np.maximum(
+                self._copies(gpu, layer, dispatch_start, misses), dispatch_end
+            )
             for expert in experts[~access.hit]:
                 self.ready.pop((gpu, layer, int(expert)), None)  # a prefetch it outlived
             for i in np.flatnonzero(access.hit):
                 ready[i] = max(
                     dispatch_end, self.ready.pop((gpu, layer, int(experts[i])), dispatch_end)
                 )
-            work = durations_U[experts]
+            work = durations_U[experts]  # experts without tokens skip their padding
             before = np.concatenate([[0.0], np.cumsum(work)[:-1]])
             # end_i = max(end_{i-1}, ready_i) + work_i, unrolled: S_i + max_j (ready_j - S_{j-1})
             finish = dispatch_end + work.sum()
@@ -159,7 +164,8 @@ class Buffering:
             else:
                 order = np.argsort(-self.popularity_LU[layer, mine], kind="stable")
                 predicted = mine[order][: self.params.slots_per_layer]
-            copied = self.caches[gpu, layer].prefetch(predicted)
+            copied, evictions = self.caches[gpu, layer].prefetch(predicted)
+            stats.evictions += evictions
             for expert, landed in zip(
                 copied, self._copies(gpu, layer, start, len(copied)), strict=True
             ):
@@ -178,7 +184,7 @@ class Buffering:
         stats = StepCache()
         self.copy_spans = []
         pre_L = local.pre_LG.max(axis=1) if self.plan.layers else np.zeros(0)
-        needed_LU = timing.expert_NLU[index] > 0
+        needed_LU = timing.tokens_NLU[index] > 0
         clock = start_s
         expert_total = transfer_total = 0.0
         for layer in range(self.plan.layers):

@@ -35,6 +35,7 @@ class ChunkTiming:
     combine_NL: np.ndarray
     expert_NLG: np.ndarray
     expert_NLU: np.ndarray
+    tokens_NLU: np.ndarray
     latency_N: np.ndarray
     breakdown_NP: np.ndarray
     processed_N: np.ndarray
@@ -146,6 +147,7 @@ def time_chunk(
         combine_NL=combine_NL,
         expert_NLG=expert_NLG,
         expert_NLU=expert_NLE,
+        tokens_NLU=outcome.tokens_NLE,
         latency_N=latency_N,
         breakdown_NP=breakdown_NP,
         processed_N=tokens_NLG.sum(axis=(1, 2)),

@@ -92,7 +92,7 @@ def simulate(
     if scenario.policies.cache.name != "none":
         future = None
         if scenario.policies.cache.name == "belady":  # the offline optimum reads ahead
-            needed = [o.slots_NLE > 0 for _, _, o in _gated(scenario, plan, source_T)]
+            needed = [o.tokens_NLE > 0 for _, _, o in _gated(scenario, plan, source_T)]
             future = request_sequences(np.concatenate(needed), plan) if needed else None
         buffering = Buffering(scenario, plan, future)
     collected = _Collected(

@@ -70,31 +70,35 @@ def chunk_steps(scenario: Scenario) -> int:
     return int(max(1, _CHUNK_ELEMENTS // per_step))
 
 
-def _stream(scenario: Scenario, total: int) -> Iterator[np.ndarray]:
-    """``expert_ids_NLTK`` for steps ``0 .. total - 1`` of the routing, in chunks."""
+def _stream(scenario: Scenario, start: int, total: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first, expert_ids_NLTK)`` chunks covering steps ``start .. total - 1``."""
     model, workload = scenario.model, scenario.workload
     layers = model.moe_layers(scenario.stack())
     tokens = workload.tokens_per_step
     per_chunk = chunk_steps(scenario)
     routing = workload.routing
     if layers == 0:
-        for first in range(0, total, per_chunk):
+        for first in range(start, total, per_chunk):
             n = min(per_chunk, total - first)
-            yield np.zeros((n, 0, tokens, model.top_k), dtype=np.int16)
+            yield first, np.zeros((n, 0, tokens, model.top_k), dtype=np.int16)
     elif isinstance(routing, SyntheticRouting):
-        # Whole blocks with their own generators: step n's routing never depends on ``total``.
+        # Whole blocks with their own generators: step n's routing never depends on the window.
+        # A block before the window only moves the rankings on (they carry across blocks).
         block = block_steps(scenario)
         router = SyntheticRouter(
             routing, model.num_experts, model.top_k, layers, routing_rng(scenario, 0)
         )
         for index, first in enumerate(range(0, total, block)):
             router.reseed(routing_rng(scenario, index))
-            yield router.draw(block, tokens)[: total - first]
+            if first + block <= start:
+                router.rankings(block)
+            else:
+                yield first, router.draw(block, tokens)[: total - first]
     else:
         trace = load_trace(routing.path, model.num_experts, model.top_k, layers)
         ids = recut(trace, total, tokens, routing.path)
-        for first in range(0, total, per_chunk):
-            yield ids[first : first + per_chunk]
+        for first in range(start, total, per_chunk):
+            yield first, ids[first : first + per_chunk]
 
 
 def routing_chunks(
@@ -103,9 +107,7 @@ def routing_chunks(
     """Steps ``start .. start + steps - 1`` of the scenario's routing (``steps`` defaults to
     the workload's), numbered from 0; the same steps whatever ``start`` and chunking."""
     steps = scenario.workload.steps if steps is None else steps
-    first = 0
-    for ids in _stream(scenario, start + steps):
+    for first, ids in _stream(scenario, start, start + steps):
         lo, hi = max(start - first, 0), min(start + steps - first, ids.shape[0])
         if lo < hi:
             yield StepChunk(first + lo - start, ids[lo:hi])
-        first += ids.shape[0]

@@ -31,14 +31,38 @@ def test_the_papers_example_step_aware_lifo_evicts_2_to_load_3() -> None:
 
 
 def test_step_aware_first_evicts_what_the_step_does_not_need() -> None:
-    # LRU alone would evict 1 (least recent); step-aware keeps 1 because this step needs it.
-    plain, aware = _cache("lru", 2), _cache("lru", 2, step_aware=True)
-    steps = [[1], [2], [1, 3]]
-    assert _run(plain, steps)[1][-1] == [1, 3]  # 1 hit, then 3 evicts 2 (least recent)
-    assert _run(aware, steps)[1][-1] == [1, 3]
-    steps = [[1, 2], [2, 3]]  # loading 3 while the step needs 2
-    assert _run(_cache("lifo", 2), steps)[1][-1] == [1, 3]  # plain lifo evicts 2, then reloads
+    # Requests [1, 2], [2, 3]: loading 3, plain LIFO evicts 2 (last in) although this step
+    # needs it; step-aware LIFO evicts 1, which the step does not need.
+    steps = [[1, 2], [2, 3]]
+    assert _run(_cache("lifo", 2), steps)[1][-1] == [1, 3]
     assert _run(_cache("lifo", 2, step_aware=True), steps)[1][-1] == [2, 3]
+    # LRU: [1], [2], [0, 1]: loading 0, plain LRU evicts 1 (least recent) which the step needs
+    # next, and misses it; step-aware evicts 2 and hits 1.
+    assert _run(_cache("lru", 2), [[1], [2], [0, 1]])[0][-1] == [False, False]
+    assert _run(_cache("lru", 2, step_aware=True), [[1], [2], [0, 1]])[0][-1] == [False, True]
+
+
+def test_prefetch_never_evicts_what_it_prefetches_or_the_predicted_set() -> None:
+    for name in ("lifo", "lfu", "lru", "fifo"):
+        cache = _cache(name, 2)
+        _run(cache, [[0, 1]])
+        copied, evictions = cache.prefetch([2, 3])
+        assert copied == [2, 3] and evictions == 2
+        hits, _ = _run(cache, [[2, 3]])
+        assert hits == [[True, True]]
+        # a full cache of predicted experts takes nothing more
+        assert cache.prefetch([2, 3, 4]) == ([], 0)
+
+
+def test_a_warm_belady_looks_ahead_at_preloaded_experts() -> None:
+    steps = [[2], [1], [1], [1]]
+    future = np.concatenate([np.array(s) for s in steps])
+    misses = {}
+    for name in ("lru", "belady"):
+        cache = _cache(name, 2, future=future)
+        cache.preload([0, 1])
+        misses[name] = sum(h.count(False) for h in _run(cache, steps)[0])
+    assert misses == {"lru": 1, "belady": 1}  # belady evicts 0 (never used), keeps 1
 
 
 @pytest.mark.parametrize(
@@ -84,17 +108,21 @@ def test_enough_slots_give_one_cold_miss_per_distinct_expert_and_warm_none() -> 
 
 @settings(max_examples=150, deadline=None)
 @given(
+    st.booleans(),
     st.integers(1, 5),
     st.lists(
         st.lists(st.integers(0, 7), min_size=1, max_size=5, unique=True), min_size=1, max_size=25
     ),
 )
-def test_belady_never_misses_more_than_any_policy(slots, raw_steps) -> None:
+def test_belady_never_misses_more_than_any_policy(warm, slots, raw_steps) -> None:
     steps = [sorted(s) for s in raw_steps]
     future = np.concatenate([np.array(s) for s in steps])
     misses = {}
     for name in ("lru", "lfu", "fifo", "lifo", "random", "belady"):
-        hits, residents = _run(_cache(name, slots, future=future), steps)
+        cache = _cache(name, slots, future=future)
+        if warm:
+            cache.preload(range(slots))
+        hits, residents = _run(cache, steps)
         misses[name] = sum(h.count(False) for h in hits)
         assert all(len(r) <= slots for r in residents)  # never more than its slots
     assert misses["belady"] == min(misses.values())

@@ -154,3 +154,23 @@ def test_a_step_has_the_same_routing_in_every_window(start, steps) -> None:
     assert window[0].first_step == 0
     got = np.concatenate([c.expert_ids_NLTK for c in window])
     assert np.array_equal(whole[start : start + steps], got)
+
+
+def test_bad_eplb_files_and_impossible_replication(tmp_path) -> None:
+    np.savez(tmp_path / "f.npz", phy2log=np.array([[0.0, 1.7]]))
+    with pytest.raises(ConfigError, match="integer"):
+        load_eplb(tmp_path / "f.npz", gpus=2, num_experts=2, layers=1)
+    np.savez(tmp_path / "e.npz", phy2log=np.zeros((1, 0), dtype=int))
+    with pytest.raises(ConfigError, match="non-empty"):
+        load_eplb(tmp_path / "e.npz", gpus=2, num_experts=2, layers=1)
+    with pytest.raises(ConfigError, match="at most one copy"):
+        _plan({"name": "replicated", "redundant_experts": 10}, [[[5, 1, 1]]], 4)
+
+
+def test_a_deepseek_eplb_layout_loads_as_written(tmp_path) -> None:
+    # EPLB's convention: slot u on GPU u // (slots / GPUs); expert 0 has replicas on both GPUs.
+    np.savez(tmp_path / "eplb.npz", phy2log=np.array([[0, 1, 0, 2]]))
+    plan = load_eplb(tmp_path / "eplb.npz", gpus=2, num_experts=3, layers=1)
+    assert plan.owner_LU.tolist() == [[0, 0, 1, 1]]
+    assert plan.logcnt_LE.tolist() == [[2, 1, 1]]
+    assert plan.log2phy_LER.tolist() == [[[0, 2], [1, -1], [3, -1]]]

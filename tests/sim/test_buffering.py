@@ -152,3 +152,53 @@ def test_the_timeline_shows_each_copy_and_the_waiting_experts() -> None:
     assert (spans.start_s + spans.duration_s)[compute & (spans.step == 0)].max() == pytest.approx(
         records.steps.start_s[1]
     )
+
+
+def test_a_copy_that_lands_before_the_tokens_still_waits_for_the_dispatch(tmp_path) -> None:
+    # 2 GPUs, a slow NVLink (dispatch 1 ms) and a fast host link: copies land long before
+    # the tokens; experts still start after the dispatch, and cost what they cost uncached.
+    path = tmp_path / "r.npz"
+    np.savez(path, expert_ids=np.array([2, 0, 3, 0]).reshape(1, 1, 4, 1))
+    device = make_scenario().cluster.device.model_dump()
+    device["links"]["nvlink"]["bandwidth"] = 16e3  # 16 bytes in 1 ms
+    device["links"]["host"].update(bandwidth=1e15, latency=0.0)
+    cluster = {"nodes": 1, "gpus_per_node": 2, "device": device}
+    workload = {
+        "phase": "decode",
+        "batch_size": 4,
+        "seq_len": 1,
+        "steps": 1,
+        "routing": {"source": "trace", "path": str(path)},
+    }
+    plain, _ = run(make_scenario(cluster=cluster, workload=workload))
+    cached, _ = run(
+        make_scenario(
+            cluster=cluster,
+            workload=workload,
+            policies={
+                "gating": {"name": "dynamic"},
+                "cache": {"name": "lru", "slots_per_layer": 1},
+            },
+        )
+    )
+    assert cached.time_breakdown_s["expert"] == pytest.approx(plain.time_breakdown_s["expert"])
+    assert cached.time_breakdown_s["transfer"] == pytest.approx(0.0, abs=1e-15)
+    assert cached.latency_s.mean == pytest.approx(plain.latency_s.mean)
+
+
+@pytest.mark.parametrize("name", ["lru", "lfu", "lifo", "belady"])
+def test_oracle_prefetch_never_adds_misses_and_loads_balance_evictions(name) -> None:
+    plain = _quick({"name": name, "slots_per_layer": 3})
+    oracle = _quick({"name": name, "slots_per_layer": 3, "prefetch": "oracle"})
+    nxt = _quick({"name": name, "slots_per_layer": 3, "prefetch": "next-layer"})
+    assert oracle.cache.misses <= plain.cache.misses
+    for result in (plain, oracle, nxt):
+        loads = result.cache.bytes_host_to_device / (2 * 4 * 8 * 4)
+        # every load beyond the slots evicts: 2 GPUs x 2 buffered layers x 3 slots
+        assert loads - result.cache.evictions <= 2 * 2 * 3
+        assert loads - result.cache.evictions >= 0
+
+
+def test_a_cache_on_a_stack_the_model_lacks_is_an_error() -> None:
+    with pytest.raises(ValueError, match="has no encoder"):
+        _scenario({"name": "lru", "layers": "encoder"})
