@@ -10,7 +10,7 @@ from moesim.config.loading import (
     read_yaml,
 )
 from moesim.config.model import DTYPE_BYTES, ModelSpec
-from moesim.config.registry import CACHE, GATING, PLACEMENT, PolicyParams, Registry
+from moesim.config.registry import CACHE, GATING, PLACEMENT, Policy, PolicyParams, Registry
 from moesim.config.scenario import (
     ClusterSpec,
     PoliciesSpec,
@@ -31,6 +31,7 @@ __all__ = [
     "LinkSpec",
     "ModelSpec",
     "PoliciesSpec",
+    "Policy",
     "PolicyParams",
     "Registry",
     "Scenario",

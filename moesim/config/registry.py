@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from moesim.config.fields import Frozen
 
-__all__ = ["CACHE", "GATING", "PLACEMENT", "PolicyParams", "Registry"]
+__all__ = ["CACHE", "GATING", "PLACEMENT", "Policy", "PolicyParams", "Registry"]
 
 T = TypeVar("T")
 
@@ -23,6 +23,13 @@ class PolicyParams(Frozen):
     """Parameters of one policy; subclasses add their fields, ``name`` selects the class."""
 
     name: str
+
+
+class Policy:
+    """Base of a policy class: keeps its validated ``Params``; subclasses add the decision."""
+
+    def __init__(self, params: PolicyParams) -> None:
+        self.params = params
 
 
 class Registry(Generic[T]):

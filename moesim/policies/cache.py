@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from moesim.config import CACHE, PolicyParams
+from moesim.config import CACHE, Policy, PolicyParams
 
 __all__ = ["CacheParams", "ExpertCache", "StepAccess"]
 
@@ -158,13 +158,8 @@ def _next_uses(sequence: np.ndarray) -> np.ndarray:
     return following
 
 
-class _Policy:
-    def __init__(self, params: CacheParams) -> None:
-        self.params = params
-
-
 @CACHE.register("none")
-class NoCache(_Policy):
+class NoCache(Policy):
     """Every local expert resident: the baseline the others are compared with."""
 
     class Params(CacheParams):
@@ -172,7 +167,7 @@ class NoCache(_Policy):
 
 
 @CACHE.register("lru")
-class LeastRecentlyUsed(_Policy):
+class LeastRecentlyUsed(Policy):
     class Params(CacheParams):
         name: Literal["lru"] = "lru"
 
@@ -181,7 +176,7 @@ class LeastRecentlyUsed(_Policy):
 
 
 @CACHE.register("lfu")
-class LeastFrequentlyUsed(_Policy):
+class LeastFrequentlyUsed(Policy):
     class Params(CacheParams):
         name: Literal["lfu"] = "lfu"
 
@@ -190,7 +185,7 @@ class LeastFrequentlyUsed(_Policy):
 
 
 @CACHE.register("fifo")
-class FirstInFirstOut(_Policy):
+class FirstInFirstOut(Policy):
     class Params(CacheParams):
         name: Literal["fifo"] = "fifo"
 
@@ -199,7 +194,7 @@ class FirstInFirstOut(_Policy):
 
 
 @CACHE.register("lifo")
-class LastInFirstOut(_Policy):
+class LastInFirstOut(Policy):
     class Params(CacheParams):
         name: Literal["lifo"] = "lifo"
 
@@ -208,7 +203,7 @@ class LastInFirstOut(_Policy):
 
 
 @CACHE.register("random")
-class RandomEviction(_Policy):
+class RandomEviction(Policy):
     class Params(CacheParams):
         name: Literal["random"] = "random"
 
@@ -217,7 +212,7 @@ class RandomEviction(_Policy):
 
 
 @CACHE.register("belady")
-class Belady(_Policy):
+class Belady(Policy):
     class Params(CacheParams):
         name: Literal["belady"] = "belady"
 

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from moesim.config import GATING, PolicyParams
+from moesim.config import GATING, Policy, PolicyParams
 
 __all__ = ["DynamicGating", "GatingOutcome", "StaticGating", "expert_counts", "static_capacity"]
 
@@ -76,7 +76,7 @@ def static_capacity(
 
 
 @GATING.register("static")
-class StaticGating:
+class StaticGating(Policy):
     """Capacity-factor gating with padding and dropping (GShard, Tutel and fairseq formulas)."""
 
     class Params(PolicyParams):
@@ -87,9 +87,6 @@ class StaticGating:
         dispatch: Literal["einsum", "index"] = Field(
             default="einsum", description="dense S x E x C masks (fairseq) or index scatter (Tutel)"
         )
-
-    def __init__(self, params: Params) -> None:
-        self.params = params
 
     def capacity(self, tokens_G: np.ndarray, num_experts: int, top_k: int) -> np.ndarray:
         """``C_G`` for source GPUs holding ``tokens_G`` tokens."""
@@ -147,14 +144,11 @@ class StaticGating:
 
 
 @GATING.register("dynamic")
-class DynamicGating:
+class DynamicGating(Policy):
     """Exact counts: a count exchange, then variable-size all-to-alls (Huang et al. §V)."""
 
     class Params(PolicyParams):
         name: Literal["dynamic"] = "dynamic"
-
-    def __init__(self, params: Params) -> None:
-        self.params = params
 
     def gate(
         self, expert_ids_NLTK: np.ndarray, source_T: np.ndarray, gpus: int, num_experts: int

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from moesim.config import PLACEMENT, PolicyParams
+from moesim.config import PLACEMENT, Policy, PolicyParams
 from moesim.errors import ConfigError
 from moesim.policies.placement import PlacementPlan, contiguous_plan, load_eplb
 
@@ -74,24 +74,18 @@ def _from_owner(owner_LE: np.ndarray, gpus: int) -> PlacementPlan:
 
 
 @PLACEMENT.register("contiguous")
-class Contiguous:
+class Contiguous(Policy):
     class Params(PlannerParams):
         name: Literal["contiguous"] = "contiguous"
-
-    def __init__(self, params: Params) -> None:
-        self.params = params
 
     def plan(self, load_HLE: np.ndarray, gpus: int) -> PlacementPlan:
         return contiguous_plan(load_HLE.shape[2], gpus, load_HLE.shape[1])
 
 
 @PLACEMENT.register("round_robin")
-class RoundRobin:
+class RoundRobin(Policy):
     class Params(PlannerParams):
         name: Literal["round_robin"] = "round_robin"
-
-    def __init__(self, params: Params) -> None:
-        self.params = params
 
     def plan(self, load_HLE: np.ndarray, gpus: int) -> PlacementPlan:
         layers, experts = load_HLE.shape[1:]
@@ -120,15 +114,12 @@ def _greedy_layer(mean_E: np.ndarray, gpus: int, correlation_EE: np.ndarray | No
 
 
 @PLACEMENT.register("greedy")
-class Greedy:
+class Greedy(Policy):
     learns = True  # reads the routing history
 
     class Params(PlannerParams):
         name: Literal["greedy"] = "greedy"
         history_steps: int = Field(default=50, ge=0, le=100_000)
-
-    def __init__(self, params: Params) -> None:
-        self.params = params
 
     def plan(self, load_HLE: np.ndarray, gpus: int) -> PlacementPlan:
         mean_LE = _mean_load(load_HLE)
@@ -137,15 +128,12 @@ class Greedy:
 
 
 @PLACEMENT.register("anti_correlation")
-class AntiCorrelation:
+class AntiCorrelation(Policy):
     learns = True  # reads the routing history
 
     class Params(PlannerParams):
         name: Literal["anti_correlation"] = "anti_correlation"
         history_steps: int = Field(default=50, ge=0, le=100_000)
-
-    def __init__(self, params: Params) -> None:
-        self.params = params
 
     def plan(self, load_HLE: np.ndarray, gpus: int) -> PlacementPlan:
         mean_LE = _mean_load(load_HLE)
@@ -161,16 +149,13 @@ class AntiCorrelation:
 
 
 @PLACEMENT.register("replicated")
-class Replicated:
+class Replicated(Policy):
     learns = True  # reads the routing history
 
     class Params(PlannerParams):
         name: Literal["replicated"] = "replicated"
         history_steps: int = Field(default=50, ge=0, le=100_000)
         redundant_experts: int = Field(default=0, ge=0)
-
-    def __init__(self, params: Params) -> None:
-        self.params = params
 
     def plan(self, load_HLE: np.ndarray, gpus: int) -> PlacementPlan:
         mean_LE = _mean_load(load_HLE)
@@ -228,13 +213,10 @@ class Replicated:
 
 
 @PLACEMENT.register("file")
-class FromFile:
+class FromFile(Policy):
     class Params(PlannerParams):
         name: Literal["file"] = "file"
         path: str
-
-    def __init__(self, params: Params) -> None:
-        self.params = params
 
     def plan(self, load_HLE: np.ndarray, gpus: int) -> PlacementPlan:
         return load_eplb(self.params.path, gpus, load_HLE.shape[2], load_HLE.shape[1])
