@@ -3,8 +3,8 @@
 A policy module registers itself with a decorator; the scenario schema validates
 ``policies.<family>`` against whatever is registered. A duplicate name is an error.
 
-To add a policy: write one class with a nested ``Params(PolicyParams)`` model and decorate it
-with ``@GATING.register("name")`` (or the family's registry); nothing else changes.
+To add a policy: write one ``Policy`` subclass with a nested ``Params(PolicyParams)`` model and
+decorate it with ``@GATING.register("name")`` (or the family's registry); nothing else changes.
 """
 
 from __future__ import annotations
