@@ -205,5 +205,14 @@ class Result(_Out):
                 "padded": steps.padded.tolist(),
                 "alltoall_bytes": steps.alltoall_bytes_NK.sum(axis=1).tolist(),
                 "load_imbalance": [None if math.isnan(v) else v for v in steps.load_imbalance],
+                **(
+                    {}
+                    if records.cache is None
+                    else {
+                        "cache_hits": steps.cache_hits.tolist(),
+                        "cache_misses": steps.cache_misses.tolist(),
+                        "transfer_s": steps.breakdown_NP[:, PHASES.index("transfer")].tolist(),
+                    }
+                ),
             },
         )

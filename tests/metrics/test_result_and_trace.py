@@ -73,6 +73,7 @@ def test_result_from_records_by_hand() -> None:
     assert cache.hit_rate == 0.6
     assert cache.bytes_host_to_device == 80.0
     assert cache.stall_s == 0.0 and cache.expert_bytes_per_device == [30.0, 40.0]
+    assert result.per_step["cache_misses"] == [4, 1, 0, 3]
 
 
 def test_chrome_trace_lanes_and_spans(tmp_path) -> None:
