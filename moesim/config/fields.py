@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -41,5 +42,5 @@ class Provenance(Frozen):
 
     source: Literal["datasheet", "calibrated", "assumption"]
     ref: str = Field(min_length=1, description="document, URL or calibration run")
-    date: str | None = None
+    date: datetime.date | str | None = None  # YAML reads 2026-11-24 as a date
     measured_on: str | None = None

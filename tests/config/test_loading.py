@@ -154,3 +154,22 @@ def test_missing_file_and_bad_override() -> None:
     assert str(caught.value).startswith("--set model.top_k: ")  # not the card's fault
     with pytest.raises(ConfigError, match="valid integer"):
         load_scenario(ROOT / "scenarios" / "quickstart.yaml", ["workload.batch_size=true"])
+
+
+def test_a_calibrated_profile_with_an_unquoted_date_loads(tmp_path) -> None:
+    profile = yaml.safe_load((ROOT / "hardware_profiles" / "a100-sxm4-80gb.yaml").read_text())
+    profile["compute"]["provenance"] = {
+        "source": "calibrated",
+        "ref": "moesim calibrate",
+        "measured_on": "cuda:0",
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(profile) + "")
+    text = path.read_text().replace(
+        "measured_on: cuda:0", "measured_on: cuda:0\n    date: 2026-11-24"
+    )
+    path.write_text(text)
+    data = _base()
+    data["cluster"]["device"] = str(path)
+    scenario = load_scenario(_write(tmp_path, data))
+    assert str(scenario.cluster.device.compute.provenance.date) == "2026-11-24"
