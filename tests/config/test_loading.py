@@ -164,7 +164,7 @@ def test_a_calibrated_profile_with_an_unquoted_date_loads(tmp_path) -> None:
         "measured_on": "cuda:0",
     }
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(profile) + "")
+    path.write_text(yaml.safe_dump(profile))
     text = path.read_text().replace(
         "measured_on: cuda:0", "measured_on: cuda:0\n    date: 2026-11-24"
     )
