@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import moesim  # noqa: F401  (registers the policies)
@@ -66,6 +67,26 @@ TINY_MODEL: dict[str, Any] = {
 }
 
 
+def workload(**changes: Any) -> dict[str, Any]:
+    """The tests' default workload (decode, 4 sequences, 1 position of context, 1 step)."""
+    return {
+        "phase": "decode",
+        "batch_size": 4,
+        "seq_len": 1,
+        "steps": 1,
+        "routing": {"source": "synthetic"},
+        **changes,
+    }
+
+
+def trace_workload(path: Path, expert_ids: np.ndarray, **changes: Any) -> dict[str, Any]:
+    """A workload replaying ``expert_ids`` (saved to ``path``); one token per sequence."""
+    np.savez(path, expert_ids=expert_ids)
+    steps, _, tokens, _ = expert_ids.shape
+    routing = {"source": "trace", "path": str(path)}
+    return workload(batch_size=tokens, steps=steps, routing=routing, **changes)
+
+
 def make_scenario(**changes: Any) -> Scenario:
     """A tiny scenario on the simple profile; ``changes`` replace top-level sections."""
     data: dict[str, Any] = {
@@ -73,13 +94,7 @@ def make_scenario(**changes: Any) -> Scenario:
         "seed": 3,
         "model": copy.deepcopy(TINY_MODEL),
         "cluster": {"nodes": 1, "gpus_per_node": 2, "device": copy.deepcopy(SIMPLE_PROFILE)},
-        "workload": {
-            "phase": "decode",
-            "batch_size": 4,
-            "seq_len": 1,
-            "steps": 1,
-            "routing": {"source": "synthetic"},
-        },
+        "workload": workload(),
         "policies": {"gating": {"name": "dynamic"}},
     }
     data.update(copy.deepcopy(changes))

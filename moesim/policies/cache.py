@@ -48,7 +48,6 @@ class CacheParams(PolicyParams):
 class StepAccess:
     """What one step's requests did: per request (ascending expert id) hit or miss."""
 
-    experts: np.ndarray
     hit: np.ndarray
     evictions: int
 
@@ -116,7 +115,7 @@ class ExpertCache:
             if self._next_index is not None:
                 self.next_use[expert] = self._next_index[self.clock]
             self.clock += 1
-        return StepAccess(experts, hit, evictions)
+        return StepAccess(hit, evictions)
 
     def prefetch(self, experts: Sequence[int]) -> tuple[list[int], int]:
         """Load ``experts`` ahead of their step, evicting only residents outside that set (never

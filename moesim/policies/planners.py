@@ -15,8 +15,8 @@ slots (``ceil``/``floor`` of ``E / G`` when it does not divide), the seed paper'
   GPU with room, avoiding a second copy of an expert on one GPU where possible.
 - ``file``: an EPLB ``phy2log`` plan from an ``.npz`` (``moesim run --out`` writes one).
 
-Adding a planner: one class with ``Params`` and ``plan`` (and ``learns = True`` if it reads
-the history), decorated ``@PLACEMENT.register``.
+Adding a planner: one class with ``Params`` and ``plan`` (derived from ``LearningPlanner``
+and ``LearnedParams`` if it reads the history), decorated ``@PLACEMENT.register``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from moesim.config import PLACEMENT, Policy, PolicyParams
 from moesim.errors import ConfigError
 from moesim.policies.placement import PlacementPlan, contiguous_plan, load_eplb
 
-__all__ = ["PlannerParams", "balanced_slots", "pearson"]
+__all__ = ["LearnedParams", "LearningPlanner", "PlannerParams", "balanced_slots", "pearson"]
 
 CORRELATION_WEIGHT = 0.5  # Huang et al. §VII: load plus 0.5 x correlation
 
@@ -41,6 +41,18 @@ class PlannerParams(PolicyParams):
 
     history_steps: int = Field(default=0, ge=0, le=100_000)
     oracle: bool = False
+
+
+class LearnedParams(PlannerParams):
+    """Parameters of a planner that learns from history: a 50-step window by default."""
+
+    history_steps: int = Field(default=50, ge=0, le=100_000)
+
+
+class LearningPlanner(Policy):
+    """A planner that reads the routing history (``plan_placement`` draws it only for these)."""
+
+    learns = True
 
 
 def balanced_slots(units: int, gpus: int) -> np.ndarray:
@@ -114,12 +126,9 @@ def _greedy_layer(mean_E: np.ndarray, gpus: int, correlation_EE: np.ndarray | No
 
 
 @PLACEMENT.register("greedy")
-class Greedy(Policy):
-    learns = True  # reads the routing history
-
-    class Params(PlannerParams):
+class Greedy(LearningPlanner):
+    class Params(LearnedParams):
         name: Literal["greedy"] = "greedy"
-        history_steps: int = Field(default=50, ge=0, le=100_000)
 
     def plan(self, load_HLE: np.ndarray, gpus: int) -> PlacementPlan:
         mean_LE = _mean_load(load_HLE)
@@ -128,33 +137,27 @@ class Greedy(Policy):
 
 
 @PLACEMENT.register("anti_correlation")
-class AntiCorrelation(Policy):
-    learns = True  # reads the routing history
-
-    class Params(PlannerParams):
+class AntiCorrelation(LearningPlanner):
+    class Params(LearnedParams):
         name: Literal["anti_correlation"] = "anti_correlation"
-        history_steps: int = Field(default=50, ge=0, le=100_000)
 
     def plan(self, load_HLE: np.ndarray, gpus: int) -> PlacementPlan:
-        mean_LE = _mean_load(load_HLE)
         # The paper's load term is each expert's share of the step's tokens.
         share_HLE = load_HLE / np.maximum(load_HLE.sum(axis=2, keepdims=True), 1)
+        mean_LE = _mean_load(share_HLE)
         owner = np.stack(
             [
-                _greedy_layer(share_HLE[:, layer].mean(axis=0), gpus, pearson(share_HLE[:, layer]))
-                for layer in range(mean_LE.shape[0])
+                _greedy_layer(mean_E, gpus, pearson(share_HLE[:, layer]))
+                for layer, mean_E in enumerate(mean_LE)
             ]
         )
         return _from_owner(owner, gpus)
 
 
 @PLACEMENT.register("replicated")
-class Replicated(Policy):
-    learns = True  # reads the routing history
-
-    class Params(PlannerParams):
+class Replicated(LearningPlanner):
+    class Params(LearnedParams):
         name: Literal["replicated"] = "replicated"
-        history_steps: int = Field(default=50, ge=0, le=100_000)
         redundant_experts: int = Field(default=0, ge=0)
 
     def plan(self, load_HLE: np.ndarray, gpus: int) -> PlacementPlan:

@@ -22,6 +22,8 @@ from moesim.hardware import DeviceCosts
 __all__ = [
     "ATTENTION_LAUNCHES",
     "GATE_LAUNCHES",
+    "GATE_SCORE_BYTES",
+    "MASK_BYTES",
     "attention_time",
     "ffn_time",
     "gate_time",
@@ -31,6 +33,7 @@ __all__ = [
 ATTENTION_LAUNCHES = 5  # norm, QKV projection, attention kernel, output projection, residual
 GATE_LAUNCHES = 8  # router GEMM, softmax, top-k, masks or sort, dispatch and combine reorders
 GATE_SCORE_BYTES = 4  # routers compute softmax in fp32 (fairseq, Megatron)
+MASK_BYTES = GATE_SCORE_BYTES + 1  # einsum gating: fp32 combine weight + bool dispatch mask
 
 
 def attention_time(
@@ -71,7 +74,7 @@ def gate_time(
     if einsum and capacity is not None:
         mask = tokens * e * capacity
         flops = flops + 2 * 2.0 * mask * d
-        bytes_moved = bytes_moved + mask * (GATE_SCORE_BYTES + 1) + 2 * 2 * e * capacity * d * ab
+        bytes_moved = bytes_moved + mask * MASK_BYTES + 2 * 2 * e * capacity * d * ab
     else:
         rows = tokens * k
         bytes_moved = bytes_moved + 2 * 2 * rows * d * ab + rows * 16

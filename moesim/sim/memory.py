@@ -15,6 +15,7 @@ import numpy as np
 
 from moesim.config import Scenario
 from moesim.policies import PlacementPlan
+from moesim.sim.layer_costs import GATE_SCORE_BYTES, MASK_BYTES
 
 __all__ = [
     "activation_bytes",
@@ -24,9 +25,6 @@ __all__ = [
     "kv_cache_bytes",
     "weights_bytes",
 ]
-
-MASK_BYTES = 4 + 1  # fp32 combine weights and a bool dispatch mask per (token, expert, slot)
-SCORE_BYTES = 4
 
 
 def buffered_stacks(scenario: Scenario) -> set[str]:
@@ -95,7 +93,7 @@ def activation_bytes(
     ab, d = model.dtype_bytes, model.d_model
     hidden = (model.ffn_matrices - 1) * model.d_ffn
     streams = 2 * tokens_G * d * ab
-    scores = tokens_G * model.num_experts * SCORE_BYTES
+    scores = tokens_G * model.num_experts * GATE_SCORE_BYTES
     masks = tokens_G * model.num_experts * capacity_G * MASK_BYTES if einsum else 0
     buffers = (sent_XG + 2 * received_XG) * d * ab + largest_expert_XG * hidden * ab
     return (streams + scores + masks + buffers).astype(np.float64)

@@ -8,7 +8,7 @@ import pytest
 
 from moesim.api import run
 from moesim.metrics import PHASES, DeviceRecords, Result, RunRecords, StepRecords, chrome_trace
-from tests.conftest import make_scenario
+from tests.conftest import make_scenario, workload
 
 
 def _records() -> RunRecords:
@@ -77,15 +77,7 @@ def test_result_from_records_by_hand() -> None:
 
 
 def test_chrome_trace_lanes_and_spans(tmp_path) -> None:
-    scenario = make_scenario(
-        workload={
-            "phase": "prefill",
-            "batch_size": 2,
-            "seq_len": 8,
-            "steps": 3,
-            "routing": {"source": "synthetic"},
-        }
-    )
+    scenario = make_scenario(workload=workload(phase="prefill", batch_size=2, seq_len=8, steps=3))
     _result, records = run(scenario, trace_steps=2)
     trace = chrome_trace(records.spans)
     json.dumps(trace)  # serialisable

@@ -7,7 +7,7 @@ import pytest
 
 from moesim.api import load_scenario, run
 from moesim.workload import routing_chunks
-from tests.conftest import TINY_MODEL, make_scenario
+from tests.conftest import TINY_MODEL, make_scenario, trace_workload
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
@@ -15,16 +15,8 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 def test_copies_by_hand(tmp_path) -> None:
     # One GPU, 2 tokens to experts 0 and 1, one slot: both miss; each copy takes
     # 10 us + 256 B / 1 GB/s; the second expert waits for the second copy.
-    path = tmp_path / "r.npz"
-    np.savez(path, expert_ids=np.array([0, 1]).reshape(1, 1, 2, 1))
     cluster = {"nodes": 1, "gpus_per_node": 1, "device": make_scenario().cluster.device}
-    workload = {
-        "phase": "decode",
-        "batch_size": 2,
-        "seq_len": 1,
-        "steps": 1,
-        "routing": {"source": "trace", "path": str(path)},
-    }
+    workload = trace_workload(tmp_path / "r.npz", np.array([0, 1]).reshape(1, 1, 2, 1))
     cached = {"gating": {"name": "dynamic"}, "cache": {"name": "lru", "slots_per_layer": 1}}
     plain, _ = run(make_scenario(cluster=cluster, workload=workload))
     result, _ = run(make_scenario(cluster=cluster, workload=workload, policies=cached))
@@ -157,19 +149,11 @@ def test_the_timeline_shows_each_copy_and_the_waiting_experts() -> None:
 def test_a_copy_that_lands_before_the_tokens_still_waits_for_the_dispatch(tmp_path) -> None:
     # 2 GPUs, a slow NVLink (dispatch 1 ms) and a fast host link: copies land long before
     # the tokens; experts still start after the dispatch, and cost what they cost uncached.
-    path = tmp_path / "r.npz"
-    np.savez(path, expert_ids=np.array([2, 0, 3, 0]).reshape(1, 1, 4, 1))
     device = make_scenario().cluster.device.model_dump()
     device["links"]["nvlink"]["bandwidth"] = 16e3  # 16 bytes in 1 ms
     device["links"]["host"].update(bandwidth=1e15, latency=0.0)
     cluster = {"nodes": 1, "gpus_per_node": 2, "device": device}
-    workload = {
-        "phase": "decode",
-        "batch_size": 4,
-        "seq_len": 1,
-        "steps": 1,
-        "routing": {"source": "trace", "path": str(path)},
-    }
+    workload = trace_workload(tmp_path / "r.npz", np.array([2, 0, 3, 0]).reshape(1, 1, 4, 1))
     plain, _ = run(make_scenario(cluster=cluster, workload=workload))
     cached, _ = run(
         make_scenario(

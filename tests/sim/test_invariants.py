@@ -15,6 +15,7 @@ from moesim.sim.chunk import time_chunk
 from moesim.sim.local_work import local_work
 from moesim.workload import routing_chunks, tokens_per_gpu
 from tests.conftest import TINY_MODEL, make_scenario
+from tests.conftest import workload as make_workload
 
 cases = st.tuples(
     st.sampled_from([2, 4, 8]),  # experts
@@ -128,13 +129,7 @@ def test_same_seed_same_result_and_a_new_seed_changes_it() -> None:
 def test_a_one_expert_moe_costs_what_a_dense_layer_costs() -> None:
     # megablocks' check: with one expert and top-1 the expert is the dense FFN.
     base = dict(TINY_MODEL, layers=1, d_model=64, d_ffn=256, dtype="fp16")
-    workload = {
-        "phase": "prefill",
-        "batch_size": 2,
-        "seq_len": 32,
-        "steps": 2,
-        "routing": {"source": "synthetic"},
-    }
+    workload = make_workload(phase="prefill", batch_size=2, seq_len=32, steps=2)
     cluster = {"nodes": 1, "gpus_per_node": 1, "device": make_scenario().cluster.device}
     moe, _ = run(
         make_scenario(

@@ -12,7 +12,7 @@ import pytest
 
 from moesim.api import run
 from moesim.sim.engine import OutOfMemoryError
-from tests.conftest import make_scenario
+from tests.conftest import make_scenario, trace_workload
 
 ATTENTION = (2 * 2 * 64 + 4 * 2 * 1 * 4) / 1e12  # projections (64 params) + core, 2 tokens
 DENSE_FFN = 2 * 2 * 64 / 1e12  # 2 * 4 * 8 params, 2 tokens
@@ -21,15 +21,7 @@ LM_HEAD = 2 * 2 * 10 * 4 / 1e12
 
 @pytest.fixture
 def trace(tmp_path):
-    path = tmp_path / "route.npz"
-    np.savez(path, expert_ids=np.array([2, 0, 3, 0]).reshape(1, 1, 4, 1))
-    return {
-        "phase": "decode",
-        "batch_size": 4,
-        "seq_len": 1,
-        "steps": 1,
-        "routing": {"source": "trace", "path": str(path)},
-    }
+    return trace_workload(tmp_path / "route.npz", np.array([2, 0, 3, 0]).reshape(1, 1, 4, 1))
 
 
 def test_dynamic_gating_step_by_hand(trace) -> None:
