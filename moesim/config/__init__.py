@@ -9,6 +9,7 @@ from moesim.config.loading import (
     parse_override,
     read_yaml,
 )
+from moesim.config.measured import GemmTable, MeasuredCurve
 from moesim.config.model import DTYPE_BYTES, ModelSpec
 from moesim.config.registry import CACHE, GATING, PLACEMENT, Policy, PolicyParams, Registry
 from moesim.config.scenario import (
@@ -27,8 +28,10 @@ __all__ = [
     "LINK_KINDS",
     "PLACEMENT",
     "ClusterSpec",
+    "GemmTable",
     "HardwareProfile",
     "LinkSpec",
+    "MeasuredCurve",
     "ModelSpec",
     "PoliciesSpec",
     "Policy",

@@ -44,3 +44,4 @@ class Provenance(Frozen):
     ref: str = Field(min_length=1, description="document, URL or calibration run")
     date: datetime.date | str | None = None  # YAML reads 2026-11-24 as a date
     measured_on: str | None = None
+    software: dict[str, str] | None = None  # calibration: versions of what ran the benchmarks

@@ -2,6 +2,8 @@
 
 Bandwidths are per GPU and per direction. ``efficiency`` is the achievable fraction of the peak
 that the roofline cost model applies (datasheet profiles estimate it; calibration measures it).
+A calibrated profile also carries measured tables (``gemm``, ``transfer``, ``alltoall``) that
+the cost model interpolates in preference to the roofline.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from moesim.config.fields import (
     Provenance,
     Seconds,
 )
+from moesim.config.measured import GemmTable, MeasuredCurve
 
 __all__ = [
     "LINK_KINDS",
@@ -36,6 +39,7 @@ class ComputeSpec(Frozen):
     peak_flops: dict[str, FlopsPerSecond] = Field(description="dense peak per dtype")
     efficiency: Efficiency = 0.7
     launch_overhead: Seconds = 5e-6
+    gemm: GemmTable | None = Field(default=None, description="measured matmul times")
     provenance: Provenance
 
 
@@ -54,6 +58,13 @@ class LinkSpec(Frozen):
     efficiency: Efficiency = 0.8
     shared_by: int = Field(default=1, ge=1, description="GPUs that share this port")
     pinned: bool | None = Field(default=None, description="host link: pinned host memory")
+    transfer: MeasuredCurve | None = Field(
+        default=None, description="measured seconds of one copy of a size over this link"
+    )
+    alltoall: dict[int, MeasuredCurve] | None = Field(
+        default=None,
+        description="per world size: measured seconds of an all-to-all by bytes each rank sends",
+    )
     provenance: Provenance
 
 
