@@ -6,6 +6,8 @@ to the roofline of the datasheet figures elsewhere (``hardware.tables``).
 
 from __future__ import annotations
 
+import itertools
+
 from pydantic import Field, model_validator
 
 from moesim.config.fields import Frozen
@@ -16,7 +18,7 @@ _Positive = Field(min_length=1)
 
 
 def _ascending(values: list, name: str) -> None:
-    if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(values)):
         raise ValueError(f"{name} must be strictly ascending")
     if values[0] <= 0:
         raise ValueError(f"{name} must be positive")

@@ -2,7 +2,8 @@
 
 The default is the roofline, ``launches * launch_overhead + max(flops / (peak * efficiency),
 bytes / (bandwidth * efficiency))``, evaluated element-wise on numpy arrays. Host-device copies
-and link transfers follow ``latency + bytes / (bandwidth * efficiency)``.
+and link transfers follow ``latency + bytes / (bandwidth * efficiency)``. A calibrated profile's
+measured tables (GEMM times, copy and all-to-all curves) replace the roofline where they apply.
 """
 
 from __future__ import annotations
@@ -11,18 +12,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.config import HardwareProfile, LinkSpec
+from moesim.config import DTYPE_BYTES, GemmTable, HardwareProfile, LinkSpec
+from moesim.hardware.tables import curve_time, gemm_time
 
-__all__ = ["DeviceCosts", "transfer_time"]
+__all__ = ["DeviceCosts", "alltoall_port_time", "transfer_time"]
 
 
 @dataclass(frozen=True)
 class DeviceCosts:
-    """Roofline of one device kind for one dtype."""
+    """Roofline of one device kind for one dtype, and its measured GEMM table if calibrated."""
 
     flops_per_s: float
     hbm_bytes_per_s: float
     launch_overhead_s: float
+    dtype_bytes: int = 2
+    gemm: GemmTable | None = None
 
     @classmethod
     def from_profile(cls, profile: HardwareProfile, dtype: str) -> DeviceCosts:
@@ -31,6 +35,8 @@ class DeviceCosts:
             flops_per_s=compute.peak_flops[dtype] * compute.efficiency,
             hbm_bytes_per_s=memory.bandwidth * memory.efficiency,
             launch_overhead_s=compute.launch_overhead,
+            dtype_bytes=DTYPE_BYTES[dtype],
+            gemm=compute.gemm if compute.gemm is not None and compute.gemm.dtype == dtype else None,
         )
 
     def op_time(
@@ -44,8 +50,29 @@ class DeviceCosts:
             np.divide(flops, self.flops_per_s), np.divide(bytes_moved, self.hbm_bytes_per_s)
         )
 
+    def matmul_time(self, rows: np.ndarray | float, k: int, n: int) -> np.ndarray:
+        """Seconds of ``(rows x k) @ (k x n)``: the measured table, else the roofline."""
+        if self.gemm is not None:
+            return gemm_time(self.gemm, rows, k, n)
+        m = np.asarray(rows, dtype=np.float64)
+        moved = (m * k + k * n + m * n) * self.dtype_bytes
+        return np.where(m > 0, self.op_time(2.0 * m * k * n, moved), 0.0)
+
 
 def transfer_time(link: LinkSpec, bytes_moved: np.ndarray | float) -> np.ndarray:
     """Seconds to move ``bytes_moved`` over ``link`` (zero bytes cost nothing)."""
+    if link.transfer is not None:
+        return curve_time(link.transfer, bytes_moved)
     seconds = link.latency + np.divide(bytes_moved, link.bandwidth * link.efficiency)
     return np.where(np.asarray(bytes_moved) > 0, seconds, 0.0)
+
+
+def alltoall_port_time(link: LinkSpec, port_bytes: np.ndarray, ranks: int) -> np.ndarray:
+    """Seconds of a GPU's share of an all-to-all among ``ranks`` over ``link``, by the bytes
+    through its port: the measured curve of the nearest world size not above ``ranks`` (else
+    the smallest measured), else the link's latency-bandwidth model."""
+    if link.alltoall:
+        sizes = sorted(link.alltoall)
+        below = [w for w in sizes if w <= ranks]
+        return curve_time(link.alltoall[below[-1] if below else sizes[0]], port_bytes)
+    return transfer_time(link, port_bytes * link.shared_by)

@@ -4,6 +4,7 @@ Importing this package registers every built-in policy in the config registries.
 """
 
 from moesim.policies import planners as _planners  # noqa: F401  (registers the planners)
+from moesim.policies.buffers import buffered_stacks, build_caches, request_sequences
 from moesim.policies.cache import CacheParams, ExpertCache, StepAccess
 from moesim.policies.gating import (
     DynamicGating,
@@ -26,11 +27,14 @@ __all__ = [
     "StaticGating",
     "StepAccess",
     "balanced_slots",
+    "buffered_stacks",
+    "build_caches",
     "contiguous_plan",
     "expert_counts",
     "load_eplb",
     "pearson",
     "plan_placement",
+    "request_sequences",
     "save_eplb",
     "static_capacity",
     "warmup_steps",

@@ -21,30 +21,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from moesim.config import CACHE, Scenario
+from moesim.config import Scenario
 from moesim.hardware import transfer_time
 from moesim.metrics import PHASES
-from moesim.policies import ExpertCache, PlacementPlan
+from moesim.policies import ExpertCache, PlacementPlan, buffered_stacks, build_caches
 from moesim.sim.chunk import ChunkTiming
 from moesim.sim.local_work import LocalWork
-from moesim.sim.memory import buffered_stacks
 from moesim.sim.timeline import Span
 
-__all__ = ["Buffering", "request_sequences"]
+__all__ = ["Buffering"]
 
 _EXPERT, _TRANSFER = PHASES.index("expert"), PHASES.index("transfer")
-
-
-def request_sequences(needed_NLU: np.ndarray, plan: PlacementPlan) -> dict[tuple[int, int], list]:
-    """Per (GPU, layer): the list of each step's requested slots, ascending."""
-    sequences: dict[tuple[int, int], list] = {}
-    for layer in range(needed_NLU.shape[1]):
-        for gpu in range(plan.gpus):
-            mine = np.flatnonzero(plan.owner_LU[layer] == gpu)
-            sequences[gpu, layer] = [
-                mine[needed_NLU[n, layer, mine]] for n in range(needed_NLU.shape[0])
-            ]
-    return sequences
 
 
 @dataclass
@@ -76,22 +63,8 @@ class Buffering:
         model, cluster = self.scenario.model, self.scenario.cluster
         self.params = params
         self.active = self.scenario.stack() in buffered_stacks(self.scenario)
-        policy = CACHE.build(params)
+        self.caches = build_caches(self.scenario, self.plan, self.future)
         layers = self.plan.layers
-        for gpu in range(self.plan.gpus):
-            for layer in range(layers):
-                mine = np.flatnonzero(self.plan.owner_LU[layer] == gpu)
-                future = None
-                if self.future is not None:
-                    steps = self.future[gpu, layer]
-                    future = np.concatenate(steps) if steps else np.zeros(0, int)
-                rng = np.random.default_rng(
-                    np.random.SeedSequence(self.scenario.seed, spawn_key=(1, gpu, layer))
-                )
-                cache = ExpertCache(params.slots_per_layer, policy, params.step_aware, rng, future)
-                if params.warm:
-                    cache.preload(mine)
-                self.caches[gpu, layer] = cache
         self.copy_free_G = np.zeros(self.plan.gpus)
         self.expert_LG = np.zeros((layers, self.plan.gpus))
         self.popularity_LU = np.zeros((layers, self.plan.units))

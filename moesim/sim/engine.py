@@ -20,8 +20,14 @@ from moesim.config import GATING, Scenario
 from moesim.errors import MoesimError
 from moesim.hardware import DeviceCosts, build_topology
 from moesim.metrics import DeviceRecords, RunRecords, SpanRecords, StepRecords
-from moesim.policies import GatingOutcome, PlacementPlan, plan_placement, warmup_steps
-from moesim.sim.buffering import Buffering, request_sequences
+from moesim.policies import (
+    GatingOutcome,
+    PlacementPlan,
+    plan_placement,
+    request_sequences,
+    warmup_steps,
+)
+from moesim.sim.buffering import Buffering
 from moesim.sim.chunk import time_chunk
 from moesim.sim.local_work import local_work
 from moesim.sim.memory import (

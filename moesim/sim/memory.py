@@ -14,26 +14,16 @@ from __future__ import annotations
 import numpy as np
 
 from moesim.config import Scenario
-from moesim.policies import PlacementPlan
+from moesim.policies import PlacementPlan, buffered_stacks
 from moesim.sim.layer_costs import GATE_SCORE_BYTES, MASK_BYTES
 
 __all__ = [
     "activation_bytes",
-    "buffered_stacks",
     "dense_activation_bytes",
     "expert_weights_bytes",
     "kv_cache_bytes",
     "weights_bytes",
 ]
-
-
-def buffered_stacks(scenario: Scenario) -> set[str]:
-    """The layer stacks whose MoE layers keep only ``slots_per_layer`` experts per GPU."""
-    cache = scenario.policies.cache
-    if cache.name == "none":
-        return set()
-    stacks = set(scenario.model.stacks())
-    return stacks if cache.layers == "all" else stacks & {cache.layers}
 
 
 def expert_weights_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:

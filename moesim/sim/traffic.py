@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.hardware import KINDS, Topology, transfer_time
+from moesim.hardware import KINDS, Topology, alltoall_port_time
 from moesim.policies import PlacementPlan
 
 __all__ = ["alltoall_time", "count_exchange_bytes", "routed_tokens", "static_tokens"]
@@ -70,11 +70,14 @@ def alltoall_time(
 ) -> np.ndarray:
     """Seconds of an all-to-all moving these bytes: the slowest GPU's slowest link kind."""
     per_gpu = np.zeros(egress_XGK.shape[:-1])
+    measured = False
     for k, kind in enumerate(KINDS):
         link = topology.links.get(kind)
         if link is None:
             continue
-        port = np.maximum(egress_XGK[..., k], ingress_XGK[..., k]) * link.shared_by
-        per_gpu = np.maximum(per_gpu, transfer_time(link, port))
+        measured = measured or link.alltoall is not None
+        port = np.maximum(egress_XGK[..., k], ingress_XGK[..., k])
+        per_gpu = np.maximum(per_gpu, alltoall_port_time(link, port, topology.gpus))
     slowest = per_gpu.max(axis=-1)
-    return np.where(slowest > 0, slowest + launch_overhead_s, 0.0)
+    launch = 0.0 if measured else launch_overhead_s  # a measured curve includes the launch
+    return np.where(slowest > 0, slowest + launch, 0.0)
