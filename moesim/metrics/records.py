@@ -11,9 +11,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["PHASES", "DeviceRecords", "RunRecords", "SpanRecords", "StepRecords"]
+__all__ = [
+    "PHASES",
+    "DeviceRecords",
+    "RunRecords",
+    "SpanRecords",
+    "StepRecords",
+    "load_imbalance",
+]
 
 PHASES = ("attention", "dense_ffn", "gate", "alltoall", "expert", "transfer", "other")
+
+
+def load_imbalance(tokens_NLG: np.ndarray) -> np.ndarray:
+    """Mean over layers of max/mean expert tokens per GPU; NaN where no layer has any."""
+    mean_NL = tokens_NLG.mean(axis=-1)
+    ratio_NL = np.divide(
+        tokens_NLG.max(axis=-1), mean_NL, out=np.full(mean_NL.shape, np.nan), where=mean_NL > 0
+    )
+    counted = (~np.isnan(ratio_NL)).sum(axis=-1)
+    total = np.nansum(ratio_NL, axis=-1)
+    return np.divide(total, counted, out=np.full(total.shape, np.nan), where=counted > 0)
 
 
 @dataclass(frozen=True)

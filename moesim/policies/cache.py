@@ -46,10 +46,12 @@ class CacheParams(PolicyParams):
 
 @dataclass
 class StepAccess:
-    """What one step's requests did: per request (ascending expert id) hit or miss."""
+    """What one step's requests did: per request (ascending expert id) hit or miss, and the
+    expert each miss evicted (-1: it took a free slot)."""
 
     hit: np.ndarray
     evictions: int
+    victims: np.ndarray
 
 
 @dataclass
@@ -84,38 +86,38 @@ class ExpertCache:
             self.uses[int(expert)] = 0
             self.next_use[int(expert)] = self._upcoming(int(expert))
 
-    def _evict(self, needed: set[int]) -> None:
+    def _evict(self, needed: set[int]) -> int:
         candidates = [e for e in self.inserted if e not in needed] if self.step_aware else []
-        self._drop(self.policy.victim(self, candidates or list(self.inserted)))  # type: ignore[attr-defined]
+        victim = self.policy.victim(self, candidates or list(self.inserted))  # type: ignore[attr-defined]
+        self._drop(victim)
+        return victim
 
     def _drop(self, victim: int) -> None:
         for table in (self.inserted, self.last_use, self.uses, self.next_use):
             table.pop(victim, None)
 
     def _load(self, expert: int, needed: set[int]) -> int:
-        evicted = 0
-        if len(self.inserted) >= self.slots:
-            self._evict(needed)
-            evicted = 1
+        """Insert ``expert``; returns the victim it evicted, -1 when a slot was free."""
+        victim = self._evict(needed) if len(self.inserted) >= self.slots else -1
         self.inserted[expert] = self.clock
         self.uses[expert] = 0
-        return evicted
+        return victim
 
     def access(self, experts: np.ndarray) -> StepAccess:
         """Request ``experts`` (ascending) for one step."""
         needed = {int(e) for e in experts}
         hit = np.zeros(experts.size, dtype=bool)
-        evictions = 0
+        victims = np.full(experts.size, -1, dtype=np.int64)
         for i, expert in enumerate(int(e) for e in experts):
             hit[i] = expert in self.inserted
             if not hit[i]:
-                evictions += self._load(expert, needed)
+                victims[i] = self._load(expert, needed)
             self.last_use[expert] = self.clock
             self.uses[expert] = self.uses.get(expert, 0) + 1
             if self._next_index is not None:
                 self.next_use[expert] = self._next_index[self.clock]
             self.clock += 1
-        return StepAccess(hit, evictions)
+        return StepAccess(hit, int((victims >= 0).sum()), victims)
 
     def prefetch(self, experts: Sequence[int]) -> tuple[list[int], int]:
         """Load ``experts`` ahead of their step, evicting only residents outside that set (never

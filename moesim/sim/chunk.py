@@ -15,7 +15,7 @@ import numpy as np
 
 from moesim.config import Scenario
 from moesim.hardware import KINDS, DeviceCosts, Topology
-from moesim.metrics import PHASES
+from moesim.metrics import PHASES, load_imbalance
 from moesim.policies import GatingOutcome, PlacementPlan
 from moesim.sim.local_work import LocalWork
 from moesim.sim.memory import activation_bytes
@@ -44,17 +44,6 @@ class ChunkTiming:
     tokens_NLG: np.ndarray
     load_imbalance_N: np.ndarray
     activation_NG: np.ndarray
-
-
-def _imbalance(tokens_NLG: np.ndarray) -> np.ndarray:
-    """Mean over layers of max/mean expert tokens per GPU; NaN where no layer has any."""
-    mean_NL = tokens_NLG.mean(axis=-1)
-    ratio_NL = np.divide(
-        tokens_NLG.max(axis=-1), mean_NL, out=np.full(mean_NL.shape, np.nan), where=mean_NL > 0
-    )
-    counted = (~np.isnan(ratio_NL)).sum(axis=-1)
-    total = np.nansum(ratio_NL, axis=-1)
-    return np.divide(total, counted, out=np.full(total.shape, np.nan), where=counted > 0)
 
 
 def time_chunk(
@@ -154,6 +143,6 @@ def time_chunk(
         padded_N=(slots_NLG - tokens_NLG).sum(axis=(1, 2)) if padding else np.zeros(n, np.int64),
         alltoall_bytes_NK=alltoall_bytes_NK,
         tokens_NLG=tokens_NLG,
-        load_imbalance_N=_imbalance(tokens_NLG),
+        load_imbalance_N=load_imbalance(tokens_NLG),
         activation_NG=activation_NG,
     )

@@ -1,0 +1,28 @@
+"""Collectives between the ranks of a reference run; a world of one rank talks to itself."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Comm"]
+
+
+class Comm:
+    """``all_to_all_single`` with explicit splits, and barriers, over the default group."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank = rank
+        self.world = world
+
+    def alltoall(self, send: torch.Tensor, in_splits: list[int], out_splits: list[int]):
+        """Rows ``send`` split by destination (``in_splits``) → rows received by source."""
+        if self.world == 1:
+            return send
+        recv = send.new_empty((sum(out_splits), *send.shape[1:]))
+        dist.all_to_all_single(recv, send.contiguous(), out_splits, in_splits)
+        return recv
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()

@@ -1,0 +1,278 @@
+"""One rank of a reference run: builds its share of the model with real weights, replays the
+workplan's steps (warm-up steps first, untimed) and writes what it measured to ``out_dir``.
+
+Every rank holds the attention and dense FFN weights of every block (data-parallel, as the
+simulator assumes) and its placement's experts of each MoE layer. A step is timed between two
+barriers; phases are timed on each rank.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from moesim.config import LINK_KINDS
+from moesim.policies import build_caches
+from moesim.reference.blocks import TORCH_DTYPES, AttentionBlock, FfnWeights, ffn, random_weight
+from moesim.reference.comm import Comm
+from moesim.reference.experts import CacheCounters, ExpertStore
+from moesim.reference.moe import LayerRoute, MoeLayer
+from moesim.reference.timer import PhaseTimer
+from moesim.reference.workplan import Workplan
+
+__all__ = ["run_rank"]
+
+
+def _store(work: Workplan, layer: int, rank: int, caches, gen, dtype, device) -> ExpertStore:
+    model = work.scenario.model
+    units = np.flatnonzero(work.plan.owner_LU[layer] == rank)
+    weights = FfnWeights.random(model, model.d_ffn, (units.size,), gen, dtype, "cpu")
+    if not work.buffered:
+        return ExpertStore(units, resident=_to(weights, device))
+    slots = work.scenario.policies.cache.slots_per_layer
+    host = weights if device.type == "cpu" else _pinned(weights)
+    empty = FfnWeights(
+        *(
+            torch.empty((slots, *t.shape[1:]), dtype=dtype, device=device)
+            for t in (weights.w_in, weights.w_out)
+        )
+    )
+    if weights.w_gate is not None:
+        empty.w_gate = torch.empty_like(empty.w_in)
+    return ExpertStore(units, host=host, slots=empty, cache=caches[rank, layer])
+
+
+def _to(w: FfnWeights, device) -> FfnWeights:
+    gate = w.w_gate.to(device) if w.w_gate is not None else None
+    return FfnWeights(w.w_in.to(device), w.w_out.to(device), gate)
+
+
+def _pinned(w: FfnWeights) -> FfnWeights:
+    gate = w.w_gate.pin_memory() if w.w_gate is not None else None
+    return FfnWeights(w.w_in.pin_memory(), w.w_out.pin_memory(), gate)
+
+
+def _kinds(rank: int, gpus: int, per_node: int) -> np.ndarray:
+    """Link kind (index into ``LINK_KINDS``) from this rank to each rank."""
+    same_node = np.arange(gpus) // per_node == rank // per_node
+    kinds = np.where(same_node, LINK_KINDS.index("nvlink"), LINK_KINDS.index("network"))
+    kinds[rank] = LINK_KINDS.index("local")
+    return kinds
+
+
+class _Rank:
+    def __init__(self, rank: int, work: Workplan, device: torch.device) -> None:
+        scenario = work.scenario
+        model, workload = scenario.model, scenario.workload
+        self.rank, self.work, self.device = rank, work, device
+        dtype = TORCH_DTYPES[model.dtype]
+        gen = torch.Generator().manual_seed(scenario.seed * 1009 + rank)
+        self.tokens = int(work.tokens_G[rank])
+        self.first = int(work.offsets_G[rank])
+        self.decode = workload.phase == "decode"
+        self.seq_len = workload.seq_len
+        blocks = model.stacks()[scenario.stack()]
+        self.attention = [AttentionBlock(model, gen, dtype, device) for _ in range(blocks)]
+        self.kv = [
+            a.kv_cache(self.tokens, self.seq_len, gen, dtype, device) if self.decode else None
+            for a in self.attention
+        ]
+        dense_ffn = model.dense_d_ffn or model.d_ffn
+        caches = build_caches(scenario, work.plan, work.future) if work.buffered else None
+        self.caches = caches
+        self.layers: list[MoeLayer | FfnWeights] = []
+        moe = 0
+        for index in range(blocks):
+            if model.is_moe_layer(index):
+                shared = [
+                    FfnWeights.random(model, model.d_ffn, (), gen, dtype, device)
+                    for _ in range(model.shared_experts)
+                ]
+                self.layers.append(
+                    MoeLayer(
+                        gate=random_weight(
+                            (model.d_model, model.num_experts), model.d_model, gen, dtype, device
+                        ),
+                        owner_U=work.plan.owner_LU[moe],
+                        store=_store(work, moe, rank, caches, gen, dtype, device),
+                        capacity_G=work.capacity_G,
+                        einsum=work.einsum_dispatch,
+                        shared=shared,
+                    )
+                )
+                moe += 1
+            else:
+                self.layers.append(FfnWeights.random(model, dense_ffn, (), gen, dtype, device))
+        self.lm_head = random_weight(
+            (model.d_model, model.vocab_size), model.d_model, gen, dtype, device
+        )
+        if self.decode:
+            self.lm_rows = torch.arange(self.tokens, device=device)
+        else:
+            self.lm_rows = torch.arange(self.seq_len - 1, self.tokens, self.seq_len, device=device)
+        self.x = torch.randn((self.tokens, model.d_model), generator=gen).to(device, dtype)
+        self.kinds = _kinds(rank, work.plan.gpus, scenario.cluster.gpus_per_node)
+
+    def resident_bytes(self) -> tuple[float, float]:
+        """Bytes of weights on the device and of KV cache."""
+        tensors = [t for a in self.attention for t in (a.qkv, a.out, a.norm_weight, a.norm_bias)]
+        tensors.append(self.lm_head)
+        for layer in self.layers:
+            if isinstance(layer, FfnWeights):
+                tensors += layer.tensors()
+                continue
+            tensors.append(layer.gate)
+            store = layer.store
+            tensors += (store.resident or store.slots).tensors()
+            tensors += [t for w in layer.shared or [] for t in w.tensors()]
+        weights = sum(t.numel() * t.element_size() for t in tensors)
+        kv = sum(c.numel() * c.element_size() for c in self.kv if c is not None)
+        return float(weights), float(kv)
+
+    def routes(self, step: int) -> list[LayerRoute]:
+        """This rank's tokens' routing in each MoE layer of measured step ``step``."""
+        work, mine = self.work, slice(self.first, self.first + self.tokens)
+        device = self.device
+        kept = work.kept_NLTK
+        return [
+            LayerRoute(
+                units=_index(work.units_NLTK[step, layer, mine], device),
+                logical=_index(work.logical_NLTK[step, layer, mine], device),
+                kept=None
+                if kept is None
+                else torch.as_tensor(kept[step, layer, mine], device=device),
+            )
+            for layer in range(work.units_NLTK.shape[1])
+        ]
+
+    def step(self, routes: list[LayerRoute], comm: Comm, timer: PhaseTimer) -> dict:
+        x = self.x
+        counters = CacheCounters()
+        processed = padded = activation = 0
+        received_L = []
+        sent_K = np.zeros(len(LINK_KINDS))
+        moe = 0
+        for index, layer in enumerate(self.layers):
+            with timer.phase("attention"):
+                x = self.attention[index](x, self.kv[index], self.seq_len)
+            if isinstance(layer, MoeLayer):
+                x, account = layer(x, routes[moe], comm, timer, counters)
+                moe += 1
+                processed += account.processed
+                padded += account.padded
+                received_L.append(account.received)
+                activation = max(activation, account.activation_bytes)
+                np.add.at(sent_K, self.kinds, account.sent_bytes_G)
+            else:
+                with timer.phase("dense_ffn"):
+                    x = x + ffn(x, layer)
+        with timer.phase("other"):
+            x[self.lm_rows] @ self.lm_head
+        sent_K[LINK_KINDS.index("local")] = 0.0
+        return {
+            "processed": processed,
+            "padded": padded,
+            "received_L": received_L,
+            "sent_K": sent_K,
+            "activation": activation,
+            "cache": [counters.hits, counters.misses, counters.evictions, counters.copies],
+        }
+
+
+def _index(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(array.astype(np.int64), device=device)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_rank(
+    rank: int, world: int, work: Workplan, device_name: str, out_dir: str, warmup: int
+) -> None:
+    """Entry point of a rank process (``torch.multiprocessing.spawn``) or of a one-rank run."""
+    cuda = device_name.startswith("cuda")
+    device = torch.device(f"cuda:{rank}" if cuda and world > 1 else device_name)
+    threads = torch.get_num_threads()
+    if not cuda:
+        torch.set_num_threads(1)  # one core per rank, as calibration measures
+    if world > 1:
+        dist.init_process_group(
+            "nccl" if cuda else "gloo",
+            init_method=f"file://{Path(out_dir) / 'store'}",
+            rank=rank,
+            world_size=world,
+            device_id=device if cuda else None,
+        )
+    try:
+        _measure(rank, world, work, device, Path(out_dir), warmup)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+        torch.set_num_threads(threads)
+
+
+def _measure(
+    rank: int, world: int, work: Workplan, device: torch.device, out_dir: Path, warmup: int
+) -> None:
+    comm = Comm(rank, world)
+    me = _Rank(rank, work, device)
+    timer = PhaseTimer(device)
+    steps = work.units_NLTK.shape[0]
+    columns: dict[str, list] = {k: [] for k in ("latency", "phases", "processed", "padded")}
+    columns |= {k: [] for k in ("received_L", "sent_K", "activation", "cache")}
+    progress = out_dir / "progress"
+    with torch.inference_mode():
+        for index in range(warmup + steps):
+            if index == warmup:  # measured steps start from the policy's initial caches
+                me = _reset_caches(me, work, rank)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+            step = (index - warmup) % steps
+            routes = me.routes(step)
+            comm.barrier()
+            _synchronize(device)
+            start = time.perf_counter()
+            record = me.step(routes, comm, timer)
+            _synchronize(device)
+            comm.barrier()
+            latency = time.perf_counter() - start
+            phases = timer.collect()
+            if index < warmup:
+                continue
+            columns["latency"].append(latency)
+            columns["phases"].append(phases)
+            for key, value in record.items():
+                columns[key].append(value)
+            if rank == 0:
+                progress.write_text(str(index - warmup + 1))
+    weights, kv = me.resident_bytes()
+    peak = float(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else np.nan
+    np.savez(
+        out_dir / f"rank{rank}.npz",
+        **{key: np.asarray(value, dtype=np.float64) for key, value in columns.items()},
+        weights=weights,
+        kv=kv,
+        allocator_peak=peak,
+    )
+
+
+def _reset_caches(me: _Rank, work: Workplan, rank: int) -> _Rank:
+    """Fresh caches (and slots) for the measured steps, as the simulator starts them."""
+    if not work.buffered:
+        return me
+    caches = build_caches(work.scenario, work.plan, work.future)
+    moe = 0
+    for layer in me.layers:
+        if isinstance(layer, MoeLayer):
+            old = layer.store
+            layer.store = ExpertStore(
+                old.units, host=old.host, slots=old.slots, cache=caches[rank, moe]
+            )
+            moe += 1
+    return me
