@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from moesim.config import Scenario, load_scenario
 from moesim.errors import MoesimError
@@ -19,10 +19,25 @@ __all__ = ["check_out_dir", "load_scenario", "run", "write_outputs"]
 
 
 def run(
-    scenario: Scenario, *, trace_steps: int = 0, on_step: StepCallback | None = None
+    scenario: Scenario,
+    *,
+    executor: Literal["sim", "reference"] = "sim",
+    device: str = "cpu",
+    trace_steps: int = 0,
+    on_step: StepCallback | None = None,
 ) -> tuple[Result, RunRecords]:
-    """Simulate ``scenario``; returns the ``Result`` and the records it was computed from."""
-    records = simulate(scenario, trace_steps=trace_steps, on_step=on_step)
+    """Simulate ``scenario`` (or, with ``executor="reference"``, run it for real with torch on
+    ``device``); returns the ``Result`` and the records it was computed from."""
+    if executor == "reference":
+        try:
+            from moesim.reference import execute
+        except ImportError:
+            raise MoesimError(
+                "the reference executor needs torch: pip install 'moesim[torch]'"
+            ) from None
+        records = execute(scenario, device=device, on_step=on_step)
+    else:
+        records = simulate(scenario, trace_steps=trace_steps, on_step=on_step)
     return Result.from_records(records), records
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -51,7 +52,67 @@ def _parser() -> argparse.ArgumentParser:
         help="steps in the Chrome trace (default 3)",
     )
     run.add_argument("--json", action="store_true", help="print result.json to stdout")
+    run.add_argument(
+        "--executor",
+        choices=("sim", "reference"),
+        default="sim",
+        help="sim: predict (default); reference: run it for real with torch and measure",
+    )
+    _profile_options(run)
+    _calibrate_parser(commands)
+    _validate_parser(commands)
     return parser
+
+
+def _profile_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--profile", metavar="PATH", help="hardware profile to use instead of the scenario's"
+    )
+    command.add_argument(
+        "--device", default="cpu", help="where the reference executor runs: cpu or cuda[:N]"
+    )
+
+
+def _calibrate_parser(commands: argparse._SubParsersAction) -> None:
+    calibrate = commands.add_parser(
+        "calibrate", help="measure this machine's device and write a hardware profile"
+    )
+    calibrate.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    calibrate.add_argument("--out", required=True, metavar="PATH", help="profile YAML to write")
+    calibrate.add_argument(
+        "--grid", choices=("full", "quick"), default="full", help="GEMM grid (quick: tests)"
+    )
+    calibrate.add_argument(
+        "--world-sizes",
+        metavar="N,M",
+        help="all-to-all world sizes to measure (default 2 up to the cores or GPUs, at most 8)",
+    )
+    calibrate.add_argument("--dtype", help="GEMM dtype (default fp32 on CPU, fp16 on CUDA)")
+    calibrate.add_argument("--name", help="profile name (default local-cpu or the GPU's name)")
+
+
+def _validate_parser(commands: argparse._SubParsersAction) -> None:
+    validate = commands.add_parser(
+        "validate", help="simulate and really run scenarios, and report the prediction errors"
+    )
+    validate.add_argument("scenarios", nargs="+", help="scenario files or folders of them")
+    validate.add_argument("--out", required=True, metavar="DIR", help="report folder")
+    validate.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="calibrated profile to predict from (default: calibrate first, into DIR)",
+    )
+    validate.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    validate.add_argument(
+        "--repeats", type=int, default=3, help="real runs per scenario (default 3)"
+    )
+    validate.add_argument(
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="METRIC=FRACTION",
+        help="fail if |error| of METRIC (or 'timing', 'memory') exceeds FRACTION in a scenario",
+    )
 
 
 def _summary(console: Console, scenario: Scenario, result: Result) -> None:
@@ -109,6 +170,12 @@ def _summary(console: Console, scenario: Scenario, result: Result) -> None:
             f"compute waited {cache.stall_s:.4f} s for copies, experts "
             f"{max(cache.expert_bytes_per_device) / GIB:.2f} GiB/GPU"
         )
+    if result.executor == "reference":
+        console.print(
+            f"measured on {result.device}: {result.simulated_seconds:.3f} s of steps in "
+            f"{result.wall_seconds:.2f} s wall"
+        )
+        return
     speed = result.simulated_seconds / result.wall_seconds if result.wall_seconds else 0.0
     console.print(
         f"simulated {result.simulated_seconds:.3f} s in {result.wall_seconds:.2f} s "
@@ -116,8 +183,32 @@ def _summary(console: Console, scenario: Scenario, result: Result) -> None:
     )
 
 
+def _progress(label: str) -> Progress:
+    """A transient bar on stderr, shown only on a terminal."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    )
+
+
+def _profile_override(profile: str | None) -> list[str]:
+    if profile is None:
+        return []
+    path = Path(profile)
+    if not path.is_file():
+        raise MoesimError(f"--profile {profile}: no such hardware profile file")
+    return [f"cluster.device={path.resolve()}"]
+
+
 def _run(args: argparse.Namespace, console: Console) -> None:
-    scenario = api.load_scenario(args.scenario, args.overrides)
+    scenario = api.load_scenario(args.scenario, args.overrides + _profile_override(args.profile))
+    if args.executor == "reference" and args.chrome_trace:
+        raise MoesimError("--chrome-trace: the reference executor records no timeline")
     trace_steps = args.trace_steps if args.chrome_trace else 0
     if args.chrome_trace and not args.out:
         raise MoesimError("--chrome-trace needs --out DIR")
@@ -125,18 +216,13 @@ def _run(args: argparse.Namespace, console: Console) -> None:
         api.check_out_dir(args.out)
     if args.chrome_trace and args.trace_steps < 1:
         raise MoesimError(f"--trace-steps: expected at least 1, got {args.trace_steps}")
-    with Progress(
-        TextColumn("simulating"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not sys.stderr.isatty(),
-    ) as progress:
+    label = "simulating" if args.executor == "sim" else "running for real"
+    with _progress(label) as progress:
         task = progress.add_task("steps", total=scenario.workload.steps)
         result, records = api.run(
             scenario,
+            executor=args.executor,
+            device=args.device,
             trace_steps=trace_steps,
             on_step=lambda done, _total: progress.update(task, completed=done),
         )
@@ -149,12 +235,141 @@ def _run(args: argparse.Namespace, console: Console) -> None:
             Console(stderr=True, highlight=False).print(f"wrote {path}")
 
 
+def _world_sizes(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise MoesimError(f"--world-sizes: expected numbers like 2,4, got {text!r}") from None
+    if any(size < 2 for size in sizes):
+        raise MoesimError(f"--world-sizes: an all-to-all needs at least 2 ranks, got {text!r}")
+    return sizes
+
+
+def _calibrate(args: argparse.Namespace, console: Console) -> None:
+    try:
+        from moesim.calibrate import calibrate_profile, write_profile
+    except ImportError:
+        raise MoesimError("calibration needs torch: pip install 'moesim[torch]'") from None
+    out = Path(args.out)
+    if out.is_dir():
+        raise MoesimError(f"--out {out}: is a folder; expected a profile file such as x.yaml")
+    with _progress("calibrating") as progress:
+        task = progress.add_task("benchmarks", total=None)
+
+        def report(stage: str, done: int, total: int) -> None:
+            progress.update(task, description=stage, completed=done, total=total)
+
+        profile = calibrate_profile(
+            args.device,
+            grid=args.grid,
+            world_sizes=_world_sizes(args.world_sizes),
+            dtype=args.dtype,
+            name=args.name,
+            on_progress=report,
+        )
+    write_profile(profile, out)
+    compute = profile["compute"]
+    flops = ", ".join(f"{k} {v / 1e9:,.1f} GFLOP/s" for k, v in compute["peak_flops"].items())
+    console.print(
+        f"{profile['name']}: peak {flops}, memory "
+        f"{profile['memory']['bandwidth'] / 1e9:.1f} GB/s, launch "
+        f"{compute['launch_overhead'] * 1e6:.1f} us"
+    )
+    Console(stderr=True, highlight=False).print(f"wrote {out}")
+
+
+def _tolerances(texts: list[str]) -> dict[str, float]:
+    from moesim.validate import EXACT_METRICS
+
+    tolerances = {}
+    for text in texts:
+        metric, _, value = text.partition("=")
+        try:
+            tolerances[metric] = float(value)
+        except ValueError:
+            raise MoesimError(f"--tolerance: expected METRIC=FRACTION, got {text!r}") from None
+        if metric in EXACT_METRICS:
+            raise MoesimError(f"--tolerance: {metric} must match exactly; it takes no tolerance")
+    return tolerances
+
+
+def _validate(args: argparse.Namespace, console: Console) -> int:
+    try:
+        from moesim.validate import summarise, validate
+    except ImportError:
+        raise MoesimError("validation needs torch: pip install 'moesim[torch]'") from None
+    tolerances = _tolerances(args.tolerance)
+    out = api.check_out_dir(args.out)
+    profile = Path(args.profile) if args.profile else out / "profile.yaml"
+    if args.profile is None:
+        _calibrate(
+            argparse.Namespace(
+                device=args.device,
+                out=str(profile),
+                grid="full",
+                world_sizes=None,
+                dtype=None,
+                name=None,
+            ),
+            console,
+        )
+    elif not profile.is_file():
+        raise MoesimError(f"--profile {profile}: no such hardware profile file")
+    with _progress("validating") as progress:
+        task = progress.add_task("runs", total=None)
+        report = validate(
+            args.scenarios,
+            profile=profile,
+            out=out,
+            repeats=args.repeats,
+            device=args.device,
+            on_progress=lambda name, done, total: progress.update(
+                task, description=name, completed=done, total=total
+            ),
+        )
+    table = Table(title="prediction error over scenarios", title_justify="left")
+    for column in ("metric", "scenarios", "median |error|", "max |error|", "median spread"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for metric, stats in summarise(report.rows).items():
+        table.add_row(
+            metric,
+            str(stats["scenarios"]),
+            f"{100 * stats['median_abs_error']:.1f}%",
+            f"{100 * stats['max_abs_error']:.1f}%",
+            f"{100 * stats['median_spread']:.1f}%",
+        )
+    console.print(table)
+    for why in report.skipped.values():
+        console.print(f"not run: {why}")
+    failures = [
+        f"{r.scenario}: {r.metric} predicted {r.predicted:g}, measured {r.measured:g} (must match)"
+        for r in report.mismatches
+    ]
+    for row in report.rows:
+        limit = tolerances.get(row.metric, tolerances.get(row.kind))
+        if limit is not None and abs(row.error) > limit:
+            failures.append(
+                f"{row.scenario}: {row.metric} error {100 * row.error:.1f}% exceeds "
+                f"{100 * limit:.1f}%"
+            )
+    Console(stderr=True, highlight=False).print(f"wrote {out / 'report.md'}")
+    for failure in failures:
+        print(f"moesim: validation failed: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(highlight=False)
     try:
         if args.command == "run":
             _run(args, console)
+        elif args.command == "calibrate":
+            _calibrate(args, console)
+        elif args.command == "validate":
+            return _validate(args, console)
     except MoesimError as error:
         print(f"moesim: error: {error}", file=sys.stderr)
         return 2

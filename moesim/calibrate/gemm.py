@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from moesim.calibrate.timing import median_seconds
 __all__ = ["GEMM_GRIDS", "gemm_grid", "measure_gemm"]
 
 Grid = Literal["full", "quick"]
+COLD_BYTES = 256 * 2**20  # beyond any CPU's last-level cache and a GPU's L2
 Progress = Callable[[str, int, int], None]
 
 
@@ -48,8 +50,10 @@ def measure_gemm(
 ) -> dict[str, Any]:
     """Seconds of each matmul of the grid: ``{dtype, m, k, n, seconds[i_k][i_n][i_m]}``.
 
-    Inputs are allocated once per ``(k, n)`` and filled with normal values; each cell is the
-    median of repeats after a warm-up, the result allocated by ``torch.matmul`` as in a model.
+    Each call multiplies by the next of many weight matrices laid out in a pool larger than
+    the caches (``COLD_BYTES``), so weights come from memory as in a model, where every layer
+    and expert reads its own; token rows stay hot. A cell is the median of repeats after a
+    warm-up, the result allocated by ``torch.matmul`` as in a model.
     """
     m_grid, k_grid, n_grid = gemm_grid(device, grid)
     total = len(m_grid) * len(k_grid) * len(n_grid)
@@ -57,23 +61,29 @@ def measure_gemm(
     options = {"generator": generator, "device": device, "dtype": torch_dtype(dtype)}
     done = 0
     seconds_KNM: list[list[list[float]]] = []
+    pool = torch.randn(
+        max(COLD_BYTES // torch_dtype(dtype).itemsize, max(k_grid) * max(n_grid)), **options
+    )
     for k in k_grid:
         rows = torch.randn(max(m_grid), k, **options)
         seconds_KNM.append([])
         for n in n_grid:
-            weight = torch.randn(k, n, **options)
+            copies = max(1, pool.numel() // (k * n))
+            weights = pool[: copies * k * n].view(copies, k, n)
             seconds_M = []
             for m in m_grid:
                 tokens = rows[:m]
+                turn = itertools.count()
                 seconds_M.append(
                     median_seconds(
-                        lambda a=tokens, b=weight: torch.matmul(a, b), device, budget_s=budget_s
+                        lambda a=tokens, w=weights, i=turn: torch.matmul(a, w[next(i) % len(w)]),
+                        device,
+                        budget_s=budget_s,
                     )
                 )
                 done += 1
                 if on_progress is not None:
                     on_progress("gemm", done, total)
             seconds_KNM[-1].append(seconds_M)
-            del weight
         del rows
     return {"dtype": dtype, "m": m_grid, "k": k_grid, "n": n_grid, "seconds": seconds_KNM}

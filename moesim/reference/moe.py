@@ -36,7 +36,7 @@ class LayerRoute:
 @dataclass
 class MoeAccount:
     """What one layer did on this rank: assignments kept and padding slots it sent, real
-    tokens its experts received, bytes it sent to each other rank."""
+    tokens its experts received, bytes it sent to each rank (counts, dispatch and combine)."""
 
     processed: int
     padded: int
@@ -98,7 +98,8 @@ class MoeLayer:
             counts_U = torch.bincount(flat, minlength=self.units)
             send = x[order // top_k]
         with timer.phase("alltoall"):
-            received_GU = comm.alltoall(counts_U[by_owner], units_per_gpu, [mine] * comm.world)
+            counts = counts_U[by_owner].to(torch.int32)  # an int32 per expert, as the sim
+            received_GU = comm.alltoall(counts, units_per_gpu, [mine] * comm.world)
         received_GU = received_GU.view(comm.world, mine)
         in_splits = torch.bincount(dest, minlength=comm.world).tolist()
         out_splits = received_GU.sum(dim=1).tolist()
@@ -122,8 +123,8 @@ class MoeLayer:
             y = torch.zeros_like(x)
             y.index_add_(0, order // top_k, back * weights.reshape(-1)[order, None])
         row_bytes = x.shape[1] * x.element_size()
-        sent = np.asarray(in_splits, dtype=np.float64) * row_bytes
-        sent += counts_U.element_size() * np.asarray(units_per_gpu)
+        sent = (np.asarray(in_splits) + np.asarray(out_splits)) * float(row_bytes)
+        sent += counts.element_size() * np.asarray(units_per_gpu)
         live = [x, weights, send, rows, out, back, *outputs[:1]]
         account = MoeAccount(
             processed=tokens * top_k,
@@ -206,7 +207,7 @@ class MoeLayer:
             processed=int(token.numel()),
             padded=self.units * c - int(token.numel()),
             received=sum(real),
-            sent_bytes_G=np.asarray(in_splits, dtype=np.float64) * row_bytes,
+            sent_bytes_G=(np.asarray(in_splits) + np.asarray(out_splits)) * float(row_bytes),
             activation_bytes=sum(t.numel() * t.element_size() for t in live),
         )
         return y, account

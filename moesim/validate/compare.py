@@ -1,0 +1,95 @@
+"""Predicted against measured, metric by metric.
+
+Timing and memory metrics are compared with the median over the reference's repetitions; their
+spread is ``(max - min) / median`` over those repetitions, so an error can be read against the
+machine's own noise. Accounting metrics (tokens, cache hits and misses, load imbalance, bytes
+moved) come out of the same policy code on both sides and must match exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from moesim.metrics import PHASES, Result
+
+__all__ = ["EXACT_METRICS", "MetricRow", "compare", "metric_values"]
+
+Kind = Literal["timing", "memory", "exact"]
+EXACT_METRICS = (
+    "tokens_processed",
+    "tokens_dropped",
+    "tokens_padded",
+    "cache_hits",
+    "cache_misses",
+    "load_imbalance",
+    "alltoall_bytes",
+)
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    scenario: str
+    metric: str
+    kind: Kind
+    predicted: float
+    measured: float
+    spread: float
+    error: float  # (predicted - measured) / measured; NaN where measured is zero
+
+    @property
+    def matches(self) -> bool:
+        """Exact metrics: equal (to rounding); others: always true."""
+        if self.kind != "exact":
+            return True
+        return math.isclose(self.predicted, self.measured, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def metric_values(result: Result) -> dict[str, tuple[Kind, float]]:
+    """The compared metrics of one result; per-phase times are seconds per step."""
+    steps = max(result.steps, 1)
+    memory = result.memory
+    values: dict[str, tuple[Kind, float]] = {
+        "latency_mean_s": ("timing", result.latency_s.mean),
+        "latency_p50_s": ("timing", result.latency_s.p50),
+        "latency_p99_s": ("timing", result.latency_s.p99),
+        "throughput_tokens_per_s": ("timing", result.throughput_tokens_per_s),
+    }
+    for phase in PHASES:
+        values[f"{phase}_s_per_step"] = ("timing", result.time_breakdown_s[phase] / steps)
+    values |= {
+        "peak_bytes": ("memory", max(memory.peak_bytes_per_device)),
+        "weights_bytes": ("memory", max(memory.weights_bytes_per_device)),
+        "kv_cache_bytes": ("memory", max(memory.kv_cache_bytes_per_device)),
+        "activation_peak_bytes": ("memory", max(memory.activation_peak_bytes_per_device)),
+        "tokens_processed": ("exact", result.tokens.processed),
+        "tokens_dropped": ("exact", result.tokens.dropped),
+        "tokens_padded": ("exact", result.tokens.padded),
+        "load_imbalance": ("exact", result.load_imbalance or 0.0),
+        "alltoall_bytes": ("exact", result.alltoall_bytes),
+    }
+    if result.cache is not None:
+        values["cache_hits"] = ("exact", result.cache.hits)
+        values["cache_misses"] = ("exact", result.cache.misses)
+    return values
+
+
+def compare(predicted: Result, measured: list[Result]) -> list[MetricRow]:
+    """One row per metric that is non-zero on either side."""
+    expected = metric_values(predicted)
+    runs = [metric_values(result) for result in measured]
+    rows = []
+    for metric, (kind, value) in expected.items():
+        samples = np.array([run[metric][1] for run in runs], dtype=np.float64)
+        median = float(np.median(samples))
+        if value == 0 and median == 0 and kind != "exact":
+            continue
+        spread = float(np.ptp(samples) / median) if median else 0.0
+        error = (value - median) / median if median else math.nan
+        rows.append(
+            MetricRow(predicted.scenario, metric, kind, float(value), median, spread, error)
+        )
+    return rows

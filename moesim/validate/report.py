@@ -1,0 +1,173 @@
+"""The validation report: a CSV of every comparison, a Markdown summary and a plot."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from moesim.validate.compare import MetricRow
+
+__all__ = ["Report", "summarise"]
+
+
+@dataclass
+class Report:
+    """What a validation run found; ``skipped`` maps a scenario to why it did not run."""
+
+    rows: list[MetricRow]
+    device: str
+    profile: str
+    repeats: int
+    date: str
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def mismatches(self) -> list[MetricRow]:
+        return [row for row in self.rows if not row.matches]
+
+    def write(self, out: Path) -> list[Path]:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / "report.csv", out / "report.md", out / "report.png"]
+        _write_csv(self.rows, paths[0])
+        paths[1].write_text(self.markdown())
+        _plot(self.rows, paths[2])
+        return paths
+
+    def markdown(self) -> str:
+        lines = [
+            "# moesim validation: predicted vs measured",
+            "",
+            f"- device: {self.device}",
+            f"- profile: {self.profile}",
+            f"- repetitions of each real run: {self.repeats} (measured = their median)",
+            f"- date: {self.date}",
+            "",
+            "error = (predicted - measured) / measured; spread = (max - min) / median of the "
+            "measured repetitions.",
+            "",
+            "## Summary over scenarios",
+            "",
+            "| metric | scenarios | median abs error | max abs error | median spread |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for metric, stats in summarise(self.rows).items():
+            lines.append(
+                f"| {metric} | {stats['scenarios']} | {_pct(stats['median_abs_error'])} | "
+                f"{_pct(stats['max_abs_error'])} | {_pct(stats['median_spread'])} |"
+            )
+        exact = [row for row in self.rows if row.kind == "exact"]
+        matched = sum(row.matches for row in exact)
+        lines += ["", f"Exact accounting metrics: {matched} of {len(exact)} match.", ""]
+        for row in self.mismatches:
+            lines.append(
+                f"- MISMATCH {row.scenario} {row.metric}: predicted {row.predicted:g}, "
+                f"measured {row.measured:g}"
+            )
+        if self.skipped:
+            lines += ["", "## Not run", ""]
+            lines += [f"- {name}: {why}" for name, why in sorted(self.skipped.items())]
+        lines += ["", "## Per scenario", ""]
+        by_scenario: dict[str, list[MetricRow]] = defaultdict(list)
+        for row in self.rows:
+            by_scenario[row.scenario].append(row)
+        for scenario, rows in by_scenario.items():
+            lines += [
+                f"### {scenario}",
+                "",
+                "| metric | predicted | measured | error | spread |",
+                "|---|---:|---:|---:|---:|",
+            ]
+            for row in rows:
+                error = "exact" if row.kind == "exact" and row.matches else _pct(row.error)
+                lines.append(
+                    f"| {row.metric} | {row.predicted:.4g} | {row.measured:.4g} | {error} | "
+                    f"{_pct(row.spread)} |"
+                )
+            lines.append("")
+        lines.append("![predicted vs measured](report.png)")
+        return "\n".join(lines) + "\n"
+
+
+def _pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def summarise(rows: list[MetricRow]) -> dict[str, dict[str, float]]:
+    """Per timing or memory metric: scenarios, median and max absolute error, median spread."""
+    grouped: dict[str, list[MetricRow]] = defaultdict(list)
+    for row in rows:
+        if row.kind != "exact" and not math.isnan(row.error):
+            grouped[row.metric].append(row)
+    return {
+        metric: {
+            "scenarios": len(group),
+            "median_abs_error": float(np.median([abs(r.error) for r in group])),
+            "max_abs_error": float(max(abs(r.error) for r in group)),
+            "median_spread": float(np.median([r.spread for r in group])),
+        }
+        for metric, group in grouped.items()
+    }
+
+
+def _write_csv(rows: list[MetricRow], path: Path) -> None:
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["scenario", "metric", "kind", "predicted", "measured", "error", "spread"])
+        for r in rows:
+            writer.writerow(
+                [r.scenario, r.metric, r.kind, r.predicted, r.measured, r.error, r.spread]
+            )
+
+
+def _plot(rows: list[MetricRow], path: Path) -> None:
+    """Left: predicted against measured p50 step latency per scenario (the diagonal is a
+    perfect prediction). Right: each phase's error per scenario."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    latency = [r for r in rows if r.metric == "latency_p50_s"]
+    phases = [r for r in rows if r.metric.endswith("_s_per_step") and not math.isnan(r.error)]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    if latency:
+        measured = np.array([r.measured for r in latency]) * 1e3
+        predicted = np.array([r.predicted for r in latency]) * 1e3
+        left.errorbar(
+            measured,
+            predicted,
+            xerr=np.array([r.spread for r in latency]) * measured / 2,
+            fmt="o",
+        )
+        low, high = (
+            min(measured.min(), predicted.min()) * 0.8,
+            max(measured.max(), predicted.max()) * 1.2,
+        )
+        left.plot([low, high], [low, high], "k--", linewidth=1, label="prediction = measurement")
+        left.set_xscale("log")
+        left.set_yscale("log")
+        left.legend()
+    left.set_xlabel("measured p50 step latency (ms)")
+    left.set_ylabel("predicted p50 step latency (ms)")
+    left.set_title("step latency")
+    scenarios = sorted({r.scenario for r in phases})
+    names = sorted({r.metric for r in phases})
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        errors = {r.scenario: r.error for r in phases if r.metric == name}
+        x = np.arange(len(scenarios)) + i * width
+        right.bar(x, [100 * errors.get(s, 0.0) for s in scenarios], width, label=name[:-11])
+    right.axhline(0, color="k", linewidth=0.8)
+    right.set_xticks(np.arange(len(scenarios)) + 0.4 - width / 2)
+    right.set_xticklabels(scenarios, rotation=60, ha="right", fontsize=7)
+    right.set_ylabel("error of the phase's time per step (%)")
+    right.set_title("time breakdown")
+    right.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

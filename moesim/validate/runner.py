@@ -1,0 +1,99 @@
+"""``moesim validate``: every scenario simulated from a calibrated profile and run for real.
+
+The prediction comes from the profile (calibrated first on the same device unless one is given),
+never from the run it is compared with. Each scenario's predicted and measured ``result.json``
+files are kept beside the report.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from moesim.config import Scenario, load_scenario
+from moesim.errors import MoesimError
+from moesim.metrics import Result
+from moesim.reference import DEFAULT_WARMUP_STEPS, UnsupportedScenarioError, execute
+from moesim.sim import simulate
+from moesim.validate.compare import compare
+from moesim.validate.report import Report
+
+__all__ = ["scenario_files", "validate"]
+
+Progress = Callable[[str, int, int], None]
+
+
+def scenario_files(paths: list[str]) -> list[Path]:
+    """The scenario YAML files named, folders expanded (sorted, not recursive)."""
+    files: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+            if not found:
+                raise MoesimError(f"{path}: no scenario files (*.yaml) in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise MoesimError(f"{path}: no such scenario file or folder")
+    return files
+
+
+def _load(path: Path, profile: Path) -> Scenario:
+    return load_scenario(path, [f"cluster.device={profile.resolve()}"])
+
+
+def _dump(path: Path, result: Result) -> None:
+    path.write_text(json.dumps(result.model_dump(mode="json"), indent=1) + "\n")
+
+
+def validate(
+    paths: list[str],
+    *,
+    profile: Path,
+    out: Path,
+    repeats: int = 3,
+    device: str = "cpu",
+    warmup: int = DEFAULT_WARMUP_STEPS,
+    on_progress: Progress | None = None,
+) -> Report:
+    """Simulate and run each scenario; compare; write the report into ``out``."""
+    if repeats < 1:
+        raise MoesimError(f"--repeats: expected at least 1, got {repeats}")
+    scenarios = [_load(path, profile) for path in scenario_files(paths)]  # all valid up front
+    report = Report(
+        rows=[],
+        device="",
+        profile=str(profile),
+        repeats=repeats,
+        date=datetime.date.today().isoformat(),
+    )
+    total, done = len(scenarios) * (1 + repeats), 0
+    for scenario in scenarios:
+        folder = out / scenario.name
+        folder.mkdir(parents=True, exist_ok=True)
+        predicted = Result.from_records(simulate(scenario))
+        _dump(folder / "predicted.json", predicted)
+        done += 1
+        measured = []
+        try:
+            for repeat in range(repeats):
+                if on_progress is not None:
+                    on_progress(scenario.name, done, total)
+                result = Result.from_records(execute(scenario, device=device, warmup=warmup))
+                _dump(folder / f"measured-{repeat + 1}.json", result)
+                measured.append(result)
+                done += 1
+        except UnsupportedScenarioError as error:
+            report.skipped[scenario.name] = str(error)
+            done += repeats - len(measured)
+            continue
+        report.device = measured[0].device
+        report.rows += compare(predicted, measured)
+    if on_progress is not None:
+        on_progress("done", total, total)
+    report.write(out)
+    return report
