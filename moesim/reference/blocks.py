@@ -61,7 +61,7 @@ def ffn(x: torch.Tensor, w: FfnWeights) -> torch.Tensor:
 
 class AttentionBlock:
     """Pre-norm self-attention of one block over ``S`` local tokens; in decode each token is
-    one sequence attending over its ``seq_len`` cached positions plus itself."""
+    one sequence attending over ``seq_len`` positions, its own the last."""
 
     def __init__(self, model: ModelSpec, gen: torch.Generator, dtype: torch.dtype, device):
         d = model.d_model
@@ -76,8 +76,9 @@ class AttentionBlock:
         self.out = random_weight((self.q_dim, d), self.q_dim, gen, dtype, device)
 
     def kv_cache(self, sequences: int, seq_len: int, gen, dtype, device) -> torch.Tensor:
-        """``[S, 2, kv_heads, seq_len + 1, head_dim]``: cached K/V and a slot for the new one."""
-        shape = (sequences, 2, self.kv_heads, seq_len + 1, self.head_dim)
+        """``[S, 2, kv_heads, seq_len, head_dim]``: the cached K/V, whose last position the
+        new token writes (it attends over ``seq_len`` positions, as the simulator counts)."""
+        shape = (sequences, 2, self.kv_heads, seq_len, self.head_dim)
         return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
 
     def __call__(self, x: torch.Tensor, cache: torch.Tensor | None, seq_len: int):

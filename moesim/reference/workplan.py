@@ -68,7 +68,7 @@ def resident_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:
     )
     experts_G = plan.experts_per_gpu_LG.sum(axis=0) * model.expert_params
     tokens_G = tokens_per_gpu(workload.tokens_per_step, plan.gpus)
-    context = workload.seq_len + 1 if workload.phase == "decode" else 0
+    context = workload.seq_len if workload.phase == "decode" else 0
     kv_G = blocks * tokens_G * context * model.kv_width
     return (per_rank + experts_G + kv_G) * float(model.dtype_bytes)
 

@@ -1,0 +1,183 @@
+"""``moesim validate``: the report's numbers are the results' numbers, exact metrics match."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from moesim.cli import main
+from moesim.validate import validate
+from tests.conftest import SIMPLE_PROFILE
+
+MODEL = {
+    "name": "v",
+    "layers": 2,
+    "moe_every": 1,
+    "d_model": 32,
+    "d_ffn": 64,
+    "heads": 2,
+    "num_experts": 4,
+    "top_k": 2,
+    "vocab_size": 64,
+    "dtype": "fp32",
+}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("validation")
+    profile = {**SIMPLE_PROFILE, "memory": {**SIMPLE_PROFILE["memory"], "capacity": "64GB"}}
+    (root / "profile.yaml").write_text(yaml.safe_dump(profile))
+    scenarios = root / "scenarios"
+    scenarios.mkdir()
+    for name, policies in [
+        ("dynamic", {"gating": {"name": "dynamic"}}),
+        (
+            "buffered",
+            {
+                "gating": {"name": "dynamic"},
+                "cache": {"name": "lifo", "slots_per_layer": 3, "step_aware": True},
+            },
+        ),
+    ]:
+        scenario = {
+            "name": name,
+            "seed": 5,
+            "model": MODEL,
+            "cluster": {"nodes": 1, "gpus_per_node": 1, "device": "simple"},
+            "workload": {
+                "phase": "decode",
+                "batch_size": 16,
+                "seq_len": 8,
+                "steps": 4,
+                "routing": {"source": "synthetic", "distribution": "zipf", "skew": 1.0},
+            },
+            "policies": policies,
+        }
+        (scenarios / f"{name}.yaml").write_text(yaml.safe_dump(scenario))
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(folder):
+    out = folder / "report"
+    return validate(
+        [str(folder / "scenarios")], profile=folder / "profile.yaml", out=out, repeats=2
+    ), out
+
+
+def _csv(out: Path) -> list[dict]:
+    with (out / "report.csv").open() as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_every_exact_metric_matches_and_the_report_says_so(report):
+    result, out = report
+    exact = [r for r in result.rows if r.kind == "exact"]
+    assert {r.metric for r in exact} >= {"tokens_processed", "alltoall_bytes", "cache_hits"}
+    assert result.mismatches == []
+    assert (
+        f"Exact accounting metrics: {len(exact)} of {len(exact)} match."
+        in (out / "report.md").read_text()
+    )
+
+
+def test_measured_is_the_median_of_the_saved_runs_and_error_is_relative(report):
+    _, out = report
+    rows = {(r["scenario"], r["metric"]): r for r in _csv(out)}
+    for scenario in ("dynamic", "buffered"):
+        predicted = json.loads((out / scenario / "predicted.json").read_text())
+        runs = [json.loads((out / scenario / f"measured-{i}.json").read_text()) for i in (1, 2)]
+        p50 = [run["latency_s"]["p50"] for run in runs]
+        row = rows[scenario, "latency_p50_s"]
+        assert float(row["measured"]) == pytest.approx(np.median(p50))
+        assert float(row["predicted"]) == pytest.approx(predicted["latency_s"]["p50"])
+        assert float(row["error"]) == pytest.approx(
+            (predicted["latency_s"]["p50"] - np.median(p50)) / np.median(p50)
+        )
+        assert float(row["spread"]) == pytest.approx((max(p50) - min(p50)) / np.median(p50))
+
+
+def test_the_plot_is_a_png_and_the_markdown_has_a_summary_row_per_timing_metric(report):
+    _, out = report
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "report.md").read_text()
+    for metric in ("latency_p50_s", "expert_s_per_step", "peak_bytes"):
+        assert f"| {metric} | 2 |" in text
+
+
+def test_cli_fails_a_tolerance_and_refuses_one_on_an_exact_metric(folder, capsys):
+    args = [
+        "validate",
+        str(folder / "scenarios" / "dynamic.yaml"),
+        "--profile",
+        str(folder / "profile.yaml"),
+        "--out",
+        str(folder / "cli"),
+        "--repeats",
+        "1",
+    ]
+    assert main([*args, "--tolerance", "latency_p50_s=0"]) == 1
+    assert "latency_p50_s error" in capsys.readouterr().err
+    assert main([*args, "--tolerance", "tokens_dropped=0.1"]) == 2
+    assert "must match exactly" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "validate",
+                str(folder / "nothing"),
+                "--profile",
+                str(folder / "profile.yaml"),
+                "--out",
+                str(folder / "cli"),
+            ]
+        )
+        == 2
+    )
+    assert "no such scenario file or folder" in capsys.readouterr().err
+
+
+def test_cli_runs_the_reference_executor_and_writes_its_result(folder, tmp_path, capsys):
+    scenario = folder / "scenarios" / "dynamic.yaml"
+    code = main(
+        [
+            "run",
+            str(scenario),
+            "--executor",
+            "reference",
+            "--profile",
+            str(folder / "profile.yaml"),
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert printed["executor"] == saved["executor"] == "reference"
+    assert saved["tokens"]["processed"] == 2 * 16 * 2 * 4  # layers x tokens x top-k x steps
+    assert main(["run", str(scenario), "--profile", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such hardware profile file" in capsys.readouterr().err
+
+
+def test_cli_calibrate_writes_a_profile_that_runs_a_scenario(folder, tmp_path, capsys):
+    profile = tmp_path / "cpu.yaml"
+    assert main(["calibrate", "--grid", "quick", "--world-sizes", "2", "--out", str(profile)]) == 0
+    assert "GFLOP/s" in capsys.readouterr().out
+    loaded = yaml.safe_load(profile.read_text())
+    assert loaded["compute"]["provenance"]["source"] == "calibrated"
+    assert sorted(loaded["links"]["nvlink"]["alltoall"]) == [2]
+    assert (
+        main(
+            ["run", str(folder / "scenarios" / "dynamic.yaml"), "--profile", str(profile), "--json"]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["device"] == "local-cpu"
+    assert main(["calibrate", "--world-sizes", "1", "--out", str(profile)]) == 2
