@@ -17,6 +17,8 @@ PUBLISHED = [
     ("mixtral-8x7b", 46.7e9, 32, 0.01),  # Jiang et al. 2024
     ("qwen3-30b-a3b", 30.5e9, 48, 0.01),  # Qwen3 report
     ("deepseek-v3", 671e9, 58, 0.01),  # DeepSeek-V3 report (without the MTP module)
+    # by hand: 4 x (attention 4*512^2 + 8 experts 2*512*1024 + router 512*8) + 4096*512 tied
+    ("validation-moe", 39_862_272, 4, 1e-9),
 ]
 
 
