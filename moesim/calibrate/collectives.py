@@ -1,5 +1,9 @@
 """All-to-all time against bytes per rank, measured with one process per rank.
 
+Each timed all-to-all follows a little compute on every rank, as in a model, and lasts from the
+last rank's arrival to the last rank's exit: the transfer, without the wait for stragglers that
+the simulator charges to the straggler's compute.
+
 Processes are started with ``torch.multiprocessing.spawn`` and meet through a file store in a
 temporary folder (no TCP port is opened): gloo between CPU processes (one thread each), NCCL
 between GPUs (rank r on ``cuda:r``). Rank 0 writes the curve to a JSON file in that folder.
@@ -35,8 +39,9 @@ _KIB = 1024
 _LARGEST = {"full": 16 * _KIB**2, "quick": 256 * _KIB}
 _DEFAULT_CPU_MAX = 8
 _ELEMENT = torch.float32  # payload elements; only their bytes matter
-_BUDGET_S = 0.3  # time spent on the repeats of one size
+_BUDGET_S = 0.6  # time spent on the repeats of one size
 _REPEATS = (5, 200)  # fewest and most repeats of one size
+_BUSY_S = 5e-4  # compute before each timed all-to-all on a CPU
 
 
 def alltoall_sizes(grid: Grid) -> list[int]:
@@ -73,30 +78,43 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _busy(device: torch.device, seconds: float) -> None:
+    """Compute for about ``seconds`` before a collective, as a model's layers do: on a CPU the
+    ranks' cores are then busy and the transport's threads must be scheduled in."""
+    if device.type != "cpu":
+        return
+    a, b = torch.ones(64, 256), torch.ones(256, 256)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        a @ b
+
+
 def _time_one_size(chunk: int, world_size: int, device: torch.device) -> float:
-    """Median seconds of an all-to-all of ``chunk`` elements per peer, the most of all ranks."""
+    """Mean seconds of an all-to-all of ``chunk`` elements per peer after compute, from the
+    last rank's arrival to the last rank's exit (one monotonic clock on one machine). The mean,
+    not the median: a step sums many collectives, and their rare slow ones add up."""
     send = torch.ones(chunk * world_size, dtype=_ELEMENT, device=device)
     receive = torch.empty_like(send)
-    barrier_ids = [device.index] if device.type == "cuda" else None
 
-    def once() -> float:
-        dist.barrier(device_ids=barrier_ids)
+    def once() -> tuple[float, float]:
+        _busy(device, _BUSY_S)
         _synchronize(device)
         begin = time.perf_counter()
         dist.all_to_all_single(receive, send)
         _synchronize(device)
-        return time.perf_counter() - begin
+        return begin, time.perf_counter()
 
     once()
-    probe = torch.tensor([once()], dtype=torch.float64, device=device)
+    begin, end = once()
+    probe = torch.tensor([end - begin], dtype=torch.float64, device=device)
     dist.all_reduce(probe, op=dist.ReduceOp.MAX)  # every rank picks the same repeat count
     fewest, most = _REPEATS
     repeats = min(most, max(fewest, math.ceil(_BUDGET_S / max(probe.item(), 1e-9))))
-    median = torch.tensor(
-        [statistics.median(once() for _ in range(repeats))], dtype=torch.float64, device=device
-    )
-    dist.all_reduce(median, op=dist.ReduceOp.MAX)
-    return median.item()
+    stamps = torch.tensor([once() for _ in range(repeats)], dtype=torch.float64, device=device)
+    gathered = [torch.empty_like(stamps) for _ in range(world_size)]
+    dist.all_gather(gathered, stamps)
+    latest = torch.stack(gathered).amax(dim=0)  # [repeats, (entry, exit)] of the last rank
+    return float(statistics.fmean((latest[:, 1] - latest[:, 0]).tolist()))
 
 
 def _worker(rank: int, world_size: int, folder: str, device_type: str, sizes: list[int]) -> None:

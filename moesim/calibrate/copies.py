@@ -69,10 +69,22 @@ def measure_memory_bandwidth(device: torch.device, size: int) -> float:
 
 
 def measure_launch_overhead(device: torch.device) -> float:
-    """Seconds of one launch of a trivial op (``torch.add`` of two one-element tensors)."""
-    left = torch.ones(1, device=device)
-    right = torch.ones(1, device=device)
+    """Seconds of one small eager op, the fixed cost every kernel pays: the median over the
+    kinds of glue op an MoE layer issues (elementwise, softmax, top-k, sort, counting, gathers
+    and scatters) on a decode step's sizes (64 rows of 256 values, 64 indices)."""
+    rows = torch.ones(64, 256, device=device)
+    index = torch.arange(64, device=device) % 8
+    ops: list[Callable[[], object]] = [
+        lambda: torch.add(rows, rows),
+        lambda: torch.softmax(rows[:, :8], dim=-1),
+        lambda: torch.topk(rows[:, :8], 2, dim=-1),
+        lambda: torch.argsort(index, stable=True),
+        lambda: torch.bincount(index, minlength=8),
+        lambda: rows[index],
+        lambda: torch.zeros_like(rows).index_add_(0, index, rows),
+        lambda: torch.cat([rows[:32], rows[32:]]),
+        lambda: torch.nn.functional.gelu(rows),
+    ]
     calls = LAUNCH_BATCH if device.type == "cuda" else 1
-    return median_seconds(
-        lambda: torch.add(left, right), device, min_repeats=20, max_repeats=200, calls=calls
-    )
+    times = [median_seconds(op, device, min_repeats=20, max_repeats=200, calls=calls) for op in ops]
+    return float(sorted(times)[len(times) // 2])

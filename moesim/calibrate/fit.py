@@ -10,7 +10,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fit_latency_bandwidth", "peak_flops"]
+__all__ = [
+    "fit_latency_bandwidth",
+    "monotone",
+    "peak_flops",
+]
 
 
 def fit_latency_bandwidth(
@@ -46,3 +50,16 @@ def peak_flops(table: Mapping[str, Any]) -> float:
     n = np.asarray(table["n"], dtype=np.float64)
     flops_KNM = 2.0 * k[:, None, None] * n[None, :, None] * m[None, None, :]
     return float(np.max(flops_KNM / seconds_KNM))
+
+
+def monotone(seconds: Sequence[float]) -> list[float]:
+    """The closest non-decreasing sequence in least squares (pool adjacent violators): moving
+    more bytes never takes less time, so a dip is noise shared with its neighbours."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for value in seconds:
+        blocks.append([float(value), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return [total / count for total, count in blocks for _ in range(int(count))]

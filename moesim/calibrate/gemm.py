@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -14,7 +13,8 @@ from moesim.calibrate.timing import median_seconds
 __all__ = ["GEMM_GRIDS", "gemm_grid", "measure_gemm"]
 
 Grid = Literal["full", "quick"]
-COLD_BYTES = 256 * 2**20  # beyond any CPU's last-level cache and a GPU's L2
+# weights cycled through per grid: beyond a server CPU's last-level cache (hundreds of MiB)
+COLD_BYTES = {"full": 2**30, "quick": 2**20}
 Progress = Callable[[str, int, int], None]
 
 
@@ -50,10 +50,10 @@ def measure_gemm(
 ) -> dict[str, Any]:
     """Seconds of each matmul of the grid: ``{dtype, m, k, n, seconds[i_k][i_n][i_m]}``.
 
-    Each call multiplies by the next of many weight matrices laid out in a pool larger than
-    the caches (``COLD_BYTES``), so weights come from memory as in a model, where every layer
-    and expert reads its own; token rows stay hot. A cell is the median of repeats after a
-    warm-up, the result allocated by ``torch.matmul`` as in a model.
+    Each call multiplies by the next weight matrix of a pool larger than the caches
+    (``COLD_BYTES``), never one read recently, so weights come from memory as in a model where
+    every layer and expert reads its own; token rows stay hot. A cell is the median of repeats
+    after a warm-up, the result allocated by ``torch.matmul`` as in a model.
     """
     m_grid, k_grid, n_grid = gemm_grid(device, grid)
     total = len(m_grid) * len(k_grid) * len(n_grid)
@@ -61,22 +61,28 @@ def measure_gemm(
     options = {"generator": generator, "device": device, "dtype": torch_dtype(dtype)}
     done = 0
     seconds_KNM: list[list[list[float]]] = []
-    pool = torch.randn(
-        max(COLD_BYTES // torch_dtype(dtype).itemsize, max(k_grid) * max(n_grid)), **options
-    )
+    cold = COLD_BYTES[grid] // torch_dtype(dtype).itemsize
+    pool = torch.randn(max(cold, 2 * max(k_grid) * max(n_grid)), **options)
+    cursor = 0  # where the next weight starts: every call reads memory not read for a while
+
+    def next_weight(k: int, n: int) -> torch.Tensor:
+        nonlocal cursor
+        if cursor + k * n > pool.numel():
+            cursor = 0
+        weight = pool[cursor : cursor + k * n].view(k, n)
+        cursor += k * n
+        return weight
+
     for k in k_grid:
         rows = torch.randn(max(m_grid), k, **options)
         seconds_KNM.append([])
         for n in n_grid:
-            copies = max(1, pool.numel() // (k * n))
-            weights = pool[: copies * k * n].view(copies, k, n)
             seconds_M = []
             for m in m_grid:
                 tokens = rows[:m]
-                turn = itertools.count()
                 seconds_M.append(
                     median_seconds(
-                        lambda a=tokens, w=weights, i=turn: torch.matmul(a, w[next(i) % len(w)]),
+                        lambda a=tokens, k=k, n=n: torch.matmul(a, next_weight(k, n)),
                         device,
                         budget_s=budget_s,
                     )

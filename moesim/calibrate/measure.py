@@ -8,8 +8,9 @@ from typing import Any, Literal
 
 import torch
 
-from moesim.calibrate import collectives, copies, gemm
+from moesim.calibrate import attention, collectives, copies, gemm
 from moesim.calibrate.device import running_on
+from moesim.calibrate.fit import monotone
 
 __all__ = ["Measurements", "measure_all", "significant"]
 
@@ -24,7 +25,9 @@ def significant(value: float) -> float:
 
 
 def _rounded_curve(curve: dict[str, Any]) -> dict[str, Any]:
-    return {"bytes": curve["bytes"], "seconds": [significant(s) for s in curve["seconds"]]}
+    """The curve made non-decreasing (``fit.monotone``), to 4 significant digits."""
+    seconds = monotone(curve["seconds"])
+    return {"bytes": curve["bytes"], "seconds": [significant(s) for s in seconds]}
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Measurements:
     digits, and the single figures in SI units."""
 
     gemm: dict[str, Any]
+    attention: dict[str, Any]
     host_transfer: dict[str, Any]
     memory_bytes_per_s: float
     launch_overhead_s: float
@@ -42,10 +46,11 @@ class Measurements:
 def measure_all(
     device: torch.device, dtype: str, grid: Grid, world_sizes: list[int], report: Progress
 ) -> Measurements:
-    """GEMMs, copies and launches on ``device`` (one thread on a CPU), then the all-to-alls
+    """GEMMs, copies, launches and attention cores on ``device`` (one thread on a CPU), then
+    the all-to-alls
     among ``world_sizes`` processes; ``report(stage, done, total)`` after each measurement."""
     sizes = copies.copy_sizes(grid)
-    copy_steps = len(sizes) + 2
+    copy_steps = len(sizes) + 4
     done = 0
 
     def copied() -> None:
@@ -56,10 +61,13 @@ def measure_all(
     with running_on(device):
         table = gemm.measure_gemm(device, dtype, grid, report)
         transfer = copies.measure_host_transfer(device, sizes, copied)
-        memory_bytes_per_s = copies.measure_memory_bandwidth(device, sizes[-1])
+        memory_bytes_per_s = copies.measure_memory_bandwidth(
+            device, max(sizes[-1], gemm.COLD_BYTES[grid] // 2)
+        )
         copied()
         launch_s = copies.measure_launch_overhead(device)
         copied()
+        cores = attention.measure_attention(device, dtype, grid, copied)
 
     alltoall = {}
     for index, ranks in enumerate(world_sizes):
@@ -70,6 +78,11 @@ def measure_all(
     seconds_KNM = [[[significant(s) for s in row] for row in plane] for plane in table["seconds"]]
     return Measurements(
         gemm={**table, "seconds": seconds_KNM},
+        attention={
+            **cores,
+            "decode_seconds": [significant(s) for s in cores["decode_seconds"]],
+            "prefill_seconds": [significant(s) for s in cores["prefill_seconds"]],
+        },
         host_transfer=_rounded_curve(transfer),
         memory_bytes_per_s=memory_bytes_per_s,
         launch_overhead_s=launch_s,

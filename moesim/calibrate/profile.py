@@ -155,10 +155,12 @@ def _assemble(
             "efficiency": 1.0,
             "launch_overhead": significant(measured.launch_overhead_s),
             "gemm": table,
+            "attention": measured.attention,
             "provenance": provenance(
                 f"{table['dtype']} matmuls m {m[0]}..{m[-1]}, k {k[0]}..{k[-1]}, "
-                f"n {n[0]}..{n[-1]}; peak is the best rate among them; launch overhead of a "
-                "one-element torch.add"
+                f"n {n[0]}..{n[-1]} with weights read from memory; peak is the best rate among "
+                "them; launch overhead: the median small glue op of an MoE layer; attention "
+                "cores: scaled-dot-product attention, decode by K/V bytes, causal prefill by FLOPs"
             ),
         },
         "memory": {

@@ -9,7 +9,7 @@ from moesim.config.loading import (
     parse_override,
     read_yaml,
 )
-from moesim.config.measured import GemmTable, MeasuredCurve
+from moesim.config.measured import AttentionCurves, GemmTable, MeasuredCurve
 from moesim.config.model import DTYPE_BYTES, ModelSpec
 from moesim.config.registry import CACHE, GATING, PLACEMENT, Policy, PolicyParams, Registry
 from moesim.config.scenario import (
@@ -27,6 +27,7 @@ __all__ = [
     "GATING",
     "LINK_KINDS",
     "PLACEMENT",
+    "AttentionCurves",
     "ClusterSpec",
     "GemmTable",
     "HardwareProfile",

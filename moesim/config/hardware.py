@@ -2,7 +2,8 @@
 
 Bandwidths are per GPU and per direction. ``efficiency`` is the achievable fraction of the peak
 that the roofline cost model applies (datasheet profiles estimate it; calibration measures it).
-A calibrated profile also carries measured tables (``gemm``, ``transfer``, ``alltoall``) that
+A calibrated profile also carries measured tables (``gemm``, ``attention``, ``transfer``,
+``alltoall``) that
 the cost model interpolates in preference to the roofline.
 """
 
@@ -19,7 +20,7 @@ from moesim.config.fields import (
     Provenance,
     Seconds,
 )
-from moesim.config.measured import GemmTable, MeasuredCurve
+from moesim.config.measured import AttentionCurves, GemmTable, MeasuredCurve
 
 __all__ = [
     "LINK_KINDS",
@@ -40,6 +41,9 @@ class ComputeSpec(Frozen):
     efficiency: Efficiency = 0.7
     launch_overhead: Seconds = 5e-6
     gemm: GemmTable | None = Field(default=None, description="measured matmul times")
+    attention: AttentionCurves | None = Field(
+        default=None, description="measured attention-core times"
+    )
     provenance: Provenance
 
 

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from moesim.config.fields import Frozen
 
-__all__ = ["GemmTable", "MeasuredCurve"]
+__all__ = ["AttentionCurves", "GemmTable", "MeasuredCurve"]
 
 _Positive = Field(min_length=1)
 
@@ -61,4 +61,27 @@ class MeasuredCurve(Frozen):
             raise ValueError("seconds must have one entry per size in bytes")
         if any(s <= 0 for s in self.seconds):
             raise ValueError("seconds must be positive")
+        return self
+
+
+class AttentionCurves(Frozen):
+    """Measured seconds of the attention core (scaled-dot-product attention) in ``dtype`` with
+    heads of ``head_dim``: decode (one query per sequence) by the K/V bytes it reads, causal
+    prefill by its FLOPs (``4 x tokens x mean context x query width``)."""
+
+    dtype: str
+    head_dim: int = Field(ge=1)
+    decode_kv_bytes: list[float] = _Positive
+    decode_seconds: list[float] = _Positive
+    prefill_flops: list[float] = _Positive
+    prefill_seconds: list[float] = _Positive
+
+    @model_validator(mode="after")
+    def _shape(self) -> AttentionCurves:
+        for x, y in (("decode_kv_bytes", "decode_seconds"), ("prefill_flops", "prefill_seconds")):
+            _ascending(getattr(self, x), x)
+            if len(getattr(self, y)) != len(getattr(self, x)):
+                raise ValueError(f"{y} must have one entry per value of {x}")
+            if any(s <= 0 for s in getattr(self, y)):
+                raise ValueError(f"{y} must be positive")
         return self

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.config import DTYPE_BYTES, GemmTable, HardwareProfile, LinkSpec
-from moesim.hardware.tables import curve_time, gemm_time
+from moesim.config import DTYPE_BYTES, AttentionCurves, GemmTable, HardwareProfile, LinkSpec
+from moesim.hardware.tables import attention_core_time, curve_time, gemm_time
 
 __all__ = ["DeviceCosts", "alltoall_port_time", "transfer_time"]
 
@@ -27,6 +27,7 @@ class DeviceCosts:
     launch_overhead_s: float
     dtype_bytes: int = 2
     gemm: GemmTable | None = None
+    attention: AttentionCurves | None = None
 
     @classmethod
     def from_profile(cls, profile: HardwareProfile, dtype: str) -> DeviceCosts:
@@ -37,6 +38,11 @@ class DeviceCosts:
             launch_overhead_s=compute.launch_overhead,
             dtype_bytes=DTYPE_BYTES[dtype],
             gemm=compute.gemm if compute.gemm is not None and compute.gemm.dtype == dtype else None,
+            attention=(
+                compute.attention
+                if compute.attention is not None and compute.attention.dtype == dtype
+                else None
+            ),
         )
 
     def op_time(
@@ -57,6 +63,15 @@ class DeviceCosts:
         m = np.asarray(rows, dtype=np.float64)
         moved = (m * k + k * n + m * n) * self.dtype_bytes
         return np.where(m > 0, self.op_time(2.0 * m * k * n, moved), 0.0)
+
+    def attention_core_time(
+        self, flops: np.ndarray, kv_bytes: np.ndarray, moved: np.ndarray, decode: bool
+    ) -> np.ndarray:
+        """Seconds of attention cores: the measured curve (by K/V bytes read in decode, by
+        FLOPs in prefill), else one roofline op per core."""
+        if self.attention is not None:
+            return attention_core_time(self.attention, kv_bytes if decode else flops, decode)
+        return self.op_time(flops, moved)
 
 
 def transfer_time(link: LinkSpec, bytes_moved: np.ndarray | float) -> np.ndarray:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.config import GemmTable, MeasuredCurve
+from moesim.config import AttentionCurves, GemmTable, MeasuredCurve
 
-__all__ = ["curve_time", "gemm_time"]
+__all__ = ["attention_core_time", "curve_time", "gemm_time"]
 
 
 def _loglog(x: np.ndarray, grid: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -53,3 +53,16 @@ def gemm_time(table: GemmTable, rows: np.ndarray | float, k: int, n: int) -> np.
             if kw * nw:
                 log_time = log_time + kw * nw * np.log(_loglog(safe, grid_m, seconds[ki, ni]))
     return np.where(m > 0, np.exp(log_time) * scale_k * scale_n, 0.0)
+
+
+def attention_core_time(
+    curves: AttentionCurves, work: np.ndarray | float, decode: bool
+) -> np.ndarray:
+    """Seconds of attention cores reading ``work`` K/V bytes (decode) or doing ``work`` FLOPs
+    (prefill), from the measured curves (element-wise)."""
+    x = np.asarray(work, dtype=np.float64)
+    if decode:
+        grid, seconds = curves.decode_kv_bytes, curves.decode_seconds
+    else:
+        grid, seconds = curves.prefill_flops, curves.prefill_seconds
+    return np.where(x > 0, _loglog(x, np.asarray(grid), np.asarray(seconds)), 0.0)

@@ -1,8 +1,9 @@
 """Launch a reference run and fold what its ranks measured into ``RunRecords``.
 
 One process per simulated GPU (``torch.multiprocessing`` + ``torch.distributed``: gloo on CPU,
-NCCL on CUDA, rendezvous through a file); a one-rank run stays in this process. A step's
-latency is the slowest rank's barrier-to-barrier time. Its breakdown takes each compute phase
+NCCL on CUDA, rendezvous through a file); a one-rank run stays in this process. A step lasts
+from the first rank's start to the last rank's end (the barrier that ends it is not counted:
+the simulator has none). Its breakdown takes each compute phase
 from the rank that spent longest in it and leaves the rest of the step (the collectives and the
 waiting in them) to ``alltoall``, so a row sums to the latency as the simulator's does.
 """
@@ -116,7 +117,10 @@ def _records(work: Workplan, ranks: list[dict], name: str, device: str, wall: fl
     model, workload = scenario.model, scenario.workload
     layers = work.units_NLTK.shape[1]
     steps = work.units_NLTK.shape[0]
-    latency_N = np.max([r["latency"] for r in ranks], axis=0)
+    # from the first rank's start to the last rank's end (one monotonic clock per machine)
+    latency_N = np.max([r["end"] for r in ranks], axis=0) - np.min(
+        [r["start"] for r in ranks], axis=0
+    )
     phases_RNP = np.stack([r["phases"] for r in ranks])
     breakdown_NP = phases_RNP.max(axis=0)
     breakdown_NP[:, _ALLTOALL] = 0.0

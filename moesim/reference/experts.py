@@ -58,12 +58,12 @@ class ExpertStore:
     def run(
         self,
         rows: list[torch.Tensor],
-        real: list[int],
+        real: list[int] | None,
         timer: PhaseTimer,
         counters: CacheCounters,
     ) -> list[torch.Tensor]:
-        """Each local expert's FFN over its rows; a buffered expert with no real token is
-        not run (its outputs are zero)."""
+        """Each local expert's FFN over its rows; a buffered expert with no real token (``real``:
+        tokens per expert, needed when buffered) is not run (its outputs are zero)."""
         if self.cache is None:
             with timer.phase("expert"):
                 return [

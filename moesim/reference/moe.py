@@ -10,6 +10,7 @@ rest padding; with einsum dispatch through dense ``S x E x C`` masks as fairseq 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,11 +53,15 @@ class MoeLayer:
     store: ExpertStore
     capacity_G: np.ndarray | None
     einsum: bool
+    gpus: int = 1
     shared: list | None = None  # FfnWeights of shared experts
 
     def __post_init__(self) -> None:
+        device = self.gate.device
         self.units = self.owner_U.size
-        self.by_owner = np.argsort(self.owner_U, kind="stable")
+        self.owner = torch.as_tensor(self.owner_U, device=device)
+        self.by_owner = torch.as_tensor(np.argsort(self.owner_U, kind="stable"), device=device)
+        self.units_per_gpu = np.bincount(self.owner_U, minlength=self.gpus).tolist()
 
     def __call__(
         self,
@@ -65,7 +70,8 @@ class MoeLayer:
         comm: Comm,
         timer: PhaseTimer,
         counters: CacheCounters,
-    ) -> tuple[torch.Tensor, MoeAccount]:
+    ) -> tuple[torch.Tensor, Callable[[], MoeAccount]]:
+        """The layer's output and, to call once the step's timing is over, its accounting."""
         with timer.phase("gate"):
             probs = torch.softmax((x @ self.gate).float(), dim=-1)
             torch.topk(probs, route.units.shape[1], dim=-1)  # replaced by the replayed routing
@@ -78,42 +84,36 @@ class MoeLayer:
             with timer.phase("expert"):
                 for w in self.shared:
                     y = y + ffn(x, w)
-        return x + y, account
-
-    def _local_owner(self, comm: Comm) -> tuple[list[int], int]:
-        gpus = comm.world
-        per_gpu = np.bincount(self.owner_U, minlength=gpus)
-        return per_gpu.tolist(), int(per_gpu[comm.rank])
+        with timer.phase("gate"):
+            return x + y, account
 
     def _dynamic(self, x, route, weights, comm, timer, counters):
         tokens, top_k = route.units.shape
-        device = x.device
-        owner = torch.as_tensor(self.owner_U, device=device)
-        by_owner = torch.as_tensor(self.by_owner, device=device)
-        units_per_gpu, mine = self._local_owner(comm)
+        mine = self.units_per_gpu[comm.rank]
         with timer.phase("gate"):
             flat = route.units.reshape(-1)
-            dest = owner[flat]
+            dest = self.owner[flat]
             order = torch.argsort(dest * self.units + flat, stable=True)
-            counts_U = torch.bincount(flat, minlength=self.units)
-            send = x[order // top_k]
-        with timer.phase("alltoall"):
-            counts = counts_U[by_owner].to(torch.int32)  # an int32 per expert, as the sim
-            received_GU = comm.alltoall(counts, units_per_gpu, [mine] * comm.world)
-        received_GU = received_GU.view(comm.world, mine)
-        in_splits = torch.bincount(dest, minlength=comm.world).tolist()
-        out_splits = received_GU.sum(dim=1).tolist()
+            token = order // top_k
+            counts = torch.bincount(flat, minlength=self.units)[self.by_owner].to(torch.int32)
+            send = x[token]
+        with timer.phase("alltoall"):  # an int32 per expert, as the simulator counts
+            received_GU = comm.alltoall(counts, self.units_per_gpu, [mine] * comm.world)
+        with timer.phase("gate"):
+            received_GU = received_GU.view(comm.world, mine)
+            in_splits = torch.bincount(dest, minlength=comm.world).tolist()
+            out_splits = received_GU.sum(dim=1).tolist()
         with timer.phase("alltoall"):
             rows = comm.alltoall(send, in_splits, out_splits)
-        sizes = received_GU.sum(dim=0)
-        with timer.phase("expert"):
+        with timer.phase("gate"):  # rows arrive by source; experts take them by expert
+            sizes = received_GU.sum(dim=0).tolist()
             unit_of_row = torch.repeat_interleave(
-                torch.arange(mine, device=device).repeat(comm.world), received_GU.reshape(-1)
+                torch.arange(mine, device=x.device).repeat(comm.world), received_GU.reshape(-1)
             )
             perm = torch.argsort(unit_of_row, stable=True)
-            grouped = rows[perm].split(sizes.tolist())
-        outputs = self.store.run(list(grouped), sizes.tolist(), timer, counters)
-        with timer.phase("expert"):
+            grouped = list(rows[perm].split(sizes))
+        outputs = self.store.run(grouped, sizes, timer, counters)
+        with timer.phase("gate"):
             out = torch.empty_like(rows)
             if outputs:
                 out[perm] = torch.cat(outputs)
@@ -121,18 +121,21 @@ class MoeLayer:
             back = comm.alltoall(out, out_splits, in_splits)
         with timer.phase("gate"):
             y = torch.zeros_like(x)
-            y.index_add_(0, order // top_k, back * weights.reshape(-1)[order, None])
-        row_bytes = x.shape[1] * x.element_size()
-        sent = (np.asarray(in_splits) + np.asarray(out_splits)) * float(row_bytes)
-        sent += counts.element_size() * np.asarray(units_per_gpu)
-        live = [x, weights, send, rows, out, back, *outputs[:1]]
-        account = MoeAccount(
-            processed=tokens * top_k,
-            padded=0,
-            received=int(sizes.sum()),
-            sent_bytes_G=sent,
-            activation_bytes=sum(t.numel() * t.element_size() for t in live),
-        )
+            y.index_add_(0, token, back * weights.reshape(-1)[order, None])
+
+        def account() -> MoeAccount:
+            row_bytes = float(x.shape[1] * x.element_size())
+            sent = (np.asarray(in_splits) + np.asarray(out_splits)) * row_bytes
+            sent += counts.element_size() * np.asarray(self.units_per_gpu)
+            live = [x, weights, send, rows, out, back, *outputs[:1]]
+            return MoeAccount(
+                processed=tokens * top_k,
+                padded=0,
+                received=sum(sizes),
+                sent_bytes_G=sent,
+                activation_bytes=sum(t.numel() * t.element_size() for t in live),
+            )
+
         return y, account
 
     def _slots(self, route: LayerRoute) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -153,8 +156,9 @@ class MoeLayer:
         tokens, d = x.shape
         capacity = self.capacity_G.tolist()
         c = capacity[comm.rank]
-        by_owner = torch.as_tensor(self.by_owner, device=x.device)
-        units_per_gpu, mine = self._local_owner(comm)
+        mine = self.units_per_gpu[comm.rank]
+        in_splits = [n * c for n in self.units_per_gpu]
+        out_splits = [mine * cap for cap in capacity]
         with timer.phase("gate"):
             token, choice, slot = self._slots(route)
             unit = route.units[token, choice]
@@ -167,19 +171,19 @@ class MoeLayer:
             else:
                 dispatched = x.new_zeros((self.units, c, d))
                 dispatched[unit, slot] = x[token]
-            send = dispatched[by_owner].reshape(-1, d)
-        in_splits = [n * c for n in units_per_gpu]
-        out_splits = [mine * cap for cap in capacity]
+            send = dispatched[self.by_owner].reshape(-1, d)
         with timer.phase("alltoall"):
             rows = comm.alltoall(send, in_splits, out_splits)
-        parts = [
-            p.view(mine, cap, d) for p, cap in zip(rows.split(out_splits), capacity, strict=True)
-        ]
-        with timer.phase("expert"):
+        with timer.phase("gate"):  # rows arrive by source; experts take them by expert
+            parts = [
+                p.view(mine, cap, d)
+                for p, cap in zip(rows.split(out_splits), capacity, strict=True)
+            ]
             grouped = [torch.cat([p[j] for p in parts]) for j in range(mine)]
-        real = [int(g.ne(0).any(dim=1).sum()) for g in grouped]  # padding rows are all zero
+        # a buffered layer needs to know which experts have tokens: padding rows are all zero
+        real = [int(g.ne(0).any(dim=1).sum()) for g in grouped] if self.store.cache else None
         outputs = self.store.run(grouped, real, timer, counters)
-        with timer.phase("expert"):
+        with timer.phase("gate"):
             edges = np.cumsum([0, *capacity])
             out = torch.cat(
                 [
@@ -193,21 +197,27 @@ class MoeLayer:
             back = comm.alltoall(out, out_splits, in_splits).view(-1, c, d)
         with timer.phase("gate"):
             expert_out = torch.empty_like(back)
-            expert_out[by_owner] = back
+            expert_out[self.by_owner] = back
             if self.einsum:
                 y = torch.einsum("suc,ucd->sd", combine.to(x.dtype), expert_out)
             else:
                 y = torch.zeros_like(x)
                 y.index_add_(0, token, expert_out[unit, slot] * weights[token, choice, None])
-        row_bytes = d * x.element_size()
-        live = [x, weights, send, rows, out, back, expert_out]
-        if self.einsum:
-            live += [combine, mask]
-        account = MoeAccount(
-            processed=int(token.numel()),
-            padded=self.units * c - int(token.numel()),
-            received=sum(real),
-            sent_bytes_G=(np.asarray(in_splits) + np.asarray(out_splits)) * float(row_bytes),
-            activation_bytes=sum(t.numel() * t.element_size() for t in live),
-        )
+
+        def account() -> MoeAccount:
+            received = (
+                real if real is not None else [int(g.ne(0).any(dim=1).sum()) for g in grouped]
+            )
+            live = [x, weights, send, rows, out, back, expert_out]
+            if self.einsum:
+                live += [combine, mask]
+            return MoeAccount(
+                processed=int(token.numel()),
+                padded=self.units * c - int(token.numel()),
+                received=sum(received),
+                sent_bytes_G=(np.asarray(in_splits) + np.asarray(out_splits))
+                * float(d * x.element_size()),
+                activation_bytes=sum(t.numel() * t.element_size() for t in live),
+            )
+
         return y, account

@@ -2,13 +2,15 @@
 workplan's steps (warm-up steps first, untimed) and writes what it measured to ``out_dir``.
 
 Every rank holds the attention and dense FFN weights of every block (data-parallel, as the
-simulator assumes) and its placement's experts of each MoE layer. A step is timed between two
-barriers; phases are timed on each rank.
+simulator assumes) and its placement's experts of each MoE layer. Ranks start a step together
+after a barrier and stamp its start and end on the machine's monotonic clock (shared by all
+processes); phases are timed on each rank.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from moesim.policies import build_caches
 from moesim.reference.blocks import TORCH_DTYPES, AttentionBlock, FfnWeights, ffn, random_weight
 from moesim.reference.comm import Comm
 from moesim.reference.experts import CacheCounters, ExpertStore
-from moesim.reference.moe import LayerRoute, MoeLayer
+from moesim.reference.moe import LayerRoute, MoeAccount, MoeLayer
 from moesim.reference.timer import PhaseTimer
 from moesim.reference.workplan import Workplan
 
@@ -101,6 +103,7 @@ class _Rank:
                         store=_store(work, moe, rank, caches, gen, dtype, device),
                         capacity_G=work.capacity_G,
                         einsum=work.einsum_dispatch,
+                        gpus=work.plan.gpus,
                         shared=shared,
                     )
                 )
@@ -149,36 +152,40 @@ class _Rank:
             for layer in range(work.units_NLTK.shape[1])
         ]
 
-    def step(self, routes: list[LayerRoute], comm: Comm, timer: PhaseTimer) -> dict:
+    def step(
+        self, routes: list[LayerRoute], comm: Comm, timer: PhaseTimer
+    ) -> tuple[list[Callable[[], MoeAccount]], CacheCounters]:
+        """One step's work; its accounting is left to ``record`` outside the timed span."""
         x = self.x
         counters = CacheCounters()
-        processed = padded = activation = 0
-        received_L = []
-        sent_K = np.zeros(len(LINK_KINDS))
+        accounts = []
         moe = 0
         for index, layer in enumerate(self.layers):
             with timer.phase("attention"):
                 x = self.attention[index](x, self.kv[index], self.seq_len)
             if isinstance(layer, MoeLayer):
                 x, account = layer(x, routes[moe], comm, timer, counters)
+                accounts.append(account)
                 moe += 1
-                processed += account.processed
-                padded += account.padded
-                received_L.append(account.received)
-                activation = max(activation, account.activation_bytes)
-                np.add.at(sent_K, self.kinds, account.sent_bytes_G)
             else:
                 with timer.phase("dense_ffn"):
                     x = x + ffn(x, layer)
         with timer.phase("other"):
             x[self.lm_rows] @ self.lm_head
+        return accounts, counters
+
+    def record(self, accounts: list[Callable[[], MoeAccount]], counters: CacheCounters) -> dict:
+        layers = [account() for account in accounts]
+        sent_K = np.zeros(len(LINK_KINDS))
+        for layer in layers:
+            np.add.at(sent_K, self.kinds, layer.sent_bytes_G)
         sent_K[LINK_KINDS.index("local")] = 0.0
         return {
-            "processed": processed,
-            "padded": padded,
-            "received_L": received_L,
+            "processed": sum(layer.processed for layer in layers),
+            "padded": sum(layer.padded for layer in layers),
+            "received_L": [layer.received for layer in layers],
             "sent_K": sent_K,
-            "activation": activation,
+            "activation": max((layer.activation_bytes for layer in layers), default=0),
             "cache": [counters.hits, counters.misses, counters.evictions, counters.copies],
         }
 
@@ -224,7 +231,7 @@ def _measure(
     me = _Rank(rank, work, device)
     timer = PhaseTimer(device)
     steps = work.units_NLTK.shape[0]
-    columns: dict[str, list] = {k: [] for k in ("latency", "phases", "processed", "padded")}
+    columns: dict[str, list] = {k: [] for k in ("start", "end", "phases", "processed", "padded")}
     columns |= {k: [] for k in ("received_L", "sent_K", "activation", "cache")}
     progress = out_dir / "progress"
     with torch.inference_mode():
@@ -238,14 +245,16 @@ def _measure(
             comm.barrier()
             _synchronize(device)
             start = time.perf_counter()
-            record = me.step(routes, comm, timer)
+            accounts, counters = me.step(routes, comm, timer)
             _synchronize(device)
+            end = time.perf_counter()
             comm.barrier()
-            latency = time.perf_counter() - start
             phases = timer.collect()
             if index < warmup:
                 continue
-            columns["latency"].append(latency)
+            record = me.record(accounts, counters)
+            columns["start"].append(start)
+            columns["end"].append(end)
             columns["phases"].append(phases)
             for key, value in record.items():
                 columns[key].append(value)

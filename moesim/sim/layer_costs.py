@@ -24,9 +24,11 @@ from moesim.hardware import DeviceCosts
 
 __all__ = [
     "ATTENTION_LAUNCHES",
+    "DYNAMIC_GLUE_OPS",
     "GATE_LAUNCHES",
     "GATE_SCORE_BYTES",
     "MASK_BYTES",
+    "STATIC_GLUE_OPS",
     "attention_time",
     "ffn_time",
     "gate_time",
@@ -37,6 +39,10 @@ ATTENTION_LAUNCHES = 5  # norm, QKV projection, attention kernel, output project
 GATE_LAUNCHES = 8  # router GEMM, softmax, top-k, masks or sort, dispatch and combine reorders
 GATE_SCORE_BYTES = 4  # routers compute softmax in fp32 (fairseq, Megatron)
 MASK_BYTES = GATE_SCORE_BYTES + 1  # einsum gating: fp32 combine weight + bool dispatch mask
+# Eager ops around the router and the all-to-alls of a PyTorch MoE layer, as the reference
+# executor issues them (softmax, top-k, sorts, counts, gathers, scatters, regrouping, residual):
+DYNAMIC_GLUE_OPS = 30
+STATIC_GLUE_OPS = 36
 
 
 def attention_time(
@@ -109,8 +115,10 @@ def _measured_attention(
     ab, d, q, kv = model.dtype_bytes, model.d_model, model.q_dim, model.kv_width
     projections = costs.matmul_time(tokens, d, q + kv) + costs.matmul_time(tokens, q, d)
     read = tokens * context * kv * ab if decode else tokens * kv * ab
-    core = costs.op_time(4.0 * tokens * context * q, read + 2.0 * tokens * q * ab, 1 + decode)
-    glue = costs.op_time(0.0, 5.0 * tokens * d * ab, 2)
+    flops = 4.0 * tokens * context * q
+    core = costs.attention_core_time(flops, read, read + 2.0 * tokens * q * ab, decode)
+    # norm, the K/V write (decode), heads back to rows, residual
+    glue = costs.op_time(0.0, 5.0 * tokens * d * ab + decode * tokens * kv * ab, 3 + decode)
     return np.where(np.asarray(tokens) > 0, projections + core + glue, 0.0)
 
 
@@ -132,20 +140,29 @@ def _measured_gate(
     capacity: np.ndarray | None,
     einsum: bool,
 ) -> np.ndarray:
-    """Measured router GEMM (and einsum dispatch/combine GEMMs); scores and reorders as ops."""
+    """Measured router GEMM (and einsum dispatch/combine GEMMs); the rest as the eager glue
+    ops of an index-based dispatcher (sorting by expert, gathers and scatters of the rows on
+    both sides of each all-to-all, the weighted combine and the residual)."""
     d, e, k, ab = model.d_model, model.num_experts, model.top_k, model.dtype_bytes
     router = costs.matmul_time(tokens, d, e)
-    scores = costs.op_time(0.0, 3.0 * tokens * e * GATE_SCORE_BYTES, 2)
-    if einsum and capacity is not None:
-        slots, rows = np.broadcast_arrays(e * np.asarray(capacity), np.asarray(tokens))
-        # dispatch: (slots x tokens) @ (tokens x d); combine: (tokens x slots) @ (slots x d)
+    row = d * ab
+    residual = 3.0 * tokens * row
+    if capacity is None:  # dynamic: gathers, regrouping and the scatter-add of rows
+        rows = tokens * k
+        moved = 13.0 * rows * row + 2.0 * tokens * row + residual + 16.0 * rows * 8
+        glue = costs.op_time(0.0, moved + 3 * tokens * e * GATE_SCORE_BYTES, DYNAMIC_GLUE_OPS)
+        return np.where(np.asarray(tokens) > 0, router + glue, 0.0)
+    slots = e * np.asarray(capacity)
+    moved = 8.0 * slots * row + residual + 3 * tokens * e * GATE_SCORE_BYTES
+    if einsum:  # dense S x E x C masks, dispatch and combine as GEMMs
+        slots_b, rows_b = np.broadcast_arrays(slots, np.asarray(tokens))
         einsums = [
             costs.matmul_time(c, int(t), d) + costs.matmul_time(t, int(c), d)
-            for c, t in zip(slots.ravel(), rows.ravel(), strict=True)
+            for c, t in zip(slots_b.ravel(), rows_b.ravel(), strict=True)
         ]
-        reorder = np.reshape(einsums, slots.shape)
-        reorder = reorder + costs.op_time(0.0, rows * slots * MASK_BYTES, GATE_LAUNCHES - 5)
+        moved = moved + 2.0 * tokens * slots * MASK_BYTES
+        glue = np.reshape(einsums, slots_b.shape) + costs.op_time(0.0, moved, STATIC_GLUE_OPS)
     else:
-        rows = tokens * k
-        reorder = costs.op_time(0.0, 2 * 2 * rows * d * ab + rows * 16, GATE_LAUNCHES - 3)
-    return np.where(np.asarray(tokens) > 0, router + scores + reorder, 0.0)
+        moved = moved + 4.0 * tokens * k * row
+        glue = costs.op_time(0.0, moved, STATIC_GLUE_OPS + 4)
+    return np.where(np.asarray(tokens) > 0, router + glue, 0.0)

@@ -147,7 +147,8 @@ def test_quick_calibration_reports_progress_and_restores_threads(quick):
     assert [call for call in progress if call[0] == "gemm"] == [
         ("gemm", done, cells) for done in range(1, cells + 1)
     ]
-    copies = len([4 * KIB * 4**i for i in range(5)]) + 2  # sizes, bandwidth, launch
+    # sizes, bandwidth, launch, attention decode and prefill
+    copies = len([4 * KIB * 4**i for i in range(5)]) + 4
     assert [call for call in progress if call[0] == "copies"][-1] == ("copies", copies, copies)
     assert progress[-1] == ("alltoall", 1, 1)
     assert torch.get_num_threads() == quick["threads_before"]
@@ -198,3 +199,12 @@ def test_quick_gpu_calibration_loads(tmp_path: Path):
     assert loaded.links.host.pinned is True and loaded.links.nvlink is None
     assert loaded.compute.gemm is not None and loaded.compute.gemm.dtype == "fp16"
     assert loaded.memory.capacity == torch.cuda.get_device_properties(0).total_memory
+
+
+def test_monotone_pools_a_dip_with_its_neighbours_by_hand():
+    from moesim.calibrate.fit import monotone
+
+    # 698, 190, 192 violate the order: they pool to their mean, 360
+    assert monotone([261, 698, 190, 192, 579]) == [261, 360, 360, 360, 579]
+    assert monotone([3, 2, 1]) == [2, 2, 2]
+    assert monotone([1, 2, 2, 5]) == [1, 2, 2, 5]
