@@ -177,6 +177,7 @@ def _assemble(
                 "latency": significant(host_latency),
                 "efficiency": 1.0,
                 "pinned": not on_cpu,
+                "overlaps_compute": not on_cpu,
                 "transfer": transfer,
                 "provenance": provenance(
                     f"copies of {_size(copy_sizes[0])}..{_size(copy_sizes[-1])} {host_link}; "

@@ -62,6 +62,10 @@ class LinkSpec(Frozen):
     efficiency: Efficiency = 0.8
     shared_by: int = Field(default=1, ge=1, description="GPUs that share this port")
     pinned: bool | None = Field(default=None, description="host link: pinned host memory")
+    overlaps_compute: bool = Field(
+        default=True,
+        description="host link: copies run on a copy engine beside compute (false on a CPU)",
+    )
     transfer: MeasuredCurve | None = Field(
         default=None, description="measured seconds of one copy of a size over this link"
     )

@@ -3,16 +3,17 @@
 Per buffered MoE layer and GPU: the layer's cache policy turns the experts the step needs
 (those with at least one token, ascending id) into hits and misses; a buffered expert with no
 token is not run, so under static gating its padding is skipped. Each miss is a host-to-device
-copy of one expert on the GPU's copy engine over its PCIe host link,
-``latency + bytes * shared_by / (bandwidth * efficiency)``; copies start when the count
-exchange has told the GPU which experts it needs (at the dispatch all-to-all, Huang et al.
-§VI) or when the engine frees up, one after another. Experts run in ascending id once the
-dispatch has ended, each no earlier than its copy: ``end_i = max(end_{i-1}, ready_i) +
-duration_i``. With prefetch, after its own misses the copy engine loads the next layer's
-predicted experts (``next-layer``: the layer's most requested so far; ``oracle``: exactly those
-it will need), which the next layer finds resident, waiting only if their copy has not
-landed. Time between the dispatch's end and the slowest GPU's last expert that is not compute
-is ``transfer``.
+copy of one expert on the GPU's copy engine over its PCIe host link, ``latency + bytes *
+shared_by / (bandwidth * efficiency)``; copies start when the count exchange has told the GPU
+which experts it needs (at the dispatch all-to-all, Huang et al. §VI) or when the engine frees
+up, one after another. Experts run in ascending id once the dispatch has ended, each no earlier
+than its copy: ``end_i = max(end_{i-1}, ready_i) + duration_i``. A device without a copy engine
+(``links.host.overlaps_compute: false``, a CPU) copies each missed expert on its compute stream
+just before running it. With prefetch, after its own misses the copy engine loads the next
+layer's predicted experts (``next-layer``: the layer's most requested so far; ``oracle``:
+exactly those it will need), which the next layer finds resident, waiting only if their copy
+has not landed. Time between the dispatch's end and the slowest GPU's last expert that is not
+compute is ``transfer``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Buffering:
         self.expert_bytes = model.expert_params * model.dtype_bytes
         host = cluster.device.links.host
         self.copy_s = float(transfer_time(host, self.expert_bytes * host.shared_by))
+        self.serial_copies = not host.overlaps_compute
 
     def _copies(self, gpu: int, layer: int, start: float, count: int) -> np.ndarray:
         """Landing times of ``count`` copies queued on ``gpu``'s copy engine from ``start``."""
@@ -82,6 +84,17 @@ class Buffering:
             (gpu, "copy", "copy_expert", layer, float(t) - self.copy_s, self.copy_s) for t in landed
         ]
         return landed
+
+    def _serial_spans(
+        self, gpu: int, layer: int, start: float, work: np.ndarray, missed: np.ndarray
+    ) -> None:
+        """Copy spans when the compute stream copies each missed expert just before it runs."""
+        clock = start
+        for duration, miss in zip(work, missed, strict=True):
+            if miss:
+                self.copy_spans.append((gpu, "copy", "copy_expert", layer, clock, self.copy_s))
+                clock += self.copy_s
+            clock += float(duration)
 
     def _layer(
         self,
@@ -106,24 +119,27 @@ class Buffering:
             stats.misses += misses
             stats.evictions += access.evictions
             ready = np.full(experts.size, dispatch_end)
-            # a copy may land before the tokens do: an expert starts after both
-            ready[~access.hit] = np.maximum(
-                self._copies(gpu, layer, dispatch_start, misses), dispatch_end
-            )
+            work = durations_U[experts]  # experts without tokens skip their padding
+            if self.serial_copies:  # the compute stream copies each miss before running it
+                self._serial_spans(gpu, layer, dispatch_end, work, ~access.hit)
+                work = work + self.copy_s * ~access.hit
+            else:  # a copy may land before the tokens do: an expert starts after both
+                ready[~access.hit] = np.maximum(
+                    self._copies(gpu, layer, dispatch_start, misses), dispatch_end
+                )
             for expert in experts[~access.hit]:
                 self.ready.pop((gpu, layer, int(expert)), None)  # a prefetch it outlived
             for i in np.flatnonzero(access.hit):
                 ready[i] = max(
                     dispatch_end, self.ready.pop((gpu, layer, int(experts[i])), dispatch_end)
                 )
-            work = durations_U[experts]  # experts without tokens skip their padding
             before = np.concatenate([[0.0], np.cumsum(work)[:-1]])
             # end_i = max(end_{i-1}, ready_i) + work_i, unrolled: S_i + max_j (ready_j - S_{j-1})
             finish = dispatch_end + work.sum()
             if experts.size:
                 finish = float(work.sum() + np.max(ready - before))
             end_G[gpu] = finish + shared_G[gpu]
-            stall_G[gpu] = max(0.0, finish - dispatch_end - work.sum())
+            stall_G[gpu] = max(0.0, finish - dispatch_end - durations_U[experts].sum())
         return end_G, stall_G
 
     def _prefetch(
