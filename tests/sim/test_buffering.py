@@ -31,6 +31,29 @@ def test_copies_by_hand(tmp_path) -> None:
     assert cache.stall_s == pytest.approx(2 * copy - work)
 
 
+def test_without_a_copy_engine_each_miss_is_copied_before_its_expert_runs(tmp_path) -> None:
+    # As test_copies_by_hand on a device whose compute stream copies (a CPU): no overlap, both
+    # copies add to the step in full, the expert phase still holds only the compute.
+    device = make_scenario().cluster.device
+    host = device.links.host.model_copy(update={"overlaps_compute": False})
+    device = device.model_copy(update={"links": device.links.model_copy(update={"host": host})})
+    cluster = {"nodes": 1, "gpus_per_node": 1, "device": device.model_dump()}
+    workload = trace_workload(tmp_path / "r.npz", np.array([0, 1]).reshape(1, 1, 2, 1))
+    cached = {"gating": {"name": "dynamic"}, "cache": {"name": "lru", "slots_per_layer": 1}}
+    plain, _ = run(make_scenario(cluster=cluster, workload=workload))
+    result, records = run(
+        make_scenario(cluster=cluster, workload=workload, policies=cached), trace_steps=1
+    )
+    copy = 1e-5 + 2 * 4 * 8 * 4 / 1e9
+    work = 2 * 1 * 64 / 1e12
+    assert result.time_breakdown_s["expert"] == pytest.approx(2 * work, rel=1e-12)
+    assert result.time_breakdown_s["transfer"] == pytest.approx(2 * copy, rel=1e-12)
+    assert result.latency_s.mean == pytest.approx(plain.latency_s.mean + 2 * copy, rel=1e-12)
+    copies = records.spans.name == "copy_expert"
+    starts = np.sort(records.spans.start_s[copies])
+    assert starts[1] - starts[0] == pytest.approx(copy + work, rel=1e-9)  # copy, run, copy
+
+
 def _scenario(cache, steps=12):
     model = dict(TINY_MODEL, num_experts=16, top_k=2, layers=4)
     work = {
