@@ -131,6 +131,7 @@ def _plot(rows: list[MetricRow], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     latency = [r for r in rows if r.metric == "latency_p50_s"]
     phases = [r for r in rows if r.metric.endswith("_s_per_step") and not math.isnan(r.error)]
@@ -149,9 +150,14 @@ def _plot(rows: list[MetricRow], path: Path) -> None:
             max(measured.max(), predicted.max()) * 1.2,
         )
         left.plot([low, high], [low, high], "k--", linewidth=1, label="prediction = measurement")
+        for band in (0.9, 1.1):
+            left.plot([low, high], [low * band, high * band], "k:", linewidth=0.8)
         left.set_xscale("log")
         left.set_yscale("log")
-        left.legend()
+        for axis in (left.xaxis, left.yaxis):
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(ScalarFormatter())
+        left.legend(title="dotted: within 10%")
     left.set_xlabel("measured p50 step latency (ms)")
     left.set_ylabel("predicted p50 step latency (ms)")
     left.set_title("step latency")
