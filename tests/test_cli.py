@@ -104,8 +104,8 @@ def _bad_trace(tmp_path, ids) -> Path:
         (lambda d: _bad_trace(d, np.zeros((2, 2, 64, 2), dtype=int)), "same expert twice"),
         (lambda d: _bad_trace(d, np.zeros((2, 2, 64, 2))), "expected integers"),
         (lambda d: _bad_trace(d, np.tile(np.arange(2), (1, 2, 8, 1))), "holds 8 tokens"),
-        (lambda d: d, "cannot read as .npz"),  # a folder
-        (lambda d: (np.save(d / "x.npy", np.zeros(3)), d / "x.npy")[1], "expected an .npz"),
+        (lambda d: d, "cannot read as an .npz trace"),  # a folder
+        (lambda d: (np.save(d / "x.npy", np.zeros(3)), d / "x.npy")[1], "not a zip file"),
     ],
 )
 def test_bad_trace_files_through_a_run_are_one_line(tmp_path, capsys, make, fragment) -> None:

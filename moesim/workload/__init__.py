@@ -8,17 +8,20 @@ from moesim.workload.stream import (
     tokens_per_gpu,
 )
 from moesim.workload.synthetic import SyntheticRouter, rank_table, zipf_weights
-from moesim.workload.trace import load_trace, recut
+from moesim.workload.trace import Trace, load_trace, read_trace, recut, save_trace
 
 __all__ = [
     "StepChunk",
     "SyntheticRouter",
+    "Trace",
     "chunk_steps",
     "load_trace",
     "rank_table",
+    "read_trace",
     "recut",
     "routing_chunks",
     "routing_rng",
+    "save_trace",
     "tokens_per_gpu",
     "zipf_weights",
 ]

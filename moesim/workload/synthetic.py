@@ -18,6 +18,7 @@ __all__ = ["SyntheticRouter", "zipf_weights"]
 
 _MAX_REJECTION_ROUNDS = 64
 _TABLE_BITS = 20
+_LAYER_TABLE_BITS = 16  # per-layer tables (fitted skews): 2**-16 granularity, 128 KiB each
 
 
 def zipf_weights(num_experts: int, skew: float) -> np.ndarray:
@@ -51,12 +52,29 @@ class SyntheticRouter:
         top_k: int,
         layers: int,
         rng: np.random.Generator,
+        *,
+        skew_L: np.ndarray | None = None,
+        locality_L: np.ndarray | None = None,
     ) -> None:
+        """``skew_L`` / ``locality_L``: per-layer values (a ``fit``) instead of the spec's."""
         skew = 0.0 if spec.distribution == "uniform" else spec.skew
-        self.weights_E = zipf_weights(num_experts, skew)
-        self._table = rank_table(self.weights_E)
-        self.uniform = skew == 0.0
-        self.locality = spec.locality
+        skews = np.full(layers, skew) if skew_L is None else np.asarray(skew_L, dtype=np.float64)
+        self.per_layer = bool(layers) and not np.all(skews == skews[0])
+        self.weights_LE = (
+            np.stack([zipf_weights(num_experts, s) for s in skews])
+            if layers
+            else (zipf_weights(num_experts, skew)[None])
+        )
+        if self.per_layer:  # one smaller table per layer
+            self._table = np.concatenate(
+                [rank_table(w, _LAYER_TABLE_BITS) for w in self.weights_LE]
+            )
+            self._table_size = 1 << _LAYER_TABLE_BITS
+        else:
+            self._table = rank_table(self.weights_LE[0])
+            self._table_size = self._table.size
+        self.uniform = not self.per_layer and float(skews[0] if layers else skew) == 0.0
+        self.locality = spec.locality if locality_L is None else np.asarray(locality_L)[None]
         self.num_experts = num_experts
         self.top_k = top_k
         self.layers = layers
@@ -88,14 +106,21 @@ class SyntheticRouter:
         self._ranking_LE = ranking_NLE[-1]
         return ranking_NLE
 
-    def _draw_ranks(self, shape: tuple[int, ...]) -> np.ndarray:
+    def _draw_ranks(self, layer_R: np.ndarray | None, size: int) -> np.ndarray:
+        """Ranks for ``size`` draws; ``layer_R``: each draw's layer (per-layer tables only)."""
         if self.uniform:
-            return self.rng.integers(0, self.num_experts, size=shape, dtype=np.uint32)
-        return self._table[self.rng.integers(0, self._table.size, size=shape, dtype=np.uint32)]
+            return self.rng.integers(0, self.num_experts, size=size, dtype=np.uint32)
+        index = self.rng.integers(0, self._table_size, size=size, dtype=np.uint32)
+        if self.per_layer:
+            index = index + layer_R.astype(np.int64) * self._table_size
+        return self._table[index]
 
-    def ranks(self, rows: int) -> np.ndarray:
-        """``ranks_KR``: ``K`` distinct popularity ranks for each of ``rows`` tokens."""
-        ranks_KR = self._draw_ranks((self.top_k, rows))
+    def ranks(self, rows: int, layer_R: np.ndarray | None = None) -> np.ndarray:
+        """``ranks_KR``: ``K`` distinct popularity ranks for each of ``rows`` tokens, drawn
+        from the popularity of each row's layer (``layer_R``)."""
+        ranks_KR = self._draw_ranks(
+            None if layer_R is None else np.tile(layer_R, self.top_k), self.top_k * rows
+        ).reshape(self.top_k, rows)
         for k in range(1, self.top_k):
             clash = ranks_KR[0] == ranks_KR[k]
             for j in range(1, k):
@@ -104,16 +129,20 @@ class SyntheticRouter:
                 rows_clash = np.flatnonzero(clash)
                 if rows_clash.size == 0:
                     break
-                redrawn = self._draw_ranks((rows_clash.size,))
+                layers = None if layer_R is None else layer_R[rows_clash]
+                redrawn = self._draw_ranks(layers, rows_clash.size)
                 ranks_KR[k, rows_clash] = redrawn
                 clash[rows_clash] = (ranks_KR[:k, rows_clash] == redrawn).any(axis=0)
             else:
-                self._gumbel_fill(ranks_KR, np.flatnonzero(clash), k)
+                self._gumbel_fill(ranks_KR, np.flatnonzero(clash), k, layer_R)
         return ranks_KR
 
-    def _gumbel_fill(self, ranks_KR: np.ndarray, rows: np.ndarray, k: int) -> None:
+    def _gumbel_fill(
+        self, ranks_KR: np.ndarray, rows: np.ndarray, k: int, layer_R: np.ndarray | None
+    ) -> None:
         """Redraw choices ``k..K-1`` of ``rows`` without replacement (Gumbel top-k)."""
-        keys = np.log(self.weights_E)[None, :] + self.rng.gumbel(size=(rows.size, self.num_experts))
+        weights = self.weights_LE[layer_R[rows]] if self.per_layer else self.weights_LE[:1]
+        keys = np.log(weights) + self.rng.gumbel(size=(rows.size, self.num_experts))
         np.put_along_axis(keys, ranks_KR[:k, rows].T.astype(np.int64), -np.inf, axis=1)
         order = np.argsort(-keys, axis=1)[:, : self.top_k - k]
         ranks_KR[k:, rows] = order.T
@@ -121,7 +150,10 @@ class SyntheticRouter:
     def draw(self, steps: int, tokens: int) -> np.ndarray:
         """``expert_ids_NLTK`` for ``steps`` consecutive steps of ``tokens`` tokens."""
         ranking_NLE = self.rankings(steps)
-        ranks_KR = self.ranks(steps * self.layers * tokens)
+        layer_R = None
+        if self.per_layer:  # rows run (step, layer, token)
+            layer_R = np.tile(np.repeat(np.arange(self.layers), tokens), steps)
+        ranks_KR = self.ranks(steps * self.layers * tokens, layer_R)
         ranks_NLX = ranks_KR.T.reshape(steps, self.layers, tokens * self.top_k)
         offsets_NL = np.arange(steps * self.layers, dtype=np.int64) * self.num_experts
         experts = ranking_NLE.ravel()[ranks_NLX + offsets_NL.reshape(steps, self.layers, 1)]
