@@ -189,11 +189,11 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         _apply(data, key, value)
     routing = (data.get("workload") or {}).get("routing")
     placement = (data.get("policies") or {}).get("placement")
-    for section in (routing, placement):  # files named relative to the scenario
-        if isinstance(section, dict) and isinstance(section.get("path"), str):
-            named = Path(section["path"])
+    for section, key in ((routing, "path"), (routing, "fit"), (placement, "path")):
+        if isinstance(section, dict) and isinstance(section.get(key), str):  # relative to us
+            named = Path(section[key])
             if not named.is_absolute() and (near / named).exists():
-                section["path"] = str(near / named)
+                section[key] = str(near / named)
 
     try:
         return Scenario.model_validate(data)

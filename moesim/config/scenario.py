@@ -47,13 +47,15 @@ class SyntheticRouting(Frozen):
 
     Popularity is a Zipf law over a random ranking of the experts (``skew: 0`` is uniform).
     At each step a layer keeps the previous step's ranking with probability ``locality`` and
-    draws a fresh one otherwise; layers are independent.
+    draws a fresh one otherwise; layers are independent. ``fit``: a trace whose per-layer skew
+    and locality replace ``skew`` and ``locality`` (``workload.fit``).
     """
 
     source: Literal["synthetic"]
     distribution: Literal["uniform", "zipf"] = "zipf"
     skew: float = Field(default=1.0, ge=0)
     locality: float = Field(default=0.0, ge=0, le=1)
+    fit: str | None = Field(default=None, min_length=1)
 
 
 class TraceRouting(Frozen):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.config import Scenario, SyntheticRouting
+from moesim.workload.fit import fit_routing
 from moesim.workload.synthetic import SyntheticRouter
 from moesim.workload.trace import load_trace, recut
 
@@ -85,8 +86,13 @@ def _stream(scenario: Scenario, start: int, total: int) -> Iterator[tuple[int, n
         # Whole blocks with their own generators: step n's routing never depends on the window.
         # A block before the window only moves the rankings on (they carry across blocks).
         block = block_steps(scenario)
+        fitted = {}
+        if routing.fit is not None:  # per-layer skew and locality that look like the trace
+            sample = load_trace(routing.fit, model.num_experts, model.top_k, layers)
+            skew_L, locality_L = fit_routing(sample, model.num_experts, model.top_k)
+            fitted = {"skew_L": skew_L, "locality_L": locality_L}
         router = SyntheticRouter(
-            routing, model.num_experts, model.top_k, layers, routing_rng(scenario, 0)
+            routing, model.num_experts, model.top_k, layers, routing_rng(scenario, 0), **fitted
         )
         for index, first in enumerate(range(0, total, block)):
             router.reseed(routing_rng(scenario, index))
