@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from moesim import api
+from moesim.cli_trace import add_trace_parser, run_trace
 from moesim.config import Scenario
 from moesim.errors import MoesimError
 from moesim.metrics import Result
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     _profile_options(run)
     _calibrate_parser(commands)
     _validate_parser(commands)
+    add_trace_parser(commands)
     return parser
 
 
@@ -370,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _calibrate(args, console)
         elif args.command == "validate":
             return _validate(args, console)
+        elif args.command == "trace":
+            run_trace(args, console)
     except MoesimError as error:
         print(f"moesim: error: {error}", file=sys.stderr)
         return 2

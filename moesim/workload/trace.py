@@ -63,7 +63,8 @@ def save_trace(
         raise ValueError(
             f"expert_ids must be integers [steps, layers, tokens, top_k], got {ids.shape}"
         )
-    arrays = {"expert_ids": ids, "metadata": np.array(json.dumps(metadata or {}))}
+    small = np.int16 if ids.size == 0 or int(ids.max()) <= np.iinfo(np.int16).max else np.int32
+    arrays = {"expert_ids": ids.astype(small), "metadata": np.array(json.dumps(metadata or {}))}
     if gate_weights is not None:
         if np.shape(gate_weights) != ids.shape:
             raise ValueError(f"gate_weights must have the shape of expert_ids, {ids.shape}")

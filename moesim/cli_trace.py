@@ -1,0 +1,166 @@
+"""``moesim trace``: capture routing from a local Hugging Face model, convert published traces,
+and describe a trace (skew, locality, co-activation), with plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from moesim.errors import MoesimError
+from moesim.workload import read_trace, save_trace
+from moesim.workload.convert import FORMATS, convert
+from moesim.workload.trace_stats import layer_stats
+
+__all__ = ["add_trace_parser", "run_trace"]
+
+
+def add_trace_parser(commands: argparse._SubParsersAction) -> None:
+    trace = commands.add_parser("trace", help="capture, convert and describe routing traces")
+    actions = trace.add_subparsers(dest="action", required=True)
+    capture = actions.add_parser("capture", help="record routing from a local HF MoE model")
+    capture.add_argument("--model", help="local Hugging Face checkpoint folder")
+    capture.add_argument("--text", required=True, help="text file (UTF-8) to run through it")
+    capture.add_argument("--out", required=True, help="trace .npz to write")
+    capture.add_argument("--phase", choices=("prefill", "decode"), default="prefill")
+    capture.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    capture.add_argument("--batch-size", type=int, default=8, help="sequences per step")
+    capture.add_argument("--new-tokens", type=int, default=16, help="decode steps")
+    capture.add_argument("--max-steps", type=int, help="stop after this many steps")
+    stats = actions.add_parser("stats", help="per-layer skew, locality and co-activation")
+    stats.add_argument("trace", help="trace .npz")
+    stats.add_argument("--plot", metavar="DIR", help="write popularity and heatmap PNGs")
+    stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    conv = actions.add_parser("convert", help="convert a published trace layout to .npz")
+    conv.add_argument("inputs", nargs="+", help="Parquet files/folder (flame) or JSONL files")
+    conv.add_argument("--out", required=True, help="trace .npz to write")
+    conv.add_argument("--format", choices=FORMATS, help="default: from the first input")
+    conv.add_argument("--tokens-per-step", type=int, help="flame: 2048; megatron: a step's")
+    conv.add_argument("--num-experts", type=int, help="experts per layer (default: max id + 1)")
+    conv.add_argument("--model", help="model name for the metadata")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("capturing"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    )
+
+
+def _positive(value: int | None, name: str) -> None:
+    if value is not None and value < 1:
+        raise MoesimError(f"{name}: expected a positive number, got {value}")
+
+
+def _capture(args: argparse.Namespace) -> Path:
+    from moesim.workload.capture import capture
+
+    for value, name in (
+        (args.seq_len, "--seq-len"),
+        (args.batch_size, "--batch-size"),
+        (args.new_tokens, "--new-tokens"),
+        (args.max_steps, "--max-steps"),
+    ):
+        _positive(value, name)
+    try:
+        text = Path(args.text).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise MoesimError(f"--text {args.text}: cannot read: {error}") from None
+    with _progress() as progress:
+        task = progress.add_task("steps", total=None)
+        trace = capture(
+            args.model,
+            [line for line in text.splitlines() if line.strip()],
+            phase=args.phase,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            new_tokens=args.new_tokens,
+            max_steps=args.max_steps,
+            on_step=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    return save_trace(
+        args.out, trace.expert_ids, gate_weights=trace.gate_weights, metadata=trace.metadata
+    )
+
+
+def _convert(args: argparse.Namespace) -> Path:
+    import datetime
+
+    _positive(args.tokens_per_step, "--tokens-per-step")
+    trace = convert([Path(p) for p in args.inputs], args.format, args.tokens_per_step)
+    ids = trace.expert_ids
+    largest = int(ids.max()) if ids.size else -1
+    experts = args.num_experts or largest + 1
+    if largest >= experts:
+        raise MoesimError(f"--num-experts {experts}: the trace uses expert {largest}")
+    metadata = {
+        **trace.metadata,
+        "model": args.model or "unknown",
+        "num_experts": experts,
+        "top_k": int(ids.shape[3]),
+        "phase": "prefill",
+        "date": datetime.date.today().isoformat(),
+    }
+    return save_trace(args.out, ids, gate_weights=trace.gate_weights, metadata=metadata)
+
+
+def _stats(args: argparse.Namespace, console: Console) -> None:
+    trace = read_trace(args.trace)
+    stats = layer_stats(trace.expert_ids, trace.num_experts)
+    if args.json:
+        print(json.dumps({"metadata": trace.metadata, "layers": [vars(s) for s in stats]}))
+    else:
+        n, layers, tokens, top_k = trace.expert_ids.shape
+        meta = trace.metadata
+        console.print(
+            f"[bold]{args.trace}[/]: {meta.get('model', 'unknown model')}, {n} steps x "
+            f"{tokens} tokens, {layers} MoE layers, {trace.num_experts} experts, top-{top_k}"
+            f" ({meta.get('source', 'source not recorded')})"
+        )
+        table = Table(title_justify="left")
+        for column in ("layer", "zipf s", "step s", "busiest", "reuse", "persist", "top pair"):
+            table.add_column(column, justify="right")
+        for s in stats:
+            i, j, share = s.strongest_pair
+            table.add_row(
+                str(s.layer),
+                f"{s.zipf_exponent:.2f}",
+                f"{s.step_skew:.2f}",
+                f"{s.busiest_share:.3f}",
+                f"{s.temporal_locality:.3f}",
+                f"{s.persistence:.3f}",
+                f"{i}+{j}: {share:.3f}",
+            )
+        console.print(table)
+        console.print(
+            "zipf s: exponent of the layer's popularity; step s: within a step, averaged; "
+            "busiest: top expert's share; reuse: chance an expert used in a step is used in the "
+            "next; persist: correlation of consecutive steps' loads; top pair: most "
+            "co-activated experts and the share of tokens choosing both"
+        )
+    if args.plot:
+        from moesim.workload.trace_plots import plot_stats
+
+        for path in plot_stats(stats, Path(args.plot), Path(args.trace).stem):
+            Console(stderr=True, highlight=False).print(f"wrote {path}")
+
+
+def run_trace(args: argparse.Namespace, console: Console) -> None:
+    if args.action == "stats":
+        _stats(args, console)
+        return
+    written = _capture(args) if args.action == "capture" else _convert(args)
+    trace = read_trace(written)
+    n, layers, tokens, top_k = trace.expert_ids.shape
+    console.print(f"{n} steps x {tokens} tokens, {layers} MoE layers, top-{top_k}")
+    Console(stderr=True, highlight=False).print(f"wrote {written}")
