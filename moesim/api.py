@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from moesim.config import Scenario, load_scenario
 from moesim.errors import MoesimError
+from moesim.files import publish
 from moesim.metrics import Result, RunRecords, chrome_trace
 from moesim.policies import PlacementPlan, save_eplb
 from moesim.sim import simulate
@@ -52,7 +53,7 @@ def _write_json(path: Path, document: Any) -> None:
         with os.fdopen(handle, "w") as stream:
             json.dump(document, stream, indent=1)
             stream.write("\n")
-        os.replace(temporary, path)
+        publish(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

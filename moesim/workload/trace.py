@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from moesim.errors import ConfigError
+from moesim.files import publish
 from moesim.workload.npz_mmap import load_member
 
 __all__ = ["METADATA_KEYS", "Trace", "load_trace", "read_trace", "recut", "save_trace"]
@@ -74,7 +75,7 @@ def save_trace(
     os.close(handle)
     try:
         np.savez(temporary, **arrays)
-        os.replace(temporary, out)
+        publish(temporary, out)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

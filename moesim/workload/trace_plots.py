@@ -33,6 +33,9 @@ def plot_stats(stats: list[LayerStats], out: Path, title: str) -> list[Path]:
             linewidth=1,
             label=f"layer {layer.layer} (s={layer.zipf_exponent:.2f})",
         )
+    from matplotlib.ticker import ScalarFormatter
+
+    axis.xaxis.set_major_formatter(ScalarFormatter())
     axis.set_xlabel("expert rank by popularity")
     axis.set_ylabel("share of the layer's token-expert assignments")
     axis.set_title(f"{title}: expert popularity per MoE layer")

@@ -19,6 +19,9 @@ PUBLISHED = [
     ("deepseek-v3", 671e9, 58, 0.01),  # DeepSeek-V3 report (without the MTP module)
     # by hand: 4 x (attention 4*512^2 + 8 experts 2*512*1024 + router 512*8) + 4096*512 tied
     ("validation-moe", 39_862_272, 4, 1e-9),
+    # by hand: 4 x (q, k+v (2 of 4 heads), o: 3*64^2 + 8 GLU experts 3*64*128 + router 64*8)
+    # + untied 2*256*64
+    ("tiny-mixtral", 870_400, 4, 1e-9),
 ]
 
 
