@@ -2,10 +2,11 @@
 
 The model runs on text with ``output_router_logits=True``; each MoE layer's router logits give
 every token's top-k experts (highest first) and their softmax probabilities. That is the
-routing of softmax routers (Mixtral, Qwen2-MoE / Qwen3-MoE, OLMoE, Switch and NLLB-MoE
-encoders); for routers that add a bias or limit groups before their top-k (DeepSeek-V3) it is
-the top-k of the raw logits, an approximation. Nothing is downloaded: the checkpoint must be a
-local folder. Without a tokenizer in it, text is read as UTF-8 bytes (ids modulo the vocabulary).
+routing of softmax routers (Mixtral, Qwen2-MoE / Qwen3-MoE, OLMoE, and the encoders of Switch
+Transformers and NLLB-MoE, captured in prefill); for routers that add a bias or limit groups
+before their top-k (DeepSeek-V3) it is the top-k of the raw logits, an approximation. Nothing
+is downloaded: the checkpoint must be a local folder. Without a tokenizer in it, text is read
+as UTF-8 bytes (ids modulo the vocabulary).
 
 - ``prefill``: the text's tokens as one stream, cut into sequences of ``seq_len``; each step
   is one forward pass over ``batch_size`` sequences (``batch_size x seq_len`` tokens).
@@ -35,6 +36,7 @@ HOW_TO_GET_A_MODEL = (
 )
 _EXPERTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 _TOP_K = ("num_experts_per_tok", "moe_topk", "num_selected_experts", "top_k", "router_topk")
+_FIXED_TOP_K = {"switch_transformers": 1, "nllb_moe": 2}  # set in their code, not their config
 
 Progress = Callable[[int, int], None]
 
@@ -101,7 +103,7 @@ def capture(
         raise MoesimError(HOW_TO_GET_A_MODEL)
     try:
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
     except ImportError:
         raise MoesimError("trace capture needs transformers: pip install 'moesim[trace]'") from None
     from transformers.utils import logging
@@ -110,11 +112,15 @@ def capture(
     path = Path(model_path)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+        loader = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        model = loader.from_pretrained(path, local_files_only=True).eval()
     except (OSError, ValueError, KeyError) as error:
-        raise MoesimError(f"{path}: cannot load as a causal MoE language model: {error}") from None
+        raise MoesimError(f"{path}: cannot load as an MoE language model: {error}") from None
+    if config.is_encoder_decoder and phase == "decode":
+        raise MoesimError(f"{path}: an encoder-decoder model is captured in its encoder (prefill)")
     experts = _config_value(config, _EXPERTS, "expert count", path)
-    top_k = _config_value(config, _TOP_K, "top-k", path)
+    top_k = _FIXED_TOP_K.get(config.model_type) or _config_value(config, _TOP_K, "top-k", path)
+    forward = model.get_encoder() if config.is_encoder_decoder else model
     stream, tokenized = _tokens(path, texts, config.vocab_size)
     sequences = len(stream) // seq_len
     if sequences < batch_size:
@@ -133,7 +139,7 @@ def capture(
             )
             for step in range(total):
                 batch = torch.as_tensor(batches[step * batch_size : (step + 1) * batch_size])
-                out = model(batch, output_router_logits=True)
+                out = forward(batch, output_router_logits=True)
                 ids, weights = _route(out.router_logits, top_k)
                 steps_ids.append(ids)
                 steps_weights.append(weights)

@@ -151,3 +151,29 @@ def test_cli_capture_then_stats_then_a_scenario_replays_it(tmp_path, capsys):
     stats = json.loads(capsys.readouterr().out)
     assert len(stats["layers"]) == 2
     assert sum(stats["layers"][0]["popularity"]) == pytest.approx(1.0)
+
+
+def test_an_encoder_decoder_is_captured_in_its_encoder_with_its_fixed_top_k(tmp_path):
+    from transformers import SwitchTransformersConfig, SwitchTransformersForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = SwitchTransformersConfig(
+        vocab_size=256,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        num_experts=4,
+        encoder_sparse_step=1,
+        decoder_sparse_step=1,
+        expert_capacity=64,
+    )
+    path = tmp_path / "switch"
+    SwitchTransformersForConditionalGeneration(config).save_pretrained(path)
+    trace = capture(path, TEXT, seq_len=8, batch_size=2, max_steps=2)
+    assert trace.expert_ids.shape == (2, 2, 16, 1) and trace.metadata["top_k"] == 1
+    assert trace.expert_ids.max() < 4
+    with pytest.raises(MoesimError, match="captured in its encoder"):
+        capture(path, TEXT, phase="decode", seq_len=8, batch_size=2)
