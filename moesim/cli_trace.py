@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from moesim.errors import MoesimError
-from moesim.workload import read_trace, save_trace
+from moesim.workload import Trace, check_ids, read_trace, save_trace
 from moesim.workload.convert import FORMATS, convert
 from moesim.workload.trace_stats import layer_stats
 
@@ -43,6 +43,12 @@ def add_trace_parser(commands: argparse._SubParsersAction) -> None:
     conv.add_argument("--tokens-per-step", type=int, help="flame: 2048; megatron: a step's")
     conv.add_argument("--num-experts", type=int, help="experts per layer (default: max id + 1)")
     conv.add_argument("--model", help="model name for the metadata")
+    conv.add_argument(
+        "--phase",
+        choices=("prefill", "decode"),
+        default="prefill",
+        help="the phase the trace recorded (metadata)",
+    )
 
 
 def _progress() -> Progress:
@@ -76,6 +82,7 @@ def _capture(args: argparse.Namespace) -> Path:
         text = Path(args.text).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise MoesimError(f"--text {args.text}: cannot read: {error}") from None
+    _check_out(args.out)
     with _progress() as progress:
         task = progress.add_task("steps", total=None)
         trace = capture(
@@ -88,34 +95,49 @@ def _capture(args: argparse.Namespace) -> Path:
             max_steps=args.max_steps,
             on_step=lambda done, total: progress.update(task, completed=done, total=total),
         )
-    return save_trace(
-        args.out, trace.expert_ids, gate_weights=trace.gate_weights, metadata=trace.metadata
-    )
+    return _save(args.out, trace)
 
 
 def _convert(args: argparse.Namespace) -> Path:
     import datetime
 
     _positive(args.tokens_per_step, "--tokens-per-step")
+    _positive(args.num_experts, "--num-experts")
+    _check_out(args.out)
     trace = convert([Path(p) for p in args.inputs], args.format, args.tokens_per_step)
     ids = trace.expert_ids
-    largest = int(ids.max()) if ids.size else -1
-    experts = args.num_experts or largest + 1
-    if largest >= experts:
-        raise MoesimError(f"--num-experts {experts}: the trace uses expert {largest}")
+    experts = args.num_experts or int(ids.max()) + 1
+    check_ids(ids, experts, args.inputs[0])
     metadata = {
         **trace.metadata,
         "model": args.model or "unknown",
         "num_experts": experts,
         "top_k": int(ids.shape[3]),
-        "phase": "prefill",
+        "phase": args.phase,
         "date": datetime.date.today().isoformat(),
     }
-    return save_trace(args.out, ids, gate_weights=trace.gate_weights, metadata=metadata)
+    return _save(args.out, Trace(ids, trace.gate_weights, metadata))
+
+
+def _check_out(out: str) -> None:
+    if Path(out).is_dir():
+        raise MoesimError(f"--out {out}: is a folder; expected a trace file such as x.npz")
+
+
+def _save(out: str, trace: Trace) -> Path:
+    try:
+        return save_trace(
+            out, trace.expert_ids, gate_weights=trace.gate_weights, metadata=trace.metadata
+        )
+    except OSError as error:
+        raise MoesimError(f"--out {out}: cannot write: {error.strerror or error}") from None
 
 
 def _stats(args: argparse.Namespace, console: Console) -> None:
     trace = read_trace(args.trace)
+    check_ids(trace.expert_ids, trace.num_experts, args.trace)
+    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
+        raise MoesimError(f"--plot {args.plot}: exists and is not a folder")
     stats = layer_stats(trace.expert_ids, trace.num_experts)
     if args.json:
         print(json.dumps({"metadata": trace.metadata, "layers": [vars(s) for s in stats]}))

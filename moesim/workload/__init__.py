@@ -8,12 +8,13 @@ from moesim.workload.stream import (
     tokens_per_gpu,
 )
 from moesim.workload.synthetic import SyntheticRouter, rank_table, zipf_weights
-from moesim.workload.trace import Trace, load_trace, read_trace, recut, save_trace
+from moesim.workload.trace import Trace, check_ids, load_trace, read_trace, recut, save_trace
 
 __all__ = [
     "StepChunk",
     "SyntheticRouter",
     "Trace",
+    "check_ids",
     "chunk_steps",
     "load_trace",
     "rank_table",

@@ -36,7 +36,7 @@ HOW_TO_GET_A_MODEL = (
 )
 _EXPERTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 _TOP_K = ("num_experts_per_tok", "moe_topk", "num_selected_experts", "top_k", "router_topk")
-_FIXED_TOP_K = {"switch_transformers": 1, "nllb_moe": 2}  # set in their code, not their config
+_FIXED_TOP_K = {"switch_transformers": 1, "nllb-moe": 2}  # set in their code, not their config
 
 Progress = Callable[[int, int], None]
 

@@ -43,15 +43,35 @@ def _cut(stream_LXK: np.ndarray, weights_LXK: np.ndarray | None, tokens: int, so
     return cut(stream_LXK), None if weights_LXK is None else cut(weights_LXK)
 
 
-def _list_column(table, name: str, source: str) -> np.ndarray:
-    """A Parquet list column of equal-length lists as a 2-D array."""
+def _list_column(table, name: str, source: str, integer: bool) -> np.ndarray:
+    """A Parquet column of equal-length lists (or of scalars: top-1) as a 2-D array."""
     import pyarrow as pa
 
     column = table.column(name).combine_chunks()
+    nested = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+    values = column.flatten() if nested else column
+    numeric = pa.types.is_integer(values.type) or (
+        not integer and pa.types.is_floating(values.type)
+    )
+    if not numeric:
+        expected = "integers" if integer else "numbers"
+        raise MoesimError(f"{source}: column {name}: expected {expected}, got {values.type}")
+    if column.null_count or values.null_count:
+        raise MoesimError(f"{source}: column {name}: has missing values")
+    if not nested:
+        return column.to_numpy().reshape(-1, 1)
     lengths = np.unique(pa.compute.list_value_length(column).to_numpy(zero_copy_only=False))
-    if lengths.size != 1:
+    if lengths.size != 1 or lengths[0] < 1:
         raise MoesimError(f"{source}: column {name}: expected lists of one length, got {lengths}")
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), int(lengths[0]))
+    return values.to_numpy(zero_copy_only=False).reshape(len(column), int(lengths[0]))
+
+
+def _by_score(ids: np.ndarray, scores: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each token's experts highest score first (the trace format's order)."""
+    if scores is None:
+        return ids, None
+    order = np.argsort(-scores, axis=-1, kind="stable")
+    return np.take_along_axis(ids, order, -1), np.take_along_axis(scores, order, -1)
 
 
 def _layer_number(path: Path) -> int:
@@ -78,10 +98,13 @@ def from_flame_parquet(paths: list[Path], tokens_per_step: int) -> Trace:
             raise MoesimError(f"{file}: cannot read as Parquet: {error}") from None
         if "indices" not in table.column_names:
             raise MoesimError(f"{file}: no column 'indices' (has {table.column_names})")
-        layer_ids = _list_column(table, "indices", str(file))
-        layer_scores = (
-            _list_column(table, "scores", str(file)) if "scores" in table.column_names else None
-        )
+        layer_ids = _list_column(table, "indices", str(file), integer=True)
+        layer_scores = None
+        if "scores" in table.column_names:
+            layer_scores = _list_column(table, "scores", str(file), integer=False)
+            if layer_scores.shape != layer_ids.shape:
+                raise MoesimError(f"{file}: scores and indices differ in length")
+        layer_ids, layer_scores = _by_score(layer_ids, layer_scores)
         if "layer" in table.column_names:  # one file, every layer
             layer_of = table.column("layer").to_numpy()
             for layer in np.unique(layer_of):
@@ -100,64 +123,78 @@ def from_flame_parquet(paths: list[Path], tokens_per_step: int) -> Trace:
     return Trace(expert_ids, gate_weights, metadata)
 
 
+def _megatron_records(path: Path) -> list[tuple]:
+    """``(stage, block, mtp_idx, step, layer, rank, top_indices)`` of each record."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise MoesimError(f"{path}: cannot read: {error}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            top = np.asarray(record["top_indices"], dtype=np.int64)
+            if top.ndim != 2 or 0 in top.shape:
+                raise ValueError(f"top_indices has shape {top.shape}, expected [tokens][top_k]")
+            records.append(
+                (
+                    record.get("stage"),
+                    record.get("block", "decoder"),
+                    record.get("mtp_idx"),
+                    int(record["step"]),
+                    int(record["layer"]),
+                    int(record.get("rank", 0)),
+                    top,
+                )
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+            raise MoesimError(
+                f"{path}:{number}: expected a record with step, layer and top_indices "
+                f"({type(error).__name__}: {error})"
+            ) from None
+    return records
+
+
 def from_megatron_jsonl(paths: list[Path], tokens_per_step: int | None) -> Trace:
     """A trace from Megatron-Core routing-trace JSONL files (see the module docstring)."""
-    records = []
-    for path in paths:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise MoesimError(f"{path}: cannot read: {error}") from None
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                records.append(
-                    (
-                        record.get("stage"),
-                        record.get("block", "decoder"),
-                        record.get("mtp_idx"),
-                        int(record["step"]),
-                        int(record["layer"]),
-                        int(record.get("rank", 0)),
-                        np.asarray(record["top_indices"], dtype=np.int64),
-                    )
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                raise MoesimError(
-                    f"{path}:{number}: expected a record with step, layer and top_indices "
-                    f"({type(error).__name__}: {error})"
-                ) from None
+    records = [record for path in paths for record in _megatron_records(path)]
     if not records:
         raise MoesimError(f"{paths[0]}: no routing records")
-    stages = {r[0] for r in records}
+    widths = {record[6].shape[1] for record in records}
+    if len(widths) != 1:
+        raise MoesimError(f"{paths[0]}: records disagree on top-k {sorted(widths)}")
+    stages = {record[0] for record in records}
     stage = "pre_dispatch" if "pre_dispatch" in stages else sorted(stages, key=str)[0]
     steps: dict[int, dict[int, list[tuple[int, np.ndarray]]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for record_stage, block, mtp, step, layer, rank, top in records:
         if record_stage == stage and block == "decoder" and mtp is None:
-            steps[step][layer].append((rank, top.reshape(len(top), -1)))
+            steps[step][layer].append((rank, top))
     layers = sorted({layer for by_layer in steps.values() for layer in by_layer})
     per_layer: list[list[np.ndarray]] = [[] for _ in layers]
-    first_tokens = None
+    skipped = 0
     for step in sorted(steps):
-        if sorted(steps[step]) != layers:
-            continue  # a step missing a layer (a partial file) is left out
-        for index, layer in enumerate(layers):
-            ranks = sorted(steps[step][layer], key=lambda item: item[0])
-            chunk = np.concatenate([top for _, top in ranks])
+        chunks = [
+            np.concatenate([top for _, top in sorted(steps[step][layer], key=lambda r: r[0])])
+            for layer in layers
+            if layer in steps[step]
+        ]
+        if len(chunks) != len(layers) or len({len(chunk) for chunk in chunks}) != 1:
+            skipped += 1  # a step missing a layer or a rank (a partial file) is left out
+            continue
+        for index, chunk in enumerate(chunks):
             per_layer[index].append(chunk)
-            first_tokens = first_tokens or len(chunk)
-    if first_tokens is None:
-        raise MoesimError(f"{paths[0]}: no step has every layer's records")
-    widths = {c.shape[1] for chunks in per_layer for c in chunks}
-    if len(widths) != 1:
-        raise MoesimError(f"{paths[0]}: records disagree on top-k {sorted(widths)}")
+    if not per_layer or not per_layer[0]:
+        raise MoesimError(f"{paths[0]}: no step has every layer's records for the same tokens")
     stream = np.stack([np.concatenate(chunks) for chunks in per_layer])
-    ids, _ = _cut(stream, None, tokens_per_step or first_tokens, str(paths[0]))
-    return Trace(ids, None, {"source": f"megatron jsonl: {', '.join(str(p) for p in paths)}"})
+    ids, _ = _cut(stream, None, tokens_per_step or len(per_layer[0][0]), str(paths[0]))
+    source = f"megatron jsonl: {', '.join(str(p) for p in paths)}"
+    if skipped:
+        source += f" ({skipped} incomplete steps left out)"
+    return Trace(ids, None, {"source": source})
 
 
 def convert(paths: list[Path], format: str | None, tokens_per_step: int | None) -> Trace:

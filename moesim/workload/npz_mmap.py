@@ -22,7 +22,10 @@ _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 byte
 def load_member(path: Path, name: str) -> np.ndarray:
     """``name`` from the archive at ``path``: a read-only memory map when stored, else read."""
     with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo(f"{name}.npy")
+        try:
+            info = archive.getinfo(f"{name}.npy")
+        except KeyError:
+            raise ValueError(f"no member {name}.npy") from None
         if info.compress_type != zipfile.ZIP_STORED:
             with archive.open(info) as stream:
                 return np.lib.format.read_array(stream, allow_pickle=False)
@@ -30,7 +33,8 @@ def load_member(path: Path, name: str) -> np.ndarray:
         stream.seek(info.header_offset)
         fields = _LOCAL_HEADER.unpack(stream.read(_LOCAL_HEADER.size))
         name_length, extra_length = fields[9], fields[10]
-        stream.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
+        data_start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+        stream.seek(data_start)
         major, _ = np.lib.format.read_magic(stream)
         read_header = (
             np.lib.format.read_array_header_1_0
@@ -39,6 +43,8 @@ def load_member(path: Path, name: str) -> np.ndarray:
         )
         shape, fortran, dtype = read_header(stream)
         offset = stream.tell()
+    if int(np.prod(shape)) * dtype.itemsize > info.file_size - (offset - data_start):
+        raise ValueError(f"{name}.npy is truncated: its header promises more data than it holds")
     if dtype.hasobject:
         raise ValueError(f"{name} holds Python objects")
     if not shape or 0 in shape:  # nothing to map: a scalar or an empty array

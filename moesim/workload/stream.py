@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.config import Scenario, SyntheticRouting
-from moesim.workload.fit import fit_routing
+from moesim.workload.fit import fit_trace
 from moesim.workload.synthetic import SyntheticRouter
 from moesim.workload.trace import load_trace, recut
 
@@ -88,8 +88,7 @@ def _stream(scenario: Scenario, start: int, total: int) -> Iterator[tuple[int, n
         block = block_steps(scenario)
         fitted = {}
         if routing.fit is not None:  # per-layer skew and locality that look like the trace
-            sample = load_trace(routing.fit, model.num_experts, model.top_k, layers)
-            skew_L, locality_L = fit_routing(sample, model.num_experts, model.top_k)
+            skew_L, locality_L = fit_trace(routing.fit, model.num_experts, model.top_k, layers)
             fitted = {"skew_L": skew_L, "locality_L": locality_L}
         router = SyntheticRouter(
             routing, model.num_experts, model.top_k, layers, routing_rng(scenario, 0), **fitted
@@ -102,7 +101,7 @@ def _stream(scenario: Scenario, start: int, total: int) -> Iterator[tuple[int, n
                 yield first, router.draw(block, tokens)[: total - first]
     else:
         trace = load_trace(routing.path, model.num_experts, model.top_k, layers)
-        ids = recut(trace, total, tokens, routing.path)
+        ids = recut(trace, total, tokens, routing.path, model.num_experts)
         for first in range(start, total, per_chunk):
             yield first, ids[first : first + per_chunk]
 

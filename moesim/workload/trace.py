@@ -27,7 +27,15 @@ from moesim.errors import ConfigError
 from moesim.files import publish
 from moesim.workload.npz_mmap import load_member
 
-__all__ = ["METADATA_KEYS", "Trace", "load_trace", "read_trace", "recut", "save_trace"]
+__all__ = [
+    "METADATA_KEYS",
+    "Trace",
+    "check_ids",
+    "load_trace",
+    "read_trace",
+    "recut",
+    "save_trace",
+]
 
 METADATA_KEYS = ("model", "num_experts", "top_k", "phase", "source", "date")
 _BLOCK_ELEMENTS = 1 << 22  # validated at a time
@@ -47,7 +55,7 @@ class Trace:
         given = self.metadata.get("num_experts")
         if given is not None:
             return int(given)
-        return int(_extremes(self.expert_ids)[1]) + 1 if self.expert_ids.size else 0
+        return max(1, int(_extremes(self.expert_ids)[1]) + 1) if self.expert_ids.size else 1
 
 
 def save_trace(
@@ -65,11 +73,14 @@ def save_trace(
             f"expert_ids must be integers [steps, layers, tokens, top_k], got {ids.shape}"
         )
     small = np.int16 if ids.size == 0 or int(ids.max()) <= np.iinfo(np.int16).max else np.int32
-    arrays = {"expert_ids": ids.astype(small), "metadata": np.array(json.dumps(metadata or {}))}
+    arrays = {
+        "expert_ids": np.ascontiguousarray(ids, dtype=small),
+        "metadata": np.array(json.dumps(metadata or {})),
+    }
     if gate_weights is not None:
         if np.shape(gate_weights) != ids.shape:
             raise ValueError(f"gate_weights must have the shape of expert_ids, {ids.shape}")
-        arrays["gate_weights"] = np.asarray(gate_weights, dtype=np.float32)
+        arrays["gate_weights"] = np.ascontiguousarray(gate_weights, dtype=np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".npz")
     os.close(handle)
@@ -96,12 +107,13 @@ def _extremes(ids: np.ndarray) -> tuple[int, int]:
 
 
 def read_trace(path: str | Path) -> Trace:
-    """The trace at ``path``, its arrays memory-mapped, its structure checked."""
+    """The trace at ``path``, its arrays memory-mapped, its structure checked (not its ids:
+    ``check_ids`` reads them, and a run checks only the steps it uses)."""
     file = Path(path)
     name = str(path)
     try:
         with zipfile.ZipFile(file) as archive:
-            members = {Path(m).stem for m in archive.namelist()}
+            members = {m[:-4] for m in archive.namelist() if m.endswith(".npy")}
     except (OSError, zipfile.BadZipFile) as error:
         raise ConfigError(name, None, f"cannot read as an .npz trace: {error}") from None
     if "expert_ids" not in members:
@@ -112,9 +124,11 @@ def read_trace(path: str | Path) -> Trace:
         text = str(load_member(file, "metadata")) if "metadata" in members else "{}"
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise ConfigError(name, None, f"cannot read as an .npz trace: {error}") from None
-    if ids.ndim != 4:
+    if ids.ndim != 4 or 0 in ids.shape:
         raise ConfigError(
-            name, "expert_ids", f"expected 4 dims [steps, layers, tokens, top_k], got {ids.shape}"
+            name,
+            "expert_ids",
+            f"expected 4 non-empty dims [steps, layers, tokens, top_k], got {ids.shape}",
         )
     if not np.issubdtype(ids.dtype, np.integer):
         raise ConfigError(name, "expert_ids", f"expected integers, got {ids.dtype}")
@@ -128,17 +142,37 @@ def read_trace(path: str | Path) -> Trace:
         raise ConfigError(name, "metadata", f"not JSON: {error}") from None
     if not isinstance(metadata, dict):
         raise ConfigError(name, "metadata", "expected a JSON object")
+    experts = metadata.get("num_experts")
+    if experts is not None and (type(experts) is not int or experts < 1):
+        raise ConfigError(
+            name, "metadata.num_experts", f"expected a positive integer, got {experts!r}"
+        )
     return Trace(ids, weights, metadata)
 
 
+def check_ids(ids: np.ndarray, num_experts: int, file: str = "trace") -> None:
+    """Ids within ``[0, num_experts)`` and distinct within each token's top-k."""
+    if not ids.size:
+        return
+    low, high = _extremes(ids)
+    if low < 0 or high >= num_experts:
+        raise ConfigError(
+            file, "expert_ids", f"ids span [{low}, {high}], expected [0, {num_experts - 1}]"
+        )
+    if ids.shape[-1] > 1 and any(
+        (np.diff(np.sort(block, axis=-1), axis=-1) == 0).any() for block in _blocks(ids)
+    ):
+        raise ConfigError(file, "expert_ids", "a token picks the same expert twice in its top-k")
+
+
 def load_trace(path: str | Path, num_experts: int, top_k: int, layers: int) -> np.ndarray:
-    """``expert_ids_NLTK`` from ``path`` (memory-mapped), checked against the model's E, K and
-    MoE layers: integer ids in range, ``top_k`` distinct experts per token."""
+    """``expert_ids_NLTK`` from ``path``, memory-mapped, its shape and metadata checked against
+    the model's E, K and MoE layers (``recut`` checks the ids it uses)."""
     file = str(path)
     trace = read_trace(path)
     ids = trace.expert_ids
     given = trace.metadata.get("num_experts")
-    if given is not None and int(given) != num_experts:
+    if given is not None and given != num_experts:
         raise ConfigError(
             file, "metadata.num_experts", f"is {given}, the model has {num_experts} experts"
         )
@@ -148,20 +182,15 @@ def load_trace(path: str | Path, num_experts: int, top_k: int, layers: int) -> n
         )
     if ids.shape[3] != top_k:
         raise ConfigError(file, "expert_ids", f"has top_k {ids.shape[3]}, the model uses {top_k}")
-    if ids.size:
-        low, high = _extremes(ids)
-        if low < 0 or high >= num_experts:
-            raise ConfigError(
-                file, "expert_ids", f"ids span [{low}, {high}], expected [0, {num_experts - 1}]"
-            )
-    if top_k > 1 and any((np.diff(np.sort(b, axis=-1), axis=-1) == 0).any() for b in _blocks(ids)):
-        raise ConfigError(file, "expert_ids", "a token picks the same expert twice in its top-k")
     return ids
 
 
-def recut(ids_NLTK: np.ndarray, steps: int, tokens: int, file: str = "trace") -> np.ndarray:
+def recut(
+    ids_NLTK: np.ndarray, steps: int, tokens: int, file: str = "trace", num_experts: int = 0
+) -> np.ndarray:
     """The first ``steps x tokens`` tokens of a trace re-cut into ``steps`` steps of ``tokens``
-    tokens (see the module docstring), read into memory as small integers."""
+    tokens (see the module docstring), read into memory as small integers and, given
+    ``num_experts``, checked (``check_ids``)."""
     n, layers, t, k = ids_NLTK.shape
     if n * t < steps * tokens:
         raise ConfigError(
@@ -171,6 +200,8 @@ def recut(ids_NLTK: np.ndarray, steps: int, tokens: int, file: str = "trace") ->
             f"{steps * tokens} ({steps} steps x {tokens})",
         )
     used = np.asarray(ids_NLTK[: math.ceil(steps * tokens / t) if t else 0])
+    if num_experts:
+        check_ids(used, num_experts, file)
     small = np.int16 if used.size == 0 or int(used.max()) <= np.iinfo(np.int16).max else np.int32
     used = used.astype(small)
     if (used.shape[0], t) == (steps, tokens):

@@ -177,3 +177,28 @@ def test_an_encoder_decoder_is_captured_in_its_encoder_with_its_fixed_top_k(tmp_
     assert trace.expert_ids.max() < 4
     with pytest.raises(MoesimError, match="captured in its encoder"):
         capture(path, TEXT, phase="decode", seq_len=8, batch_size=2)
+
+
+def test_nllb_moe_is_captured_in_its_encoder_with_top_2(tmp_path):
+    from transformers import NllbMoeConfig, NllbMoeForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = NllbMoeConfig(
+        vocab_size=256,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_experts=4,
+        expert_capacity=64,
+        encoder_sparse_step=1,
+        decoder_sparse_step=1,
+        max_position_embeddings=128,
+    )
+    path = tmp_path / "nllb"
+    NllbMoeForConditionalGeneration(config).save_pretrained(path)
+    trace = capture(path, TEXT, seq_len=8, batch_size=2, max_steps=2)
+    assert trace.expert_ids.shape == (2, 2, 16, 2) and trace.metadata["top_k"] == 2

@@ -119,3 +119,46 @@ def test_cli_convert_writes_a_trace_with_metadata(tmp_path, capsys):
     assert trace.metadata["top_k"] == 2 and "megatron jsonl" in trace.metadata["source"]
     assert main(["trace", "convert", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_flame_ids_are_ordered_by_score_and_bad_values_refused(tmp_path):
+    table = pa.table({"indices": [[1, 2], [3, 4]], "scores": [[0.1, 0.9], [0.6, 0.4]]})
+    pq.write_table(table, tmp_path / "layer_0.parquet")
+    trace = convert([tmp_path / "layer_0.parquet"], "flame", tokens_per_step=2)
+    assert trace.expert_ids[0, 0].tolist() == [[2, 1], [3, 4]]
+    np.testing.assert_allclose(trace.gate_weights[0, 0], [[0.9, 0.1], [0.6, 0.4]], rtol=1e-6)
+    pq.write_table(pa.table({"indices": [[1, None], [3, 4]]}), tmp_path / "null.parquet")
+    with pytest.raises(MoesimError, match="missing values"):
+        convert([tmp_path / "null.parquet"], "flame", 2)
+    pq.write_table(pa.table({"indices": [[1.5, 2.0]]}), tmp_path / "float.parquet")
+    with pytest.raises(MoesimError, match="expected integers"):
+        convert([tmp_path / "float.parquet"], "flame", 1)
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ([[1, 2]], "expected a record"),
+        ([{"step": 0, "layer": 0, "top_indices": []}], "expected a record"),
+        (
+            [
+                {"step": 0, "layer": 0, "rank": 0, "top_indices": [[1, 2]]},
+                {"step": 0, "layer": 0, "rank": 1, "top_indices": [[1]]},
+            ],
+            "disagree on top-k",
+        ),
+    ],
+)
+def test_megatron_malformed_records_are_one_line(tmp_path, capsys, records, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    assert main(["trace", "convert", str(path), "--out", str(tmp_path / "o.npz")]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+
+
+def test_cli_stats_refuses_ids_out_of_range_in_one_line(tmp_path, capsys):
+    path = tmp_path / "big.npz"
+    np.savez(path, expert_ids=np.full((2, 2, 3, 1), 9), metadata=np.array('{"num_experts": 4}'))
+    assert main(["trace", "stats", str(path)]) == 2
+    assert "ids span [9, 9], expected [0, 3]" in capsys.readouterr().err

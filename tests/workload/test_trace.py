@@ -33,7 +33,7 @@ def test_recut_needs_enough_tokens(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("ids", "fragment"),
     [
-        (np.zeros((2, 3, 4)), "expected 4 dims"),
+        (np.zeros((2, 3, 4)), "expected 4 non-empty dims"),
         (np.zeros((2, 3, 4, 1)), "expected integers"),
         (np.zeros((2, 2, 4, 1), dtype=int), "has 2 MoE layers"),
         (np.zeros((2, 3, 4, 2), dtype=int), "has top_k 2"),
@@ -41,8 +41,9 @@ def test_recut_needs_enough_tokens(tmp_path) -> None:
     ],
 )
 def test_bad_traces_are_named(tmp_path, ids, fragment) -> None:
-    with pytest.raises(ConfigError) as caught:
-        load_trace(_save(tmp_path, ids), num_experts=5, top_k=1, layers=3)
+    with pytest.raises(ConfigError) as caught:  # shapes on loading, ids on reading the steps
+        loaded = load_trace(_save(tmp_path, ids), num_experts=5, top_k=1, layers=3)
+        recut(loaded, steps=2, tokens=4, num_experts=5)
     assert fragment in caught.value.message
     assert caught.value.field == "expert_ids"
 

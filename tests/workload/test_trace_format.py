@@ -70,3 +70,39 @@ def test_a_failed_write_leaves_the_previous_trace(tmp_path):
         save_trace(path, _ids(), gate_weights=np.zeros(2))
     assert read_trace(path).metadata == {"model": "first"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.npz"]
+
+
+def test_a_failed_replace_cleans_up_and_keeps_what_was_there(tmp_path):
+    target = tmp_path / "t.npz"
+    target.mkdir()  # a folder where the file should go: the final replace fails
+    (target / "keep").write_text("x")
+    with pytest.raises(OSError):
+        save_trace(target, _ids())
+    assert (target / "keep").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.npz"]
+
+
+def test_truncated_or_nested_members_are_refused(tmp_path):
+    import io
+    import zipfile
+
+    array = io.BytesIO()
+    np.lib.format.write_array(array, _ids())
+    with zipfile.ZipFile(tmp_path / "cut.npz", "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("expert_ids.npy", array.getvalue()[:-16])
+        archive.writestr("other.npy", b"x" * 64)
+    with pytest.raises(ConfigError, match="truncated"):
+        read_trace(tmp_path / "cut.npz")
+    with zipfile.ZipFile(tmp_path / "nested.npz", "w") as archive:
+        archive.writestr("sub/expert_ids.npy", array.getvalue())
+    with pytest.raises(ConfigError, match="expert_ids: missing"):
+        read_trace(tmp_path / "nested.npz")
+
+
+def test_a_run_checks_only_the_steps_it_reads(tmp_path):
+    ids = _ids(steps=6)
+    ids[5, 0, 0] = [0, 0]  # a duplicate in a step the scenario never reads
+    path = save_trace(tmp_path / "t.npz", ids)
+    assert recut(load_trace(path, 6, 2, 2), steps=2, tokens=4, num_experts=6).shape == (2, 2, 4, 2)
+    with pytest.raises(ConfigError, match="same expert twice"):
+        recut(load_trace(path, 6, 2, 2), steps=6, tokens=4, num_experts=6)

@@ -88,3 +88,21 @@ def test_a_scenario_fitted_to_a_trace_shows_the_traces_statistics(tmp_path):
     assert synthetic[1].persistence > synthetic[0].persistence + 0.5
     result, _ = run(scenario)
     assert result.tokens.routed == 2 * 64 * 2 * 128
+
+
+@pytest.mark.parametrize(("experts", "top_k", "tokens"), [(8, 2, 1), (64, 1, 4)])
+def test_fit_from_tiny_steps_keeps_the_order_of_skews_and_stays_inside(experts, top_k, tokens):
+    """With fewer than 4 x E assignments a step, steps are pooled: the fit is approximate but
+    orders the layers as their skews and neither collapses to 0 nor hits the bracket."""
+    router = SyntheticRouter(
+        SyntheticRouting(source="synthetic"),
+        experts,
+        top_k,
+        3,
+        np.random.default_rng(5),
+        skew_L=np.array([0.5, 1.0, 2.0]),
+        locality_L=np.array([0.5, 0.5, 0.5]),
+    )
+    skew, locality = fit_routing(router.draw(4000, tokens), experts, top_k)
+    assert skew[0] < skew[1] < skew[2] < 4.0 and skew[1] > 0.2
+    assert np.all((locality > 0) & (locality < 1))
