@@ -43,8 +43,12 @@ def main() -> None:
         "source": trace.metadata["source"].replace(folder, "a temporary folder")
         + "; demonstration only: random routers, not a trained model",
     }
-    out = save_trace(HERE / "tiny-mixtral-random.npz", trace.expert_ids,
-                     gate_weights=trace.gate_weights, metadata=metadata)
+    out = save_trace(
+        HERE / "tiny-mixtral-random.npz",
+        trace.expert_ids,
+        gate_weights=trace.gate_weights,
+        metadata=metadata,
+    )
     print(f"wrote {out}: {trace.expert_ids.shape}")
 
 
