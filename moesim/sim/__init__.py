@@ -1,5 +1,5 @@
 """The SimPy cluster model: local work, collectives, memory and the inference loop."""
 
-from moesim.sim.engine import simulate
+from moesim.sim.engine import OutOfMemoryError, simulate
 
-__all__ = ["simulate"]
+__all__ = ["OutOfMemoryError", "simulate"]

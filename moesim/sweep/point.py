@@ -1,0 +1,58 @@
+"""Running one point of a sweep into one flat row: its parameters and every scalar metric."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from moesim import api
+from moesim.config import load_scenario
+from moesim.errors import MoesimError
+from moesim.sim import OutOfMemoryError
+from moesim.sweep.spec import Point
+
+__all__ = ["flatten_result", "label", "run_point"]
+
+
+def label(value: Any) -> Any:
+    """A parameter as a table cell: scalars as they are, a policy mapping as ``name k=v ...``,
+    anything else as JSON."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, dict) and "name" in value:
+        rest = " ".join(f"{k}={json.dumps(v)}" for k, v in value.items() if k != "name")
+        return f"{value['name']} {rest}".strip()
+    return json.dumps(value, sort_keys=True)
+
+
+def flatten_result(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every scalar of ``result.json`` as ``a.b`` columns; a list of numbers becomes its
+    maximum (``..._max``: per-device figures, the busiest device); the per-step table and the
+    configuration are left out."""
+    row: dict[str, Any] = {}
+    for key, value in document.items():
+        name = f"{prefix}{key}"
+        if key in ("per_step", "config", "gpu_tokens_by_layer", "imbalance_by_layer"):
+            continue
+        if isinstance(value, dict):
+            row |= flatten_result(value, f"{name}.")
+        elif isinstance(value, list):
+            numbers = [v for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
+            if numbers:
+                row[f"{name}_max"] = float(max(numbers))
+        elif value is None or isinstance(value, bool | int | float | str):
+            row[name] = value
+    return row
+
+
+def run_point(base: str, point: Point) -> dict[str, Any]:
+    """Simulate one point; a configuration that does not fit is a row, not a crash."""
+    row: dict[str, Any] = {"point_id": point.id, "point": point.index}
+    row |= {key: label(value) for key, value in point.params}
+    try:
+        result, _ = api.run(load_scenario(base, point.overrides))
+    except OutOfMemoryError as error:
+        return row | {"status": "out_of_memory", "error": str(error)}
+    except MoesimError as error:
+        return row | {"status": "error", "error": str(error)}
+    return row | {"status": "ok", "error": ""} | flatten_result(result.model_dump(mode="json"))

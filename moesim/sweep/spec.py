@@ -1,0 +1,170 @@
+"""A sweep file and the points it expands to.
+
+```yaml
+base: scenarios/paper-lm.yaml          # relative to the sweep file
+grid:                                  # every combination (product), in the order written
+  workload.batch_size: [8, 16, 32]
+  policies.gating: [{name: static, capacity_factor: 1.0}, {name: dynamic}]
+zip:                                   # lists of one length, taken together
+  cluster.nodes: [1, 2, 4]
+  workload.batch_size: [64, 128, 256]
+random:                                # n points drawn with a seed
+  n: 20
+  seed: 0
+  params:
+    workload.routing.skew: {uniform: [0.0, 2.0]}
+    policies.cache.slots_per_layer: {randint: [1, 16]}
+    cluster.device: {choice: [a100-sxm4-80gb, h100-sxm5-80gb]}
+```
+
+Sections combine as a product: every grid combination with every zip row with every random
+draw. A point is the list of ``(dotted path, value)`` overrides applied to the base scenario;
+its id hashes them, so a rerun recognises the points it has done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from moesim.config import read_yaml
+from moesim.errors import ConfigError
+
+__all__ = ["Point", "SweepSpec", "load_sweep"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Distribution(_Strict):
+    """One of: ``choice`` (a list), ``uniform`` / ``loguniform`` ([low, high]),
+    ``randint`` ([low, high], both included)."""
+
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        given = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of choice, uniform, loguniform, randint")
+        if self.loguniform and min(self.loguniform) <= 0:
+            raise ValueError("loguniform bounds must be positive")
+        for name in ("uniform", "loguniform", "randint"):
+            bounds = getattr(self, name)
+            if bounds and bounds[0] > bounds[1]:
+                raise ValueError(f"{name}: low must not exceed high")
+        return self
+
+    def draw(self, rng: np.random.Generator) -> Any:
+        if self.choice is not None:
+            return self.choice[int(rng.integers(len(self.choice)))]
+        if self.uniform is not None:
+            return float(rng.uniform(*self.uniform))
+        if self.loguniform is not None:
+            low, high = np.log(self.loguniform)
+            return float(np.exp(rng.uniform(low, high)))
+        low, high = self.randint
+        return int(rng.integers(low, high + 1))
+
+
+class RandomSection(_Strict):
+    n: int = Field(ge=1, le=1_000_000)
+    seed: int = 0
+    params: dict[str, Distribution] = Field(min_length=1)
+
+
+class SweepSpec(_Strict):
+    base: str
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    zip: dict[str, list[Any]] = Field(default_factory=dict)
+    random: RandomSection | None = None
+
+    @model_validator(mode="after")
+    def _shapes(self) -> SweepSpec:
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key}: empty list")
+        lengths = {len(values) for values in self.zip.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"zip: lists of different lengths {sorted(lengths)}")
+        if lengths == {0}:
+            raise ValueError("zip: empty lists")
+        return self
+
+
+@dataclass(frozen=True)
+class Point:
+    """One scenario of the sweep: the overrides of the base, in order."""
+
+    index: int
+    params: tuple[tuple[str, Any], ...]
+
+    @property
+    def id(self) -> str:
+        text = json.dumps([[k, v] for k, v in self.params], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def overrides(self) -> list[str]:
+        """``KEY=VALUE`` strings for ``load_scenario`` (values as JSON, which YAML reads)."""
+        return [f"{key}={json.dumps(value)}" for key, value in self.params]
+
+    def describe(self) -> str:
+        return ", ".join(f"{key}={json.dumps(value)}" for key, value in self.params)
+
+
+def _expand(spec: SweepSpec) -> list[tuple[tuple[str, Any], ...]]:
+    grid = [
+        tuple(zip(spec.grid, combination, strict=True))
+        for combination in itertools.product(*spec.grid.values())
+    ]
+    rows = (
+        [tuple(zip(spec.zip, row, strict=True)) for row in zip(*spec.zip.values(), strict=True)]
+        if spec.zip
+        else [()]
+    )
+    draws: list[tuple[tuple[str, Any], ...]] = [()]
+    if spec.random is not None:
+        rng = np.random.default_rng(spec.random.seed)
+        draws = [
+            tuple((key, dist.draw(rng)) for key, dist in spec.random.params.items())
+            for _ in range(spec.random.n)
+        ]
+    return [g + r + d for g in grid for r in rows for d in draws]
+
+
+@dataclass(frozen=True)
+class LoadedSweep:
+    spec: SweepSpec
+    base: Path
+    points: list[Point]
+
+
+def load_sweep(path: str | Path) -> LoadedSweep:
+    """Read and expand a sweep file; errors name the file and the field."""
+    path = Path(path)
+    data = read_yaml(path)
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        raise ConfigError(str(path), field, first["msg"]) from None
+    base = Path(spec.base)
+    if not base.is_absolute():
+        base = path.resolve().parent / base if (path.parent / base).exists() else base
+    if not base.is_file():
+        raise ConfigError(str(path), "base", f"no scenario file {spec.base}")
+    points = [Point(i, params) for i, params in enumerate(_expand(spec))]
+    return LoadedSweep(spec, base, points)
