@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from moesim import api
+from moesim.cli_sweep import add_sweep_parsers, run_plot, run_sweep_command
 from moesim.cli_trace import add_trace_parser, run_trace
 from moesim.config import Scenario
 from moesim.errors import MoesimError
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     _calibrate_parser(commands)
     _validate_parser(commands)
     add_trace_parser(commands)
+    add_sweep_parsers(commands)
     return parser
 
 
@@ -374,6 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args, console)
         elif args.command == "trace":
             run_trace(args, console)
+        elif args.command == "sweep":
+            run_sweep_command(args, console)
+        elif args.command == "plot":
+            run_plot(args, console)
     except MoesimError as error:
         print(f"moesim: error: {error}", file=sys.stderr)
         return 2
