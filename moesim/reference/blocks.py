@@ -76,22 +76,27 @@ class AttentionBlock:
         self.out = random_weight((self.q_dim, d), self.q_dim, gen, dtype, device)
 
     def kv_cache(self, sequences: int, seq_len: int, gen, dtype, device) -> torch.Tensor:
-        """``[S, 2, kv_heads, seq_len, head_dim]``: the cached K/V, whose last position the
-        new token writes (it attends over ``seq_len`` positions, as the simulator counts)."""
+        """Decode: ``[S, 2, kv_heads, seq_len, head_dim]``, the cached K/V, whose last position
+        the new token writes (it attends over ``seq_len`` positions, as the simulator counts)."""
         shape = (sequences, 2, self.kv_heads, seq_len, self.head_dim)
         return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
 
-    def __call__(self, x: torch.Tensor, cache: torch.Tensor | None, seq_len: int):
+    def prompt_cache(self, tokens: int, dtype, device) -> torch.Tensor:
+        """Prefill: ``[tokens, 2 x kv_heads x head_dim]``, where the prompt's K/V is kept."""
+        return torch.empty((tokens, 2 * self.kv_heads * self.head_dim), dtype=dtype, device=device)
+
+    def __call__(self, x: torch.Tensor, cache: torch.Tensor, seq_len: int):
         tokens, d = x.shape
         h = F.layer_norm(x, (d,), self.norm_weight, self.norm_bias)
         qkv = h @ self.qkv
         q, kv = qkv[:, : self.q_dim], qkv[:, self.q_dim :]
         gqa = self.kv_heads != self.heads
-        if cache is not None:  # decode: one new position per sequence
+        if cache.dim() == 5:  # decode: one new position per sequence
             cache[:, :, :, -1] = kv.view(tokens, 2, self.kv_heads, self.head_dim)
             q = q.view(tokens, self.heads, 1, self.head_dim)
             core = F.scaled_dot_product_attention(q, cache[:, 0], cache[:, 1], enable_gqa=gqa)
-        else:  # prefill: whole causal sequences
+        else:  # prefill: whole causal sequences; their K/V stays for the decode to come
+            cache.copy_(kv)
             batch = tokens // seq_len
             q = q.view(batch, seq_len, self.heads, self.head_dim).transpose(1, 2)
             kv = kv.view(batch, seq_len, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)

@@ -10,6 +10,7 @@ waiting in them) to ``alltoall``, so a row sums to the latency as the simulator'
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import tempfile
@@ -60,12 +61,27 @@ def _check_device(device: str, world: int) -> None:
         )
 
 
+def _first_error(tmp: str) -> str | None:
+    """The message of the rank that failed first, if any wrote one."""
+    stamped = []
+    for path in Path(tmp).glob("error*"):
+        when, _, message = path.read_text().partition("\n")
+        stamped.append((float(when), message))
+    return min(stamped)[1] if stamped else None
+
+
 def _launch(work: Workplan, device: str, tmp: str, warmup: int, on_step: StepCallback | None):
     world = work.plan.gpus
     steps = work.units_NLTK.shape[0]
     if world == 1:
-        run_rank(0, 1, work, device, tmp, warmup)
+        try:
+            run_rank(0, 1, work, device, tmp, warmup)
+        except MoesimError:
+            raise
+        except Exception:
+            raise MoesimError(f"reference executor failed: {_first_error(tmp)}") from None
         return
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     context = mp.start_processes(
         run_rank,
         args=(world, work, device, tmp, warmup),
@@ -80,11 +96,9 @@ def _launch(work: Workplan, device: str, tmp: str, warmup: int, on_step: StepCal
                 text = progress.read_text()
                 if text:
                     on_step(int(text), steps)
-    except mp.ProcessRaisedException as error:
-        last = str(error).strip().splitlines()[-1]
-        raise MoesimError(f"reference executor: a rank failed: {last}") from None
-    except mp.ProcessExitedException as error:
-        raise MoesimError(f"reference executor: a rank died: {error}") from None
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
+        cause = _first_error(tmp) or str(error).strip().splitlines()[-1]
+        raise MoesimError(f"reference executor: a rank failed: {cause}") from None
 
 
 def execute(

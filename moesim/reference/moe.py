@@ -46,6 +46,10 @@ class MoeAccount:
     activation_bytes: int
 
 
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 @dataclass
 class MoeLayer:
     gate: torch.Tensor  # [D, E] router weights
@@ -123,20 +127,17 @@ class MoeLayer:
             y = torch.zeros_like(x)
             y.index_add_(0, token, back * weights.reshape(-1)[order, None])
 
-        def account() -> MoeAccount:
-            row_bytes = float(x.shape[1] * x.element_size())
-            sent = (np.asarray(in_splits) + np.asarray(out_splits)) * row_bytes
-            sent += counts.element_size() * np.asarray(self.units_per_gpu)
-            live = [x, weights, send, rows, out, back, *outputs[:1]]
-            return MoeAccount(
-                processed=tokens * top_k,
-                padded=0,
-                received=sum(sizes),
-                sent_bytes_G=sent,
-                activation_bytes=sum(t.numel() * t.element_size() for t in live),
-            )
-
-        return y, account
+        row_bytes = float(x.shape[1] * x.element_size())
+        sent = (np.asarray(in_splits) + np.asarray(out_splits)) * row_bytes
+        sent += counts.element_size() * np.asarray(self.units_per_gpu)
+        account = MoeAccount(
+            processed=tokens * top_k,
+            padded=0,
+            received=sum(sizes),
+            sent_bytes_G=sent,
+            activation_bytes=_nbytes(x, weights, send, rows, out, back, *outputs[:1]),
+        )
+        return y, lambda: account
 
     def _slots(self, route: LayerRoute) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Kept assignments (token, choice) and their slot in their unit: first by choice,
@@ -180,8 +181,9 @@ class MoeLayer:
                 for p, cap in zip(rows.split(out_splits), capacity, strict=True)
             ]
             grouped = [torch.cat([p[j] for p in parts]) for j in range(mine)]
-        # a buffered layer needs to know which experts have tokens: padding rows are all zero
-        real = [int(g.ne(0).any(dim=1).sum()) for g in grouped] if self.store.cache else None
+        # which experts have tokens: padding rows are all zero (a buffered layer needs it to
+        # choose its requests; otherwise it is only counted, a small cost in the step)
+        real = [int(torch.count_nonzero(g.abs().sum(dim=1))) for g in grouped]
         outputs = self.store.run(grouped, real, timer, counters)
         with timer.phase("gate"):
             edges = np.cumsum([0, *capacity])
@@ -194,7 +196,7 @@ class MoeLayer:
                 ]
             )
         with timer.phase("alltoall"):
-            back = comm.alltoall(out, out_splits, in_splits).view(-1, c, d)
+            back = comm.alltoall(out, out_splits, in_splits).view(self.units, c, d)
         with timer.phase("gate"):
             expert_out = torch.empty_like(back)
             expert_out[self.by_owner] = back
@@ -204,20 +206,15 @@ class MoeLayer:
                 y = torch.zeros_like(x)
                 y.index_add_(0, token, expert_out[unit, slot] * weights[token, choice, None])
 
-        def account() -> MoeAccount:
-            received = (
-                real if real is not None else [int(g.ne(0).any(dim=1).sum()) for g in grouped]
-            )
-            live = [x, weights, send, rows, out, back, expert_out]
-            if self.einsum:
-                live += [combine, mask]
-            return MoeAccount(
-                processed=int(token.numel()),
-                padded=self.units * c - int(token.numel()),
-                received=sum(received),
-                sent_bytes_G=(np.asarray(in_splits) + np.asarray(out_splits))
-                * float(d * x.element_size()),
-                activation_bytes=sum(t.numel() * t.element_size() for t in live),
-            )
-
-        return y, account
+        tensors = [x, weights, send, rows, out, back, expert_out]
+        if self.einsum:
+            tensors += [combine, mask]
+        account = MoeAccount(
+            processed=int(token.numel()),
+            padded=self.units * c - int(token.numel()),
+            received=sum(real),
+            sent_bytes_G=(np.asarray(in_splits) + np.asarray(out_splits))
+            * float(d * x.element_size()),
+            activation_bytes=_nbytes(*tensors),
+        )
+        return y, lambda: account

@@ -80,7 +80,9 @@ class _Rank:
         blocks = model.stacks()[scenario.stack()]
         self.attention = [AttentionBlock(model, gen, dtype, device) for _ in range(blocks)]
         self.kv = [
-            a.kv_cache(self.tokens, self.seq_len, gen, dtype, device) if self.decode else None
+            a.kv_cache(self.tokens, self.seq_len, gen, dtype, device)
+            if self.decode
+            else a.prompt_cache(self.tokens, dtype, device)
             for a in self.attention
         ]
         dense_ffn = model.dense_d_ffn or model.d_ffn
@@ -133,7 +135,7 @@ class _Rank:
             tensors += (store.resident or store.slots).tensors()
             tensors += [t for w in layer.shared or [] for t in w.tensors()]
         weights = sum(t.numel() * t.element_size() for t in tensors)
-        kv = sum(c.numel() * c.element_size() for c in self.kv if c is not None)
+        kv = sum(c.numel() * c.element_size() for c in self.kv)
         return float(weights), float(kv)
 
     def routes(self, step: int) -> list[LayerRoute]:
@@ -202,24 +204,34 @@ def _synchronize(device: torch.device) -> None:
 def run_rank(
     rank: int, world: int, work: Workplan, device_name: str, out_dir: str, warmup: int
 ) -> None:
-    """Entry point of a rank process (``torch.multiprocessing.spawn``) or of a one-rank run."""
+    """Entry point of a rank process (``torch.multiprocessing.spawn``) or of a one-rank run.
+
+    A failure is written to ``out_dir/error<rank>`` with the time it happened, so that the
+    parent reports the first cause rather than the other ranks' broken connections.
+    """
     cuda = device_name.startswith("cuda")
     device = torch.device(f"cuda:{rank}" if cuda and world > 1 else device_name)
     threads = torch.get_num_threads()
-    if not cuda:
+    if cuda:
+        torch.cuda.set_device(device)  # events, streams and synchronise act on this GPU
+    else:
         torch.set_num_threads(1)  # one core per rank, as calibration measures
-    if world > 1:
-        dist.init_process_group(
-            "nccl" if cuda else "gloo",
-            init_method=f"file://{Path(out_dir) / 'store'}",
-            rank=rank,
-            world_size=world,
-            device_id=device if cuda else None,
-        )
     try:
-        _measure(rank, world, work, device, Path(out_dir), warmup)
-    finally:
         if world > 1:
+            dist.init_process_group(
+                "nccl" if cuda else "gloo",
+                init_method=f"file://{Path(out_dir) / 'store'}",
+                rank=rank,
+                world_size=world,
+                device_id=device if cuda else None,
+            )
+        _measure(rank, world, work, device, Path(out_dir), warmup)
+    except BaseException as error:
+        message = f"{type(error).__name__}: {error}".splitlines()[0]
+        (Path(out_dir) / f"error{rank}").write_text(f"{time.time()}\n{message}")
+        raise
+    finally:
+        if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
         torch.set_num_threads(threads)
 

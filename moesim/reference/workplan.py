@@ -53,9 +53,9 @@ class Workplan:
         return np.concatenate([[0], np.cumsum(self.tokens_G)])
 
 
-def resident_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:
-    """Bytes each rank allocates for weights and KV cache (real tensors of the scenario's
-    dimensions; buffered layers keep all their experts in host memory as well)."""
+def resident_bytes(scenario: Scenario, plan: PlacementPlan) -> tuple[np.ndarray, float]:
+    """Bytes each rank allocates on its device (weights, KV cache; for buffered layers only
+    the slots), and the host bytes of all ranks' buffered experts."""
     model, workload = scenario.model, scenario.workload
     blocks = model.stacks()[scenario.stack()]
     moe = model.moe_layers(scenario.stack())
@@ -66,11 +66,38 @@ def resident_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:
         + moe * (d * model.num_experts + model.shared_experts * model.expert_params)
         + model.vocab_size * d
     )
-    experts_G = plan.experts_per_gpu_LG.sum(axis=0) * model.expert_params
+    experts_LG = plan.experts_per_gpu_LG
+    host = 0.0
+    if scenario.stack() in buffered_stacks(scenario):
+        host = float(experts_LG.sum()) * model.expert_params * model.dtype_bytes
+        experts_LG = np.minimum(experts_LG, scenario.policies.cache.slots_per_layer)
     tokens_G = tokens_per_gpu(workload.tokens_per_step, plan.gpus)
-    context = workload.seq_len if workload.phase == "decode" else 0
-    kv_G = blocks * tokens_G * context * model.kv_width
-    return (per_rank + experts_G + kv_G) * float(model.dtype_bytes)
+    cached = workload.seq_len if workload.phase == "decode" else 1  # positions per token
+    kv_G = blocks * tokens_G * cached * model.kv_width
+    device_G = per_rank + experts_LG.sum(axis=0) * model.expert_params + kv_G
+    return device_G * float(model.dtype_bytes), host
+
+
+def _memory_check(scenario: Scenario, plan: PlacementPlan, device: str) -> None:
+    """Each rank's device bytes against its GPU and the host copies against the host (on a CPU,
+    all of it against the machine)."""
+    device_G, host = resident_bytes(scenario, plan)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * _MEMORY_SHARE
+    if device.startswith("cuda"):
+        import torch
+
+        gpu = torch.cuda.get_device_properties(device).total_memory * _MEMORY_SHARE
+        checks = [(float(device_G.max()), gpu, "half of a GPU's memory"), (host, ram, "")]
+    else:
+        checks = [(float(device_G.sum()) + host, ram, "")]
+    for need, have, where in checks:
+        if need > have:
+            raise UnsupportedScenarioError(
+                f"{scenario.name}: the reference executor would allocate {need / 2**30:.2f} "
+                f"GiB, more than {where or "half of this machine's memory"} "
+                f"({have / 2**30:.2f} GiB); shrink "
+                "the model or the batch"
+            )
 
 
 def _check(scenario: Scenario, plan: PlacementPlan, device: str) -> None:
@@ -97,21 +124,7 @@ def _check(scenario: Scenario, plan: PlacementPlan, device: str) -> None:
                 f"{scenario.name}: workload.batch_size: prefill needs whole sequences per rank "
                 f"({workload.batch_size} sequences over {plan.gpus} ranks)"
             )
-    need = float(resident_bytes(scenario, plan).sum())
-    if device.startswith("cuda"):
-        import torch
-
-        have = torch.cuda.get_device_properties(device).total_memory * _MEMORY_SHARE
-        where = "this GPU"
-    else:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * _MEMORY_SHARE
-        where = "half of this machine's memory"
-    if need > have:
-        raise UnsupportedScenarioError(
-            f"{scenario.name}: the reference executor would allocate {need / 2**30:.2f} GiB of "
-            f"weights and KV cache, more than {where} ({have / 2**30:.2f} GiB); shrink the model "
-            "or the batch"
-        )
+    _memory_check(scenario, plan, device)
 
 
 def make_workplan(scenario: Scenario, device: str = "cpu") -> Workplan:

@@ -109,7 +109,9 @@ def test_encoder_decoder_models_are_refused_with_the_field_named():
 
 def test_a_model_too_large_for_this_machine_is_refused_before_allocating():
     huge = {**MODEL, "d_model": 65536, "d_ffn": 262144, "heads": 64}
-    with pytest.raises(UnsupportedScenarioError, match="GiB of weights"):
+    with pytest.raises(
+        UnsupportedScenarioError, match="GiB, more than half of this machine's memory"
+    ):
         make_workplan(
             _scenario().model_copy(update={"model": _scenario().model.model_copy(update=huge)})
         )
