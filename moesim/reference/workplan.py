@@ -26,6 +26,7 @@ from moesim.workload import routing_chunks, tokens_per_gpu
 __all__ = ["UnsupportedScenarioError", "Workplan", "make_workplan", "resident_bytes"]
 
 _MEMORY_SHARE = 0.5  # of the machine's RAM (or the GPU's memory) the executor may fill
+_HOST = "half of this machine's memory"
 
 
 class UnsupportedScenarioError(MoesimError):
@@ -87,14 +88,14 @@ def _memory_check(scenario: Scenario, plan: PlacementPlan, device: str) -> None:
         import torch
 
         gpu = torch.cuda.get_device_properties(device).total_memory * _MEMORY_SHARE
-        checks = [(float(device_G.max()), gpu, "half of a GPU's memory"), (host, ram, "")]
+        checks = [(float(device_G.max()), gpu, "half of a GPU's memory"), (host, ram, _HOST)]
     else:
-        checks = [(float(device_G.sum()) + host, ram, "")]
+        checks = [(float(device_G.sum()) + host, ram, _HOST)]
     for need, have, where in checks:
         if need > have:
             raise UnsupportedScenarioError(
                 f"{scenario.name}: the reference executor would allocate {need / 2**30:.2f} "
-                f"GiB, more than {where or "half of this machine's memory"} "
+                f"GiB, more than {where} "
                 f"({have / 2**30:.2f} GiB); shrink "
                 "the model or the batch"
             )
