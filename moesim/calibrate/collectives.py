@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moesim.calibrate.device import CPU_THREADS, max_world_size
+from moesim.calibrate.device import CPU_THREADS, max_world_size, usable_cores
 from moesim.errors import MoesimError
 
 __all__ = [
@@ -54,22 +54,22 @@ def alltoall_sizes(grid: Grid) -> list[int]:
 
 
 def default_world_sizes(device: torch.device) -> list[int]:
-    """2 .. the number of GPUs on CUDA, 2 .. min(cores, 8) on a CPU; empty below 2."""
-    most = max_world_size(device)
-    if device.type == "cpu":
-        most = min(most, _DEFAULT_CPU_MAX)
-    return list(range(2, most + 1))
+    """2 .. the number of GPUs on CUDA (empty below 2); 2 .. the usable cores on a CPU, at
+    least 2 (ranks share a core on a one-core machine) and at most 8."""
+    if device.type == "cuda":
+        return list(range(2, max_world_size(device) + 1))
+    return list(range(2, max(2, min(usable_cores(), _DEFAULT_CPU_MAX)) + 1))
 
 
 def check_world_sizes(world_sizes: Sequence[int], device: torch.device) -> list[int]:
     """The distinct world sizes, ascending; each must be at least 2 and fit on the machine."""
     most = max_world_size(device)
-    what = "GPUs" if device.type == "cuda" else "CPU cores"
+    limit = f"this machine's {most} GPUs" if device.type == "cuda" else f"{most} CPU processes"
     for size in world_sizes:
         if isinstance(size, bool) or not isinstance(size, int) or size < 2:
             raise MoesimError(f"world size {size!r} is not possible: an all-to-all needs 2 ranks")
         if size > most:
-            raise MoesimError(f"world size {size} is larger than this machine's {most} {what}")
+            raise MoesimError(f"world size {size} is larger than {limit}")
     return sorted(set(world_sizes))
 
 

@@ -58,11 +58,23 @@ def torch_dtype(name: str) -> torch.dtype:
     return _TORCH_DTYPES[name]
 
 
+CPU_MAX_WORLD = 8  # CPU ranks may share cores (as the reference executor's may)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity and container limits), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def max_world_size(device: torch.device) -> int:
-    """Processes an all-to-all may use: one per core on a CPU, one per GPU on CUDA."""
+    """Processes an all-to-all may use: one per GPU on CUDA; on a CPU up to 8, sharing cores
+    when there are fewer (the executor runs such scenarios too)."""
     if device.type == "cuda":
         return torch.cuda.device_count()
-    return os.cpu_count() or 1
+    return CPU_MAX_WORLD
 
 
 def cpu_model_name() -> str:

@@ -71,6 +71,7 @@ class LinkSpec(Frozen):
     )
     alltoall: dict[int, MeasuredCurve] | None = Field(
         default=None,
+        min_length=1,
         description="per world size: measured seconds of an all-to-all by bytes each rank sends",
     )
     provenance: Provenance

@@ -2,8 +2,9 @@
 
 Times are interpolated piecewise-linearly in log-log space. Below the smallest measured size a
 transfer costs the smallest measurement (its latency); beyond the largest, time grows linearly
-with size at the last point's rate. A GEMM whose ``k`` or ``n`` lies outside the grid takes the
-nearest grid edge scaled by its FLOPs ratio. Zero rows or bytes cost nothing.
+with size at the last point's rate. A GEMM whose ``k`` or ``n`` lies above the grid takes the
+grid edge scaled by its FLOPs ratio, below it the grid edge's time. Zero rows or bytes cost
+nothing.
 """
 
 from __future__ import annotations
@@ -30,18 +31,21 @@ def curve_time(curve: MeasuredCurve, bytes_moved: np.ndarray | float) -> np.ndar
 
 def _bracket(grid: np.ndarray, value: float) -> tuple[int, int, float, float]:
     """Neighbouring grid indices, the log-space weight of the upper one, and the FLOPs scale
-    for a value outside the grid."""
+    for a value above the grid (below it, the smallest measured size's time: a matmul does not
+    get cheaper than its launch)."""
     clamped = min(max(value, grid[0]), grid[-1])
     upper = int(np.searchsorted(grid, clamped))  # grid[upper] >= clamped
     lower = upper if grid[upper] == clamped else upper - 1
     span = np.log(grid[upper]) - np.log(grid[lower])
     weight = 0.0 if span == 0 else (np.log(clamped) - np.log(grid[lower])) / span
-    return lower, upper, float(weight), value / clamped
+    return lower, upper, float(weight), max(value / clamped, 1.0)
 
 
 def gemm_time(table: GemmTable, rows: np.ndarray | float, k: int, n: int) -> np.ndarray:
     """Seconds of ``(rows x k) @ (k x n)`` matmuls from the table (element-wise over rows)."""
     m = np.asarray(rows, dtype=np.float64)
+    if k <= 0 or n <= 0:
+        return np.zeros(m.shape)
     grid_m = np.asarray(table.m, dtype=np.float64)
     seconds = np.asarray(table.seconds)
     k0, k1, wk, scale_k = _bracket(np.asarray(table.k, dtype=np.float64), k)

@@ -112,7 +112,13 @@ def simulate(
         for chunk, ids, outcome in _gated(scenario, plan, source_T):
             if local is None:
                 local = local_work(
-                    scenario, costs, tokens_G, source_T, outcome.capacity_G, outcome.einsum_dispatch
+                    scenario,
+                    costs,
+                    tokens_G,
+                    source_T,
+                    outcome.capacity_G,
+                    outcome.einsum_dispatch,
+                    plan.units,
                 )
             timing = time_chunk(
                 scenario, costs, topology, plan, local, ids, outcome, tokens_G, source_T

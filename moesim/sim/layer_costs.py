@@ -79,11 +79,14 @@ def gate_time(
     tokens: np.ndarray,
     capacity: np.ndarray | None,
     einsum: bool,
+    units: int | None = None,
 ) -> np.ndarray:
-    """Router, top-k and reorder for ``tokens`` local tokens; ``capacity`` slots per expert."""
+    """Router, top-k and reorder for ``tokens`` local tokens; ``capacity`` slots per expert
+    and placement slot (``units``: experts and their replicas, default the experts)."""
     if costs.gemm is not None:
-        return _measured_gate(model, costs, tokens, capacity, einsum)
-    d, e, k, ab = model.d_model, model.num_experts, model.top_k, model.dtype_bytes
+        return _measured_gate(model, costs, tokens, capacity, einsum, units)
+    d, k, ab = model.d_model, model.top_k, model.dtype_bytes
+    e = units or model.num_experts
     flops = 2.0 * tokens * d * e
     bytes_moved = d * e * ab + tokens * d * ab + 3 * tokens * e * GATE_SCORE_BYTES
     if einsum and capacity is not None:
@@ -139,12 +142,14 @@ def _measured_gate(
     tokens: np.ndarray,
     capacity: np.ndarray | None,
     einsum: bool,
+    units: int | None,
 ) -> np.ndarray:
     """Measured router GEMM (and einsum dispatch/combine GEMMs); the rest as the eager glue
     ops of an index-based dispatcher (sorting by expert, gathers and scatters of the rows on
     both sides of each all-to-all, the weighted combine and the residual)."""
     d, e, k, ab = model.d_model, model.num_experts, model.top_k, model.dtype_bytes
     router = costs.matmul_time(tokens, d, e)
+    e = units or e  # dispatch buffers and masks span the placement's slots
     row = d * ab
     residual = 3.0 * tokens * row
     if capacity is None:  # dynamic: gathers, regrouping and the scatter-add of rows

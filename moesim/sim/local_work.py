@@ -88,7 +88,9 @@ def local_work(
     source_T: np.ndarray,
     capacity_G: np.ndarray | None,
     einsum: bool,
+    units: int | None = None,
 ) -> LocalWork:
+    """Each GPU's local work; ``units``: the placement's expert slots (replicas included)."""
     model, workload = scenario.model, scenario.workload
     decode = workload.phase == "decode"
     encoder = scenario.stack() == "encoder"
@@ -99,7 +101,7 @@ def local_work(
     dense_G = ffn_time(model, costs, tokens_G, model.dense_d_ffn or model.d_ffn)
     shared_G = model.shared_experts * ffn_time(model, costs, tokens_G, model.d_ffn)
     gate_G = (
-        gate_time(model, costs, tokens_G, capacity_G, einsum)
+        gate_time(model, costs, tokens_G, capacity_G, einsum, units)
         if model.moe_every
         else np.zeros_like(dense_G)
     )

@@ -70,14 +70,12 @@ def alltoall_time(
 ) -> np.ndarray:
     """Seconds of an all-to-all moving these bytes: the slowest GPU's slowest link kind."""
     per_gpu = np.zeros(egress_XGK.shape[:-1])
-    measured = False
     for k, kind in enumerate(KINDS):
         link = topology.links.get(kind)
         if link is None:
             continue
-        measured = measured or link.alltoall is not None
         port = np.maximum(egress_XGK[..., k], ingress_XGK[..., k])
-        per_gpu = np.maximum(per_gpu, alltoall_port_time(link, port, topology.gpus))
-    slowest = per_gpu.max(axis=-1)
-    launch = 0.0 if measured else launch_overhead_s  # a measured curve includes the launch
-    return np.where(slowest > 0, slowest + launch, 0.0)
+        seconds = alltoall_port_time(link, port, topology.gpus)
+        launch = 0.0 if link.alltoall else launch_overhead_s  # a measured curve includes it
+        per_gpu = np.maximum(per_gpu, np.where(seconds > 0, seconds + launch, 0.0))
+    return per_gpu.max(axis=-1)

@@ -21,9 +21,16 @@ RAY_RETRIES = 3
 Row = Callable[[dict[str, Any]], None]
 
 
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def run_local(base: str, points: list[Point], workers: int | None, on_row: Row) -> None:
     """``workers`` processes (default: every core); one worker runs in this process."""
-    workers = workers or os.cpu_count() or 1
+    workers = workers or _cores()
     if workers == 1:
         for point in points:
             on_row(run_point(base, point))
