@@ -7,6 +7,7 @@ scenario has loaded and validated.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -285,17 +286,23 @@ def _calibrate(args: argparse.Namespace, console: Console) -> None:
 
 
 def _tolerances(texts: list[str]) -> dict[str, float]:
-    from moesim.validate import EXACT_METRICS
+    from moesim.validate import EXACT_METRICS, TOLERABLE
 
     tolerances = {}
     for text in texts:
         metric, _, value = text.partition("=")
+        if metric in EXACT_METRICS:
+            raise MoesimError(f"--tolerance: {metric} must match exactly; it takes no tolerance")
+        if metric not in TOLERABLE:
+            raise MoesimError(
+                f"--tolerance {metric}: unknown metric (expected one of {', '.join(TOLERABLE)})"
+            )
         try:
             tolerances[metric] = float(value)
         except ValueError:
             raise MoesimError(f"--tolerance: expected METRIC=FRACTION, got {text!r}") from None
-        if metric in EXACT_METRICS:
-            raise MoesimError(f"--tolerance: {metric} must match exactly; it takes no tolerance")
+        if not tolerances[metric] >= 0 or math.isinf(tolerances[metric]):
+            raise MoesimError(f"--tolerance {metric}: expected a fraction >= 0, got {value!r}")
     return tolerances
 
 
@@ -304,7 +311,12 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
         from moesim.validate import summarise, validate
     except ImportError:
         raise MoesimError("validation needs torch: pip install 'moesim[torch]'") from None
+    from moesim.validate import scenario_files
+
     tolerances = _tolerances(args.tolerance)
+    if args.repeats < 1:
+        raise MoesimError(f"--repeats: expected at least 1, got {args.repeats}")
+    scenario_files(args.scenarios)  # every path exists, before a calibration
     out = api.check_out_dir(args.out)
     profile = Path(args.profile) if args.profile else out / "profile.yaml"
     if args.profile is None:
@@ -358,6 +370,8 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
                 f"{row.scenario}: {row.metric} error {100 * row.error:.1f}% exceeds "
                 f"{100 * limit:.1f}%"
             )
+    if tolerances:
+        failures += [f"not run with tolerances set: {why}" for why in report.skipped.values()]
     Console(stderr=True, highlight=False).print(f"wrote {out / 'report.md'}")
     for failure in failures:
         print(f"moesim: validation failed: {failure}", file=sys.stderr)

@@ -16,7 +16,7 @@ import numpy as np
 
 from moesim.metrics import PHASES, Result
 
-__all__ = ["EXACT_METRICS", "MetricRow", "compare", "metric_values"]
+__all__ = ["EXACT_METRICS", "TOLERABLE", "MetricRow", "compare", "metric_values"]
 
 Kind = Literal["timing", "memory", "exact"]
 EXACT_METRICS = (
@@ -30,6 +30,22 @@ EXACT_METRICS = (
 )
 
 
+# what --tolerance may name: each timing and memory metric, or a whole kind
+TOLERABLE = (
+    "timing",
+    "memory",
+    "latency_mean_s",
+    "latency_p50_s",
+    "latency_p99_s",
+    "throughput_tokens_per_s",
+    *(f"{phase}_s_per_step" for phase in PHASES),
+    "peak_bytes",
+    "weights_bytes",
+    "kv_cache_bytes",
+    "activation_peak_bytes",
+)
+
+
 @dataclass(frozen=True)
 class MetricRow:
     scenario: str
@@ -38,7 +54,7 @@ class MetricRow:
     predicted: float
     measured: float
     spread: float
-    error: float  # (predicted - measured) / measured; NaN where measured is zero
+    error: float  # (predicted - measured) / measured; +-inf where only the prediction is 0
 
     @property
     def matches(self) -> bool:
@@ -88,7 +104,10 @@ def compare(predicted: Result, measured: list[Result]) -> list[MetricRow]:
         if value == 0 and median == 0 and kind != "exact":
             continue
         spread = float(np.ptp(samples) / median) if median else 0.0
-        error = (value - median) / median if median else math.nan
+        if median:
+            error = (value - median) / median
+        else:  # nothing measured: exact if nothing predicted, else infinitely wrong
+            error = 0.0 if value == 0 else math.copysign(math.inf, value)
         rows.append(
             MetricRow(predicted.scenario, metric, kind, float(value), median, spread, error)
         )

@@ -70,7 +70,7 @@ class Report:
             )
         if self.skipped:
             lines += ["", "## Not run", ""]
-            lines += [f"- {name}: {why}" for name, why in sorted(self.skipped.items())]
+            lines += [f"- {why}" for _, why in sorted(self.skipped.items())]
         lines += ["", "## Per scenario", ""]
         by_scenario: dict[str, list[MetricRow]] = defaultdict(list)
         for row in self.rows:
@@ -94,6 +94,8 @@ class Report:
 
 
 def _pct(value: float) -> str:
+    if math.isinf(value):
+        return "inf (measured 0)"
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
 
 

@@ -75,6 +75,8 @@ def validate(
     for scenario in scenarios:
         folder = out / scenario.name
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("measured-*.json"):  # from an earlier run with more repeats
+            stale.unlink()
         predicted = Result.from_records(simulate(scenario))
         _dump(folder / "predicted.json", predicted)
         done += 1

@@ -107,3 +107,54 @@ def test_malformed_gemm_tables_are_refused(changes, message):
     data = {**_cubic_table().model_dump(), **changes}
     with pytest.raises(ValueError, match=message):
         GemmTable.model_validate(data)
+
+
+def _measured_costs(**extra):
+    return DeviceCosts(1e12, 1e9, 1e-6, dtype_bytes=4, gemm=_cubic_table(), **extra)
+
+
+def test_measured_dynamic_gate_is_router_gemm_plus_glue_ops_by_hand():
+    from moesim.sim.layer_costs import DYNAMIC_GLUE_OPS, gate_time
+
+    model = make_scenario(
+        model={
+            **make_scenario().model.model_dump(),
+            "d_model": 8,
+            "num_experts": 8,
+            "top_k": 2,
+            "heads": 1,
+        }
+    ).model
+    tokens = np.array([4])
+    # router (4 x 8) @ (8 x 8); rows = 8 of 32 bytes each: 13 reorders of them, 2 + 3 passes
+    # over the tokens, 16 index passes of 8 bytes, 3 passes over the fp32 scores
+    moved = 13 * 8 * 32 + 2 * 4 * 32 + 3 * 4 * 32 + 16 * 8 * 8 + 3 * 4 * 8 * 4
+    expected = 4 * 8 * 8 / 1e9 + DYNAMIC_GLUE_OPS * 1e-6 + moved / 1e9
+    assert gate_time(model, _measured_costs(), tokens, None, False) == pytest.approx(expected)
+
+
+def test_measured_decode_attention_reads_its_kv_on_the_curve():
+    from moesim.config import AttentionCurves
+    from moesim.sim.layer_costs import attention_time
+
+    curves = AttentionCurves(
+        dtype="fp32",
+        head_dim=8,
+        decode_kv_bytes=[1.0, 1e9],
+        decode_seconds=[1e-9, 1.0],
+        prefill_flops=[1.0, 2.0],
+        prefill_seconds=[1.0, 2.0],
+    )
+    model = make_scenario(
+        model={**make_scenario().model.model_dump(), "d_model": 8, "heads": 1}
+    ).model
+    tokens, context = np.array([4]), 16
+    # q, k, v of width 8: QKV (4 x 8) @ (8 x 24) and output (4 x 8) @ (8 x 8) on the table;
+    # the core reads 4 x 16 x 16 x 4 bytes of K/V at 1 ns per byte; the glue: 3 + 1 launches
+    # moving 5 x 4 x 8 x 4 bytes and the new K/V, 4 x 16 x 4
+    kv = 4 * context * 16 * 4
+    expected = (
+        (4 * 8 * 24 + 4 * 8 * 8) / 1e9 + kv * 1e-9 + 4e-6 + (5 * 4 * 8 * 4 + 4 * 16 * 4) / 1e9
+    )
+    got = attention_time(model, _measured_costs(attention=curves), tokens, context, True)
+    assert got == pytest.approx(expected)

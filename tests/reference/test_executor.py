@@ -130,3 +130,10 @@ def test_prefill_needs_whole_sequences_per_rank():
 def test_cuda_is_refused_on_a_machine_without_one():
     with pytest.raises(MoesimError, match="cuda"):
         execute(_scenario(), device="cuda:0")
+
+
+def test_a_capacity_of_zero_drops_everything_on_both_sides():
+    gating = {"name": "static", "capacity_factor": 0.1, "formula": "tutel"}  # C = 0
+    predicted, measured, _ = _both(_scenario(gating=gating))
+    _assert_same_accounting(predicted, measured)
+    assert measured.tokens.processed == 0 and measured.tokens.dropped == measured.tokens.routed

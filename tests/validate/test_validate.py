@@ -181,3 +181,45 @@ def test_cli_calibrate_writes_a_profile_that_runs_a_scenario(folder, tmp_path, c
     )
     assert json.loads(capsys.readouterr().out)["device"] == "local-cpu"
     assert main(["calibrate", "--world-sizes", "1", "--out", str(profile)]) == 2
+
+
+def test_a_prediction_where_nothing_was_measured_is_infinitely_wrong(report):
+    """compare(): predicted 4 MiB of KV cache against a run that allocated none."""
+    import math
+
+    from moesim.metrics import Result
+    from moesim.validate import compare
+
+    _, out = report
+    predicted = Result.model_validate_json((out / "dynamic" / "predicted.json").read_text())
+    measured = Result.model_validate_json((out / "dynamic" / "measured-1.json").read_text())
+    memory = measured.memory.model_copy(update={"kv_cache_bytes_per_device": [0.0]})
+    rows = {
+        r.metric: r for r in compare(predicted, [measured.model_copy(update={"memory": memory})])
+    }
+    assert math.isinf(rows["kv_cache_bytes"].error) and rows["kv_cache_bytes"].error > 0
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "message"),
+    [
+        ("latency_p5_s=0.1", "unknown metric"),
+        ("timing=nan", "expected a fraction"),
+        ("memory=-1", "expected a fraction"),
+    ],
+)
+def test_cli_refuses_tolerances_it_cannot_check(folder, capsys, tolerance, message):
+    code = main(
+        [
+            "validate",
+            str(folder / "scenarios"),
+            "--profile",
+            str(folder / "profile.yaml"),
+            "--out",
+            str(folder / "never"),
+            "--tolerance",
+            tolerance,
+        ]
+    )
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (folder / "never").exists()
