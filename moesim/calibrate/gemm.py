@@ -24,11 +24,12 @@ def _powers_of_two(low: int, high: int) -> list[int]:
 
 # (device type, grid) -> (m, k, n); m counts token rows, k and n are weight sizes
 GEMM_GRIDS: dict[tuple[str, str], tuple[list[int], list[int], list[int]]] = {
-    ("cpu", "full"): (_powers_of_two(1, 2048), _powers_of_two(64, 2048), _powers_of_two(64, 2048)),
+    # n from 8: a router's GEMM has as many columns as experts
+    ("cpu", "full"): (_powers_of_two(1, 2048), _powers_of_two(64, 2048), _powers_of_two(8, 2048)),
     ("cuda", "full"): (
         _powers_of_two(1, 16384),
         _powers_of_two(256, 16384),
-        _powers_of_two(256, 16384),
+        _powers_of_two(8, 16384),
     ),
     ("cpu", "quick"): ([1, 4, 16, 64], [32, 64], [32, 64]),
     ("cuda", "quick"): ([1, 4, 16, 64], [32, 64], [32, 64]),
