@@ -46,7 +46,8 @@ def flatten_result(document: dict[str, Any], prefix: str = "") -> dict[str, Any]
 
 
 def run_point(base: str, point: Point) -> dict[str, Any]:
-    """Simulate one point; a configuration that does not fit is a row, not a crash."""
+    """Simulate one point; a configuration that does not fit (weights and KV cache, or the
+    peak with activations) is a row with ``status: out_of_memory``, not a crash."""
     row: dict[str, Any] = {"point_id": point.id, "point": point.index}
     row |= {key: label(value) for key, value in point.params}
     try:
@@ -55,4 +56,10 @@ def run_point(base: str, point: Point) -> dict[str, Any]:
         return row | {"status": "out_of_memory", "error": str(error)}
     except MoesimError as error:
         return row | {"status": "error", "error": str(error)}
-    return row | {"status": "ok", "error": ""} | flatten_result(result.model_dump(mode="json"))
+    metrics = flatten_result(result.model_dump(mode="json"))
+    if result.memory.out_of_memory:  # it ran, but its peak does not fit: metrics for reference
+        peak = max(result.memory.peak_bytes_per_device) / 2**30
+        capacity = result.memory.capacity_bytes / 2**30
+        error = f"out of memory: peak {peak:.2f} GiB per GPU, capacity {capacity:.2f} GiB"
+        return row | {"status": "out_of_memory", "error": error} | metrics
+    return row | {"status": "ok", "error": ""} | metrics

@@ -171,3 +171,18 @@ def test_cli_sweep_then_plot_writes_a_png_with_a_line_per_hue(tmp_path, capsys):
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size > 5000
     assert main(["plot", str(tmp_path / "out"), "--x", "nope", "--y", "latency_s.p50"]) == 2
     assert "no such column" in capsys.readouterr().err
+
+
+def test_a_peak_above_capacity_is_out_of_memory_with_its_metrics(tmp_path):
+    from moesim.api import load_scenario, run
+
+    result, _ = run(load_scenario(TINY))
+    resident = (
+        result.memory.weights_bytes_per_device[0] + result.memory.kv_cache_bytes_per_device[0]
+    )
+    between = (resident + max(result.memory.peak_bytes_per_device)) / 2
+    spec = _write(tmp_path, {"grid": {"cluster.device.memory.capacity": [between]}})
+    results, _, _ = run_sweep(spec, tmp_path / "out", workers=1)
+    (row,) = pq.read_table(results).to_pylist()
+    assert row["status"] == "out_of_memory" and "peak" in row["error"]
+    assert row["throughput_tokens_per_s"] == pytest.approx(result.throughput_tokens_per_s)
