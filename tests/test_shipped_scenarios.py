@@ -15,7 +15,10 @@ from moesim.api import load_scenario, run
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
-SHIPPED = sorted(p for p in (ROOT / "scenarios").rglob("*.yaml") if "models" not in p.parts)
+SHIPPED = sorted(
+    p for p in (ROOT / "scenarios").rglob("*.yaml") if not {"models", "paper"} & set(p.parts)
+)
+SWEEPS = sorted((ROOT / "scenarios" / "paper").glob("*.yaml"))
 TINY = sorted((ROOT / "scenarios" / "tiny").glob("*.yaml"))
 
 
@@ -65,3 +68,15 @@ def test_tiny_scenarios_match_golden(path: Path) -> None:
         golden.write_text(json.dumps(document, indent=1) + "\n")
     expected = json.loads(golden.read_text())
     assert _close(document, expected) == []
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_every_paper_sweep_expands_to_valid_scenarios(path: Path) -> None:
+    from moesim.sweep import load_sweep
+    from moesim.sweep.spec import Point
+
+    sweep = load_sweep(path)
+    assert len(sweep.points) >= 2
+    for point in sweep.points:
+        assert isinstance(point, Point)
+        load_scenario(sweep.base, point.overrides)  # raises on an invalid point
