@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from moesim import api
@@ -22,6 +21,7 @@ from moesim.cli_trace import add_trace_parser, run_trace
 from moesim.config import Scenario
 from moesim.errors import MoesimError
 from moesim.metrics import Result
+from moesim.progress import progress_bar
 
 __all__ = ["main"]
 
@@ -188,19 +188,6 @@ def _summary(console: Console, scenario: Scenario, result: Result) -> None:
     )
 
 
-def _progress(label: str) -> Progress:
-    """A transient bar on stderr, shown only on a terminal."""
-    return Progress(
-        TextColumn(label),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not sys.stderr.isatty(),
-    )
-
-
 def _profile_override(profile: str | None) -> list[str]:
     if profile is None:
         return []
@@ -222,7 +209,7 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     if args.chrome_trace and args.trace_steps < 1:
         raise MoesimError(f"--trace-steps: expected at least 1, got {args.trace_steps}")
     label = "simulating" if args.executor == "sim" else "running for real"
-    with _progress(label) as progress:
+    with progress_bar(label) as progress:
         task = progress.add_task("steps", total=scenario.workload.steps)
         result, records = api.run(
             scenario,
@@ -260,7 +247,7 @@ def _calibrate(args: argparse.Namespace, console: Console) -> None:
     out = Path(args.out)
     if out.is_dir():
         raise MoesimError(f"--out {out}: is a folder; expected a profile file such as x.yaml")
-    with _progress("calibrating") as progress:
+    with progress_bar("calibrating") as progress:
         task = progress.add_task("benchmarks", total=None)
 
         def report(stage: str, done: int, total: int) -> None:
@@ -333,7 +320,7 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
         )
     elif not profile.is_file():
         raise MoesimError(f"--profile {profile}: no such hardware profile file")
-    with _progress("validating") as progress:
+    with progress_bar("validating") as progress:
         task = progress.add_task("runs", total=None)
         report = validate(
             args.scenarios,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from moesim.errors import MoesimError
+from moesim.progress import progress_bar
 
 __all__ = ["add_sweep_parsers", "run_plot", "run_sweep_command"]
 
@@ -41,15 +40,7 @@ def run_sweep_command(args: argparse.Namespace, console: Console) -> None:
 
     if args.workers is not None and args.workers < 1:
         raise MoesimError(f"--workers: expected at least 1, got {args.workers}")
-    with Progress(
-        TextColumn("sweeping"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} points"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not sys.stderr.isatty(),
-    ) as progress:
+    with progress_bar("sweeping", "points") as progress:
         task = progress.add_task("points", total=None)
         results, ran, total = run_sweep(
             args.spec,

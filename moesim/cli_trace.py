@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from moesim.errors import MoesimError
+from moesim.progress import progress_bar
 from moesim.workload import Trace, check_ids, read_trace, save_trace
 from moesim.workload.convert import FORMATS, convert
 from moesim.workload.trace_stats import layer_stats
@@ -51,18 +50,6 @@ def add_trace_parser(commands: argparse._SubParsersAction) -> None:
     )
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("capturing"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not sys.stderr.isatty(),
-    )
-
-
 def _positive(value: int | None, name: str) -> None:
     if value is not None and value < 1:
         raise MoesimError(f"{name}: expected a positive number, got {value}")
@@ -83,7 +70,7 @@ def _capture(args: argparse.Namespace) -> Path:
     except (OSError, UnicodeDecodeError) as error:
         raise MoesimError(f"--text {args.text}: cannot read: {error}") from None
     _check_out(args.out)
-    with _progress() as progress:
+    with progress_bar("capturing", "steps") as progress:
         task = progress.add_task("steps", total=None)
         trace = capture(
             args.model,

@@ -4,7 +4,12 @@ Importing this package registers every built-in policy in the config registries.
 """
 
 from moesim.policies import planners as _planners  # noqa: F401  (registers the planners)
-from moesim.policies.buffers import buffered_stacks, build_caches, request_sequences
+from moesim.policies.buffers import (
+    CacheCounters,
+    buffered_stacks,
+    build_caches,
+    request_sequences,
+)
 from moesim.policies.cache import CacheParams, ExpertCache, StepAccess
 from moesim.policies.gating import (
     DynamicGating,
@@ -18,6 +23,7 @@ from moesim.policies.placement import PlacementPlan, contiguous_plan, load_eplb,
 from moesim.policies.planners import PlannerParams, balanced_slots, pearson
 
 __all__ = [
+    "CacheCounters",
     "CacheParams",
     "DynamicGating",
     "ExpertCache",

@@ -4,15 +4,28 @@ for ``belady``, the whole request sequence it reads ahead."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from moesim.config import CACHE, Scenario
 from moesim.policies.cache import ExpertCache
 from moesim.policies.placement import PlacementPlan
 
-__all__ = ["buffered_stacks", "build_caches", "request_sequences"]
+__all__ = ["CacheCounters", "buffered_stacks", "build_caches", "request_sequences"]
 
 Requests = dict[tuple[int, int], list[np.ndarray]]
+
+
+@dataclass
+class CacheCounters:
+    """A step's cache counters over every (GPU, buffered layer): requests that hit or missed,
+    evictions, and expert copies (misses and prefetches)."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    copies: int = 0
 
 
 def buffered_stacks(scenario: Scenario) -> set[str]:

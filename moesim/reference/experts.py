@@ -13,19 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from moesim.policies import ExpertCache
+from moesim.policies import CacheCounters, ExpertCache
 from moesim.reference.blocks import FfnWeights, ffn
 from moesim.reference.timer import PhaseTimer
 
-__all__ = ["CacheCounters", "ExpertStore"]
-
-
-@dataclass
-class CacheCounters:
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
-    copies: int = 0
+__all__ = ["ExpertStore"]
 
 
 @dataclass

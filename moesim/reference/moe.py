@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from moesim.policies import CacheCounters
 from moesim.reference.blocks import ffn
 from moesim.reference.comm import Comm
-from moesim.reference.experts import CacheCounters, ExpertStore
+from moesim.reference.experts import ExpertStore
 from moesim.reference.timer import PhaseTimer
 
 __all__ = ["LayerRoute", "MoeAccount", "MoeLayer"]

@@ -18,10 +18,10 @@ import torch
 import torch.distributed as dist
 
 from moesim.config import LINK_KINDS
-from moesim.policies import build_caches
+from moesim.policies import CacheCounters, build_caches
 from moesim.reference.blocks import TORCH_DTYPES, AttentionBlock, FfnWeights, ffn, random_weight
 from moesim.reference.comm import Comm
-from moesim.reference.experts import CacheCounters, ExpertStore
+from moesim.reference.experts import ExpertStore
 from moesim.reference.moe import LayerRoute, MoeAccount, MoeLayer
 from moesim.reference.timer import PhaseTimer
 from moesim.reference.workplan import Workplan

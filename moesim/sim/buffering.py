@@ -25,7 +25,13 @@ import numpy as np
 from moesim.config import Scenario
 from moesim.hardware import transfer_time
 from moesim.metrics import PHASES
-from moesim.policies import ExpertCache, PlacementPlan, buffered_stacks, build_caches
+from moesim.policies import (
+    CacheCounters,
+    ExpertCache,
+    PlacementPlan,
+    buffered_stacks,
+    build_caches,
+)
 from moesim.sim.chunk import ChunkTiming
 from moesim.sim.local_work import LocalWork
 from moesim.sim.timeline import Span
@@ -33,16 +39,6 @@ from moesim.sim.timeline import Span
 __all__ = ["Buffering"]
 
 _EXPERT, _TRANSFER = PHASES.index("expert"), PHASES.index("transfer")
-
-
-@dataclass
-class StepCache:
-    """Cache counters of one step."""
-
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
-    copies: int = 0
 
 
 @dataclass
@@ -104,7 +100,7 @@ class Buffering:
         dispatch_start: float,
         dispatch_end: float,
         shared_G: np.ndarray,
-        stats: StepCache,
+        stats: CacheCounters,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Each GPU's expert-phase end and its time spent waiting for copies."""
         gpus = self.plan.gpus
@@ -143,7 +139,7 @@ class Buffering:
         return end_G, stall_G
 
     def _prefetch(
-        self, layer: int, needed_U: np.ndarray | None, start: float, stats: StepCache
+        self, layer: int, needed_U: np.ndarray | None, start: float, stats: CacheCounters
     ) -> None:
         """Copy ``layer``'s predicted experts into its caches from ``start``."""
         for gpu in range(self.plan.gpus):
@@ -168,9 +164,9 @@ class Buffering:
         local: LocalWork,
         timing: ChunkTiming,
         breakdown_P: np.ndarray,
-    ) -> tuple[float, StepCache]:
+    ) -> tuple[float, CacheCounters]:
         """The step's latency with buffering (``breakdown_P`` is updated in place)."""
-        stats = StepCache()
+        stats = CacheCounters()
         self.copy_spans = []
         pre_L = local.pre_LG.max(axis=1) if self.plan.layers else np.zeros(0)
         needed_LU = timing.tokens_NLU[index] > 0

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from moesim.policies import ExpertCache, StaticGating
+from moesim.policies import CacheCounters, ExpertCache, StaticGating
 from moesim.policies.cache import LeastRecentlyUsed
 from moesim.reference.blocks import FfnWeights, ffn
 from moesim.reference.comm import Comm
-from moesim.reference.experts import CacheCounters, ExpertStore
+from moesim.reference.experts import ExpertStore
 from moesim.reference.moe import LayerRoute, MoeLayer
 from moesim.reference.timer import PhaseTimer
 from tests.conftest import TINY_MODEL, make_scenario

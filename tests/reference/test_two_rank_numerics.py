@@ -12,11 +12,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moesim.policies import ExpertCache, StaticGating
+from moesim.policies import CacheCounters, ExpertCache, StaticGating
 from moesim.policies.cache import LeastRecentlyUsed
 from moesim.reference.blocks import FfnWeights, ffn
 from moesim.reference.comm import Comm
-from moesim.reference.experts import CacheCounters, ExpertStore
+from moesim.reference.experts import ExpertStore
 from moesim.reference.moe import LayerRoute, MoeLayer
 from moesim.reference.timer import PhaseTimer
 from tests.conftest import TINY_MODEL, make_scenario
