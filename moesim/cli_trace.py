@@ -56,7 +56,7 @@ def _positive(value: int | None, name: str) -> None:
 
 
 def _capture(args: argparse.Namespace) -> Path:
-    from moesim.workload.capture import capture
+    from moesim.capture import capture
 
     for value, name in (
         (args.seq_len, "--seq-len"),

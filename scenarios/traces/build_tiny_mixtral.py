@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from transformers import MixtralConfig, MixtralForCausalLM
 
+from moesim.capture import capture
 from moesim.workload import save_trace
-from moesim.workload.capture import capture
 
 HERE = Path(__file__).resolve().parent
 

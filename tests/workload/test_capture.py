@@ -12,10 +12,10 @@ from transformers import (
     Qwen2MoeForCausalLM,
 )
 
+from moesim.capture import capture
 from moesim.cli import main
 from moesim.errors import MoesimError
 from moesim.workload import read_trace
-from moesim.workload.capture import capture
 
 TEXT = ["the quick brown fox jumps over the lazy dog"] * 8
 

@@ -1,4 +1,5 @@
-"""Routing captured from a local Hugging Face MoE checkpoint.
+"""Routing captured from a local Hugging Face MoE checkpoint (a tool of the ``trace`` command:
+it imports torch and transformers, which the workload package below the simulator never does).
 
 The model runs on text with ``output_router_logits=True``; each MoE layer's router logits give
 every token's top-k experts (highest first) and their softmax probabilities. That is the
