@@ -10,7 +10,6 @@ rest padding; with einsum dispatch through dense ``S x E x C`` masks as fairseq 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,8 +74,8 @@ class MoeLayer:
         comm: Comm,
         timer: PhaseTimer,
         counters: CacheCounters,
-    ) -> tuple[torch.Tensor, Callable[[], MoeAccount]]:
-        """The layer's output and, to call once the step's timing is over, its accounting."""
+    ) -> tuple[torch.Tensor, MoeAccount]:
+        """The layer's output and what it did (counts only: no tensor outlives the layer)."""
         with timer.phase("gate"):
             probs = torch.softmax((x @ self.gate).float(), dim=-1)
             torch.topk(probs, route.units.shape[1], dim=-1)  # replaced by the replayed routing
@@ -138,7 +137,7 @@ class MoeLayer:
             sent_bytes_G=sent,
             activation_bytes=_nbytes(x, weights, send, rows, out, back, *outputs[:1]),
         )
-        return y, lambda: account
+        return y, account
 
     def _slots(self, route: LayerRoute) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Kept assignments (token, choice) and their slot in their unit: first by choice,
@@ -218,4 +217,4 @@ class MoeLayer:
             * float(d * x.element_size()),
             activation_bytes=_nbytes(*tensors),
         )
-        return y, lambda: account
+        return y, account

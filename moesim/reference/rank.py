@@ -10,7 +10,6 @@ processes); phases are timed on each rank.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +155,7 @@ class _Rank:
 
     def step(
         self, routes: list[LayerRoute], comm: Comm, timer: PhaseTimer
-    ) -> tuple[list[Callable[[], MoeAccount]], CacheCounters]:
+    ) -> tuple[list[MoeAccount], CacheCounters]:
         """One step's work; its accounting is left to ``record`` outside the timed span."""
         x = self.x
         counters = CacheCounters()
@@ -176,8 +175,7 @@ class _Rank:
             x[self.lm_rows] @ self.lm_head
         return accounts, counters
 
-    def record(self, accounts: list[Callable[[], MoeAccount]], counters: CacheCounters) -> dict:
-        layers = [account() for account in accounts]
+    def record(self, layers: list[MoeAccount], counters: CacheCounters) -> dict:
         sent_K = np.zeros(len(LINK_KINDS))
         for layer in layers:
             np.add.at(sent_K, self.kinds, layer.sent_bytes_G)

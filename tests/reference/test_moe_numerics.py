@@ -69,7 +69,6 @@ def _forward(layer, x, route):
 def test_dynamic_layer_equals_the_dense_computation(case):
     experts, gate, x, ids = case
     y, account = _forward(_layer(experts, gate, None), x, _route(ids))
-    account = account()
     torch.testing.assert_close(y, _dense(x, gate, experts, ids, np.ones_like(ids, bool)))
     assert account.processed == TOKENS * K and account.padded == 0
     assert account.received == TOKENS * K
@@ -84,7 +83,6 @@ def test_static_layer_keeps_the_policys_tokens_and_computes_them_exactly(case, e
     capacity = policy.capacity(np.array([TOKENS]), E, K)
     assert 0 < kept.sum() < TOKENS * K  # some assignments are dropped
     y, account = _forward(_layer(experts, gate, capacity, einsum), x, _route(ids, kept))
-    account = account()
     torch.testing.assert_close(y, _dense(x, gate, experts, ids, kept))
     assert account.processed == kept.sum()
     assert account.padded == E * capacity[0] - kept.sum()

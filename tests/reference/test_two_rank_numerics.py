@@ -95,7 +95,7 @@ def _worker(rank: int, folder: str) -> None:
         errors[mode] = {
             "error": float((y - expected).abs().max()),
             "kept": int(kept[mine].sum()),
-            "processed": account().processed,
+            "processed": account.processed,
             "dropped": int((~kept).sum()),
         }
     Path(folder, f"rank{rank}.json").write_text(json.dumps(errors))
