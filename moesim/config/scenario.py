@@ -76,6 +76,11 @@ class WorkloadSpec(Frozen):
     seq_len: int = Field(ge=1, description="prompt length (prefill) / context length (decode)")
     steps: int = Field(default=100, ge=1)
     routing: Routing = Field(default_factory=lambda: SyntheticRouting(source="synthetic"))
+    logits: Literal["last", "all"] = Field(
+        default="last",
+        description="prefill: logits of each prompt's last position (serving) or of every "
+        "position (scoring, as fairseq's eval_lm)",
+    )
 
     @property
     def tokens_per_step(self) -> int:

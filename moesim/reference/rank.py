@@ -114,7 +114,7 @@ class _Rank:
         self.lm_head = random_weight(
             (model.d_model, model.vocab_size), model.d_model, gen, dtype, device
         )
-        if self.decode:
+        if self.decode or workload.logits == "all":
             self.lm_rows = torch.arange(self.tokens, device=device)
         else:
             self.lm_rows = torch.arange(self.seq_len - 1, self.tokens, self.seq_len, device=device)
@@ -172,7 +172,8 @@ class _Rank:
                 with timer.phase("dense_ffn"):
                     x = x + ffn(x, layer)
         with timer.phase("other"):
-            x[self.lm_rows] @ self.lm_head
+            logits = x[self.lm_rows] @ self.lm_head
+        self.head_bytes = 2 * x.numel() * x.element_size() + logits.numel() * logits.element_size()
         return accounts, counters
 
     def record(self, layers: list[MoeAccount], counters: CacheCounters) -> dict:
@@ -185,7 +186,7 @@ class _Rank:
             "padded": sum(layer.padded for layer in layers),
             "received_L": [layer.received for layer in layers],
             "sent_K": sent_K,
-            "activation": max((layer.activation_bytes for layer in layers), default=0),
+            "activation": max([layer.activation_bytes for layer in layers] + [self.head_bytes]),
             "cache": [counters.hits, counters.misses, counters.evictions, counters.copies],
         }
 

@@ -29,7 +29,7 @@ from moesim.policies import (
 )
 from moesim.sim.buffering import Buffering
 from moesim.sim.chunk import time_chunk
-from moesim.sim.local_work import local_work
+from moesim.sim.local_work import lm_head_tokens, local_work
 from moesim.sim.memory import (
     dense_activation_bytes,
     expert_weights_bytes,
@@ -102,7 +102,10 @@ def simulate(
             future = request_sequences(np.concatenate(needed), plan) if needed else None
         buffering = Buffering(scenario, plan, future)
     collected = _Collected(
-        [], [], dense_activation_bytes(scenario, tokens_G), np.zeros((layers, gpus))
+        [],
+        [],
+        dense_activation_bytes(scenario, tokens_G, lm_head_tokens(scenario, tokens_G, source_T)),
+        np.zeros((layers, gpus)),
     )
     if buffering is not None and buffering.active:  # one expert in flight into its slot
         collected.activation_G = collected.activation_G + buffering.expert_bytes

@@ -15,7 +15,7 @@ from moesim.config import Scenario
 from moesim.hardware import DeviceCosts
 from moesim.sim.layer_costs import attention_time, ffn_time, gate_time, lm_head_time
 
-__all__ = ["LocalWork", "local_work"]
+__all__ = ["LocalWork", "lm_head_tokens", "local_work"]
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,14 @@ def _layout(scenario: Scenario) -> tuple[np.ndarray, np.ndarray, int]:
     return np.array(dense_before, dtype=np.int64), np.ones(len(dense_before), np.int64), run
 
 
-def _lm_head_tokens(scenario: Scenario, tokens_G: np.ndarray, source_T: np.ndarray) -> np.ndarray:
-    """Positions that need logits: every token in decode, each prompt's last one in prefill."""
+def lm_head_tokens(scenario: Scenario, tokens_G: np.ndarray, source_T: np.ndarray) -> np.ndarray:
+    """Positions that need logits: every token in decode, each prompt's last one in prefill
+    (every one with ``workload.logits: all``), none in an encoder."""
     workload = scenario.workload
-    if workload.phase == "decode":
-        return tokens_G
     if scenario.stack() == "encoder":
         return np.zeros_like(tokens_G)
+    if workload.phase == "decode" or workload.logits == "all":
+        return tokens_G
     last_T = np.arange(1, workload.batch_size + 1) * workload.seq_len - 1
     return np.bincount(source_T[last_T], minlength=tokens_G.size)
 
@@ -106,7 +107,7 @@ def local_work(
         else np.zeros_like(dense_G)
     )
     dense_L, ones_L, tail_dense = _layout(scenario)
-    lm_G = lm_head_time(model, costs, _lm_head_tokens(scenario, tokens_G, source_T))
+    lm_G = lm_head_time(model, costs, lm_head_tokens(scenario, tokens_G, source_T))
     # An expert (or replica) gets each token at most once; static slots can exceed that.
     max_rows = max(int(tokens_G.sum()), int(capacity_G.sum()) if capacity_G is not None else 0)
     expert_by_rows = ffn_time(model, costs, np.arange(max_rows + 1), model.d_ffn)

@@ -89,11 +89,15 @@ def activation_bytes(
     return (streams + scores + masks + buffers).astype(np.float64)
 
 
-def dense_activation_bytes(scenario: Scenario, tokens_G: np.ndarray) -> np.ndarray:
-    """Transient bytes of an attention block or a dense FFN (whichever is larger) per GPU."""
+def dense_activation_bytes(
+    scenario: Scenario, tokens_G: np.ndarray, logits_G: np.ndarray
+) -> np.ndarray:
+    """Transient bytes of an attention block, a dense FFN or the LM head's logits for
+    ``logits_G`` positions (whichever is largest) per GPU."""
     model = scenario.model
     ab = model.dtype_bytes
     streams = 2 * tokens_G * model.d_model * ab
     attention = tokens_G * (model.q_dim + model.kv_width) * ab
     ffn = tokens_G * (model.ffn_matrices - 1) * (model.dense_d_ffn or model.d_ffn) * ab
-    return (streams + np.maximum(attention, ffn)).astype(np.float64)
+    logits = logits_G * model.vocab_size * ab
+    return (streams + np.maximum(np.maximum(attention, ffn), logits)).astype(np.float64)

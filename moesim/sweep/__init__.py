@@ -59,5 +59,5 @@ def run_sweep(
         else:
             run_local(base, todo, workers, on_row)
     finally:
-        results = store.compact()
+        results = store.compact({point.id for point in sweep.points})
     return results, len(todo), total

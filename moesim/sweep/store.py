@@ -61,10 +61,13 @@ class ResultStore:
             Path(temporary).unlink(missing_ok=True)
             raise
 
-    def compact(self) -> Path:
-        """Write ``results.parquet`` from the parts, rows in point order."""
+    def compact(self, ids: set[str] | None = None) -> Path:
+        """Write ``results.parquet`` from the parts (of the points ``ids``, when given: a part
+        of a point the sweep file no longer has stays on disk but out of the table), rows in
+        point order."""
         pa, pq = _pyarrow()
-        tables = [pq.read_table(path) for path in sorted(self.parts.glob("*.parquet"))]
+        parts = sorted(self.parts.glob("*.parquet"))
+        tables = [pq.read_table(path) for path in parts if ids is None or path.stem in ids]
         target = self.out / "results.parquet"
         if not tables:
             return target

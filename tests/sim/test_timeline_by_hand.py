@@ -12,7 +12,7 @@ import pytest
 
 from moesim.api import run
 from moesim.sim.engine import OutOfMemoryError
-from tests.conftest import make_scenario, trace_workload
+from tests.conftest import make_scenario, trace_workload, workload
 
 ATTENTION = (2 * 2 * 64 + 4 * 2 * 1 * 4) / 1e12  # projections (64 params) + core, 2 tokens
 DENSE_FFN = 2 * 2 * 64 / 1e12  # 2 * 4 * 8 params, 2 tokens
@@ -121,3 +121,20 @@ def test_memory_bound_decode_with_launch_overhead_by_hand(trace) -> None:
     assert breakdown["expert"] == pytest.approx(expert, rel=1e-12)
     assert breakdown["other"] == pytest.approx(lm_head, rel=1e-12)
     assert breakdown["alltoall"] == pytest.approx(comm, rel=1e-12)
+
+
+def test_scoring_every_position_runs_the_lm_head_on_every_token_by_hand() -> None:
+    """Prefill of 2 prompts of 4 tokens on 2 GPUs (4 tokens each), vocabulary 10, d_model 4,
+    fp32, 1 TFLOP/s, infinite bandwidth: the LM head costs 2 x rows x 10 x 4 / 1e12 s per step,
+    rows = 1 (each GPU's last position) or 4 (every position, ``logits: all``); the logits of
+    4 rows hold 4 x 10 x 4 bytes, more than the GPU's other dense activations."""
+    results = {}
+    for logits in ("last", "all"):
+        scenario = make_scenario(
+            workload=workload(phase="prefill", batch_size=2, seq_len=4, steps=1, logits=logits)
+        )
+        results[logits], _ = run(scenario)
+    assert results["last"].time_breakdown_s["other"] == pytest.approx(2 * 1 * 10 * 4 / 1e12)
+    assert results["all"].time_breakdown_s["other"] == pytest.approx(2 * 4 * 10 * 4 / 1e12)
+    streams = 2 * 4 * 4 * 4  # hidden and residual streams of 4 tokens
+    assert max(results["all"].memory.activation_peak_bytes_per_device) >= streams + 4 * 10 * 4

@@ -186,3 +186,14 @@ def test_a_peak_above_capacity_is_out_of_memory_with_its_metrics(tmp_path):
     (row,) = pq.read_table(results).to_pylist()
     assert row["status"] == "out_of_memory" and "peak" in row["error"]
     assert row["throughput_tokens_per_s"] == pytest.approx(result.throughput_tokens_per_s)
+
+
+def test_the_table_holds_the_sweep_files_points_only(tmp_path):
+    first = _write(tmp_path, {"grid": {"workload.batch_size": [4, 8]}})
+    run_sweep(first, tmp_path / "out", workers=1)
+    second = _write(tmp_path, {"grid": {"workload.batch_size": [8, 16]}})
+    results, ran, total = run_sweep(second, tmp_path / "out", workers=1)
+    assert (ran, total) == (1, 2)  # batch 8 was already there
+    rows = pq.read_table(results).to_pylist()
+    assert sorted(r["workload.batch_size"] for r in rows) == [8, 16]
+    assert len(ResultStore(tmp_path / "out").done()) == 3  # batch 4's part stays on disk
