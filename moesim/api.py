@@ -13,10 +13,10 @@ from moesim.errors import MoesimError
 from moesim.files import publish
 from moesim.metrics import Result, RunRecords, chrome_trace
 from moesim.policies import PlacementPlan, save_eplb
-from moesim.sim import simulate
+from moesim.sim import OutOfMemoryError, simulate
 from moesim.sim.engine import StepCallback
 
-__all__ = ["check_out_dir", "load_scenario", "run", "write_outputs"]
+__all__ = ["OutOfMemoryError", "check_out_dir", "load_scenario", "run", "write_outputs"]
 
 
 def run(

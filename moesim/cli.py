@@ -240,11 +240,32 @@ def _world_sizes(text: str | None) -> list[int] | None:
 
 
 def _calibrate(args: argparse.Namespace, console: Console) -> None:
+    _write_calibrated(
+        console,
+        args.device,
+        Path(args.out),
+        grid=args.grid,
+        world_sizes=_world_sizes(args.world_sizes),
+        dtype=args.dtype,
+        name=args.name,
+    )
+
+
+def _write_calibrated(
+    console: Console,
+    device: str,
+    out: Path,
+    *,
+    grid: str = "full",
+    world_sizes: list[int] | None = None,
+    dtype: str | None = None,
+    name: str | None = None,
+) -> None:
+    """Calibrate ``device`` into the profile ``out``, with a progress bar and a summary."""
     try:
         from moesim.calibrate import calibrate_profile, write_profile
     except ImportError:
         raise MoesimError("calibration needs torch: pip install 'moesim[torch]'") from None
-    out = Path(args.out)
     if out.is_dir():
         raise MoesimError(f"--out {out}: is a folder; expected a profile file such as x.yaml")
     with progress_bar("calibrating") as progress:
@@ -254,11 +275,11 @@ def _calibrate(args: argparse.Namespace, console: Console) -> None:
             progress.update(task, description=stage, completed=done, total=total)
 
         profile = calibrate_profile(
-            args.device,
-            grid=args.grid,
-            world_sizes=_world_sizes(args.world_sizes),
-            dtype=args.dtype,
-            name=args.name,
+            device,
+            grid=grid,
+            world_sizes=world_sizes,
+            dtype=dtype,
+            name=name,
             on_progress=report,
         )
     write_profile(profile, out)
@@ -295,10 +316,9 @@ def _tolerances(texts: list[str]) -> dict[str, float]:
 
 def _validate(args: argparse.Namespace, console: Console) -> int:
     try:
-        from moesim.validate import summarise, validate
+        from moesim.validate import scenario_files, summarise, validate
     except ImportError:
         raise MoesimError("validation needs torch: pip install 'moesim[torch]'") from None
-    from moesim.validate import scenario_files
 
     tolerances = _tolerances(args.tolerance)
     if args.repeats < 1:
@@ -307,17 +327,7 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
     out = api.check_out_dir(args.out)
     profile = Path(args.profile) if args.profile else out / "profile.yaml"
     if args.profile is None:
-        _calibrate(
-            argparse.Namespace(
-                device=args.device,
-                out=str(profile),
-                grid="full",
-                world_sizes=None,
-                dtype=None,
-                name=None,
-            ),
-            console,
-        )
+        _write_calibrated(console, args.device, profile)
     elif not profile.is_file():
         raise MoesimError(f"--profile {profile}: no such hardware profile file")
     with progress_bar("validating") as progress:

@@ -67,6 +67,21 @@ TINY_MODEL: dict[str, Any] = {
 }
 
 
+# A 2-layer MoE whose every layer routes: big enough for the reference executor to move rows,
+# small enough to run for real in milliseconds.
+SMALL_MOE: dict[str, Any] = {
+    **TINY_MODEL,
+    "layers": 2,
+    "moe_every": 1,
+    "d_model": 32,
+    "d_ffn": 64,
+    "heads": 2,
+    "num_experts": 4,
+    "top_k": 2,
+    "vocab_size": 64,
+}
+
+
 def workload(**changes: Any) -> dict[str, Any]:
     """The tests' default workload (decode, 4 sequences, 1 position of context, 1 step)."""
     return {

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from moesim.api import load_scenario, run
 
@@ -72,11 +73,20 @@ def test_tiny_scenarios_match_golden(path: Path) -> None:
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_every_paper_sweep_expands_to_valid_scenarios(path: Path) -> None:
-    from moesim.sweep import load_sweep
-    from moesim.sweep.spec import Point
+    """As many points as the grid's product times the zip's rows, each a valid scenario."""
+    import math
 
+    from moesim.sweep import load_sweep
+
+    raw = yaml.safe_load(path.read_text())
+    grid = math.prod(len(values) for values in raw.get("grid", {}).values())
+    rows = len(next(iter(raw["zip"].values()))) if raw.get("zip") else 1
     sweep = load_sweep(path)
-    assert len(sweep.points) >= 2
+    assert len(sweep.points) == grid * rows >= 2
     for point in sweep.points:
-        assert isinstance(point, Point)
-        load_scenario(sweep.base, point.overrides)  # raises on an invalid point
+        scenario = load_scenario(sweep.base, point.overrides)
+        for key, value in point.params:
+            if key == "cluster.nodes":
+                assert scenario.cluster.nodes == value
+            elif key == "workload.batch_size":
+                assert scenario.workload.batch_size == value

@@ -8,7 +8,6 @@ from typing import Any
 from moesim import api
 from moesim.config import load_scenario
 from moesim.errors import MoesimError
-from moesim.sim import OutOfMemoryError
 from moesim.sweep.spec import Point
 
 __all__ = ["flatten_result", "label", "run_point"]
@@ -52,7 +51,7 @@ def run_point(base: str, point: Point) -> dict[str, Any]:
     row |= {key: label(value) for key, value in point.params}
     try:
         result, _ = api.run(load_scenario(base, point.overrides))
-    except OutOfMemoryError as error:
+    except api.OutOfMemoryError as error:
         return row | {"status": "out_of_memory", "error": str(error)}
     except MoesimError as error:
         return row | {"status": "error", "error": str(error)}

@@ -28,7 +28,6 @@ from moesim.files import publish
 from moesim.workload.npz_mmap import load_member
 
 __all__ = [
-    "METADATA_KEYS",
     "Trace",
     "check_ids",
     "load_trace",
@@ -37,7 +36,6 @@ __all__ = [
     "save_trace",
 ]
 
-METADATA_KEYS = ("model", "num_experts", "top_k", "phase", "source", "date")
 _BLOCK_ELEMENTS = 1 << 22  # validated at a time
 
 

@@ -9,19 +9,9 @@ from moesim.errors import MoesimError
 from moesim.metrics import Result
 from moesim.reference import UnsupportedScenarioError, execute, make_workplan
 from moesim.sim import simulate
-from tests.conftest import SIMPLE_PROFILE, TINY_MODEL, make_scenario, workload
+from tests.conftest import SIMPLE_PROFILE, SMALL_MOE, make_scenario, workload
 
-MODEL = {
-    **TINY_MODEL,
-    "layers": 2,
-    "moe_every": 1,
-    "d_model": 32,
-    "d_ffn": 64,
-    "heads": 2,
-    "num_experts": 4,
-    "top_k": 2,
-    "vocab_size": 64,
-}
+MODEL = SMALL_MOE
 PROFILE = {**SIMPLE_PROFILE, "memory": {**SIMPLE_PROFILE["memory"], "capacity": "64GB"}}
 SKEWED = {"source": "synthetic", "distribution": "zipf", "skew": 1.2, "locality": 0.5}
 

@@ -12,20 +12,9 @@ import yaml
 
 from moesim.cli import main
 from moesim.validate import validate
-from tests.conftest import SIMPLE_PROFILE
+from tests.conftest import SIMPLE_PROFILE, SMALL_MOE
 
-MODEL = {
-    "name": "v",
-    "layers": 2,
-    "moe_every": 1,
-    "d_model": 32,
-    "d_ffn": 64,
-    "heads": 2,
-    "num_experts": 4,
-    "top_k": 2,
-    "vocab_size": 64,
-    "dtype": "fp32",
-}
+MODEL = {**SMALL_MOE, "name": "v"}
 
 
 @pytest.fixture(scope="module")

@@ -153,10 +153,9 @@ def test_cli_capture_then_stats_then_a_scenario_replays_it(tmp_path, capsys):
     assert sum(stats["layers"][0]["popularity"]) == pytest.approx(1.0)
 
 
-def test_an_encoder_decoder_is_captured_in_its_encoder_with_its_fixed_top_k(tmp_path):
+def _switch():
     from transformers import SwitchTransformersConfig, SwitchTransformersForConditionalGeneration
 
-    torch.manual_seed(0)
     config = SwitchTransformersConfig(
         vocab_size=256,
         d_model=32,
@@ -170,19 +169,12 @@ def test_an_encoder_decoder_is_captured_in_its_encoder_with_its_fixed_top_k(tmp_
         decoder_sparse_step=1,
         expert_capacity=64,
     )
-    path = tmp_path / "switch"
-    SwitchTransformersForConditionalGeneration(config).save_pretrained(path)
-    trace = capture(path, TEXT, seq_len=8, batch_size=2, max_steps=2)
-    assert trace.expert_ids.shape == (2, 2, 16, 1) and trace.metadata["top_k"] == 1
-    assert trace.expert_ids.max() < 4
-    with pytest.raises(MoesimError, match="captured in its encoder"):
-        capture(path, TEXT, phase="decode", seq_len=8, batch_size=2)
+    return SwitchTransformersForConditionalGeneration(config)
 
 
-def test_nllb_moe_is_captured_in_its_encoder_with_top_2(tmp_path):
+def _nllb():
     from transformers import NllbMoeConfig, NllbMoeForConditionalGeneration
 
-    torch.manual_seed(0)
     config = NllbMoeConfig(
         vocab_size=256,
         d_model=32,
@@ -198,7 +190,17 @@ def test_nllb_moe_is_captured_in_its_encoder_with_top_2(tmp_path):
         decoder_sparse_step=1,
         max_position_embeddings=128,
     )
-    path = tmp_path / "nllb"
-    NllbMoeForConditionalGeneration(config).save_pretrained(path)
+    return NllbMoeForConditionalGeneration(config)
+
+
+@pytest.mark.parametrize(("build", "top_k"), [(_switch, 1), (_nllb, 2)])
+def test_an_encoder_decoder_is_captured_in_its_encoder_with_its_fixed_top_k(tmp_path, build, top_k):
+    """Switch routes top-1 and NLLB-MoE top-2, set in their code rather than their config."""
+    torch.manual_seed(0)
+    path = tmp_path / "model"
+    build().save_pretrained(path)
     trace = capture(path, TEXT, seq_len=8, batch_size=2, max_steps=2)
-    assert trace.expert_ids.shape == (2, 2, 16, 2) and trace.metadata["top_k"] == 2
+    assert trace.expert_ids.shape == (2, 2, 16, top_k) and trace.metadata["top_k"] == top_k
+    assert trace.expert_ids.max() < 4
+    with pytest.raises(MoesimError, match="captured in its encoder"):
+        capture(path, TEXT, phase="decode", seq_len=8, batch_size=2)
