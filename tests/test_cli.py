@@ -148,7 +148,15 @@ def test_a_trace_of_unsigned_ids_runs(tmp_path, capsys) -> None:
         (["--out", "OUT", "--chrome-trace", "--trace-steps", "0"], "expected at least 1"),
         (["--set", "policies.gating={name: static, capacity_factor: .inf}"], "capacity_factor"),
         (["--set", "cluster.gpus_per_node=100000"], "at most 8192"),
-        (["--set", "workload.batch_size=100000000"], "token-expert pairs"),
+        (
+            [
+                "--set",
+                "workload.batch_size=100000000",
+                "--set",
+                "workload.routing={source: synthetic, resolution: tokens}",
+            ],
+            "token-expert pairs",
+        ),
     ],
 )
 def test_impossible_requests_are_refused_before_running(tmp_path, capsys, args, fragment) -> None:

@@ -23,7 +23,13 @@ __all__ = [
 
 
 MAX_GPUS = 8192  # pairwise GPU arrays grow with the square of the count
-MAX_ASSIGNMENTS_PER_STEP = 1 << 26  # routing is drawn per token: 67M token-expert pairs a step
+MAX_ASSIGNMENTS_PER_STEP = 1 << 26  # token-level routing: 67M token-expert pairs a step
+# A count-level cell (one multinomial draw per choice) costs about this many token draws, as
+# measured by benchmarks/sim_speed.py; auto draws counts where that is less work.
+COUNT_CELL_COST = 4
+# Below this many token draws per layer a step costs microseconds at token level, which is
+# exact for every downstream use (reference replay, traces, per-token accounting).
+MIN_COUNT_LEVEL_DRAWS = 1 << 14
 
 
 class ClusterSpec(Frozen):
@@ -56,6 +62,11 @@ class SyntheticRouting(Frozen):
     skew: float = Field(default=1.0, ge=0)
     locality: float = Field(default=0.0, ge=0, le=1)
     fit: str | None = Field(default=None, min_length=1)
+    resolution: Literal["auto", "tokens", "counts"] = Field(
+        default="auto",
+        description="draw each token's experts, or each GPU's token counts per expert "
+        "(the same law); auto takes whichever is less work",
+    )
 
 
 class TraceRouting(Frozen):
@@ -154,13 +165,28 @@ class Scenario(Frozen):
             )
         layers = max(self.model.moe_layers(self.stack()), 1)
         assignments = layers * self.workload.tokens_per_step * self.model.top_k
-        if assignments > MAX_ASSIGNMENTS_PER_STEP:
+        if self.routing_resolution() == "tokens" and assignments > MAX_ASSIGNMENTS_PER_STEP:
             raise ValueError(
                 f"a step routes {assignments:,} token-expert pairs ({layers} MoE layers x "
-                f"{self.workload.tokens_per_step:,} tokens x top-{self.model.top_k}); moesim "
-                f"draws routing per token and handles at most {MAX_ASSIGNMENTS_PER_STEP:,}"
+                f"{self.workload.tokens_per_step:,} tokens x top-{self.model.top_k}); token-"
+                f"level routing handles at most {MAX_ASSIGNMENTS_PER_STEP:,} (synthetic "
+                "routing at workload.routing.resolution: counts has no such limit)"
             )
         return self
+
+    def routing_resolution(self) -> Literal["tokens", "counts"]:
+        """How the routing is drawn: per token (traces always), or as counts per source GPU
+        and expert; ``auto`` compares the work, ``T x K`` draws against ``G x E x K`` cells,
+        and keeps tokens for small steps."""
+        routing = self.workload.routing
+        if not isinstance(routing, SyntheticRouting):
+            return "tokens"
+        if routing.resolution != "auto":
+            return routing.resolution
+        token_draws = self.workload.tokens_per_step * self.model.top_k
+        count_cells = self.cluster.gpus * self.model.num_experts * self.model.top_k
+        fewer = token_draws > max(COUNT_CELL_COST * count_cells, MIN_COUNT_LEVEL_DRAWS)
+        return "counts" if fewer else "tokens"
 
     def stack(self) -> str:
         """The layer stack the phase runs: an encoder-decoder prefills its encoder."""

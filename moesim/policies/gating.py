@@ -2,7 +2,9 @@
 
 Shapes: ``N`` steps, ``L`` MoE layers, ``T`` tokens per step, ``K`` top-k, ``E`` experts,
 ``G`` GPUs. A policy sees routing and the token split, never time or hardware; the simulator
-and the reference executor call the same code.
+and the reference executor call the same code. ``gate`` takes token-level routing
+(``expert_ids_NLTK``), ``gate_counts`` count-level routing (``counts_NLGE``, tokens each
+source GPU sends to each expert): the same outcome from either.
 
 - ``static``: each source GPU gives each expert ``C`` slots; first choices take slots before
   second choices, then token order (fairseq's ``top2gating``); assignments beyond ``C`` are
@@ -116,7 +118,19 @@ class StaticGating(Policy):
             per_source_RG = np.bincount(key, minlength=risky.size * gpus).reshape(-1, gpus)
             tokens_NLE = counts_NLE.copy()
             tokens_NLE.ravel()[risky] = np.minimum(per_source_RG, capacity_G).sum(axis=1)
-        slots_NLE = np.full((n, layers, num_experts), capacity_G.sum(), dtype=np.int64)
+        return self._outcome(tokens_NLE, capacity_G)
+
+    def gate_counts(
+        self, counts_NLGE: np.ndarray, tokens_G: np.ndarray, top_k: int
+    ) -> GatingOutcome:
+        """From count-level routing: each source keeps ``min(count, C_g)`` per expert (first
+        choices first leaves that total unchanged, whichever assignments it keeps)."""
+        capacity_G = self.capacity(tokens_G, counts_NLGE.shape[-1], top_k)
+        kept = np.minimum(counts_NLGE, capacity_G[:, None]).sum(axis=2, dtype=np.int64)
+        return self._outcome(kept, capacity_G)
+
+    def _outcome(self, tokens_NLE: np.ndarray, capacity_G: np.ndarray) -> GatingOutcome:
+        slots_NLE = np.full(tokens_NLE.shape, capacity_G.sum(), dtype=np.int64)
         return GatingOutcome(
             tokens_NLE, slots_NLE, capacity_G, einsum_dispatch=self.params.dispatch == "einsum"
         )
@@ -154,4 +168,10 @@ class DynamicGating(Policy):
         self, expert_ids_NLTK: np.ndarray, source_T: np.ndarray, gpus: int, num_experts: int
     ) -> GatingOutcome:
         counts_NLE = expert_counts(expert_ids_NLTK, num_experts)
+        return GatingOutcome(counts_NLE, counts_NLE, None)
+
+    def gate_counts(
+        self, counts_NLGE: np.ndarray, tokens_G: np.ndarray, top_k: int
+    ) -> GatingOutcome:
+        counts_NLE = counts_NLGE.sum(axis=2, dtype=np.int64)
         return GatingOutcome(counts_NLE, counts_NLE, None)

@@ -73,6 +73,43 @@ class PlacementPlan:
         replica = np.arange(tokens)[:, None] % count
         return self.log2phy_LER.ravel()[cell + replica]
 
+    @cached_property
+    def replica_LU(self) -> np.ndarray:
+        """Which copy of its expert each slot holds (0 for the first)."""
+        replica_LU = np.zeros(self.phy2log_LU.shape, dtype=np.int64)
+        for layer in range(self.layers):
+            order = np.argsort(self.phy2log_LU[layer], kind="stable")
+            experts = self.phy2log_LU[layer][order]
+            replica_LU[layer, order] = np.arange(order.size) - np.searchsorted(experts, experts)
+        return replica_LU
+
+    def to_unit_counts(self, counts_NLGE: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``counts_NLGU``: count-level routing in placement slots. An expert's tokens split
+        over its replicas as ``t % replicas`` splits them at token level: each token to a
+        replica uniformly, so a multinomial with equal shares."""
+        if self._identity:
+            return counts_NLGE
+        n, layers, gpus, _ = counts_NLGE.shape
+        expert_index = np.broadcast_to(
+            self.phy2log_LU[None, :, None, :], (n, layers, gpus, self.units)
+        )
+        gathered = np.take_along_axis(counts_NLGE, expert_index, axis=-1).astype(np.int64)
+        if self.units == self.num_experts:
+            return gathered
+        left = gathered.copy()  # per slot: its expert's tokens not yet given to a replica
+        out = np.zeros_like(gathered)
+        copies_LU = np.take_along_axis(self.logcnt_LE, self.phy2log_LU, axis=1)
+        rows = np.arange(n * layers * gpus).reshape(n, layers, gpus, 1) * self.num_experts
+        key_NLGU = (rows + expert_index).ravel()
+        for replica in range(int(copies_LU.max())):
+            mine_LU = self.replica_LU == replica
+            share = np.where(mine_LU, 1.0 / np.maximum(copies_LU - replica, 1), 0.0)
+            drawn = rng.binomial(np.where(mine_LU[None, :, None], left, 0), share[None, :, None])
+            out += drawn
+            given = np.bincount(key_NLGU, weights=drawn.ravel(), minlength=counts_NLGE.size)
+            left -= given.astype(np.int64)[key_NLGU].reshape(left.shape)
+        return out
+
     @property
     def experts_per_gpu_LG(self) -> np.ndarray:
         """Slots (experts and replicas) each GPU holds per layer."""
@@ -87,16 +124,18 @@ class PlacementPlan:
         block = np.repeat(np.arange(self.gpus), self.units // self.gpus)
         return bool((self.owner_LU == block).all())
 
-    def per_gpu_sum(self, values_NLU: np.ndarray) -> np.ndarray:
-        """``values_NLG``: the sum over each GPU's slots."""
-        n, layers, units = values_NLU.shape
+    def per_gpu_sum(self, values_NLXU: np.ndarray) -> np.ndarray:
+        """``values_NLXG``: the sum over each GPU's slots (any axes ``X`` between the layer's
+        and the slots', such as the source GPU of count-level routing)."""
+        shape = values_NLXU.shape
+        units = shape[-1]
         if self._blocked:
-            return values_NLU.reshape(n, layers, self.gpus, units // self.gpus).sum(axis=-1)
-        keys = np.arange(n * layers).reshape(n, layers, 1) * self.gpus + self.owner_LU[None]
-        summed = np.bincount(
-            keys.ravel(), weights=values_NLU.ravel(), minlength=n * layers * self.gpus
-        )
-        return summed.reshape(n, layers, self.gpus).astype(values_NLU.dtype)
+            return values_NLXU.reshape(*shape[:-1], self.gpus, units // self.gpus).sum(axis=-1)
+        owner = self.owner_LU.reshape(1, shape[1], *([1] * (len(shape) - 3)), units)
+        rows = np.arange(int(np.prod(shape[:-1]))).reshape((*shape[:-1], 1)) * self.gpus
+        keys = (rows + owner).ravel()
+        summed = np.bincount(keys, weights=values_NLXU.ravel(), minlength=rows.size * self.gpus)
+        return summed.reshape(*shape[:-1], self.gpus).astype(values_NLXU.dtype)
 
     def per_gpu_max(self, values_NLU: np.ndarray) -> np.ndarray:
         """``values_NLG``: the largest value among each GPU's slots (0 where it has none)."""

@@ -138,7 +138,7 @@ def make_workplan(scenario: Scenario, device: str = "cpu") -> Workplan:
     gating = GATING.build(scenario.policies.gating)
     logical, units, kept, needed = [], [], [], []
     outcome = None
-    for chunk in routing_chunks(scenario, warmup_steps(scenario)):
+    for chunk in routing_chunks(scenario, warmup_steps(scenario), resolution="tokens"):
         ids = plan.to_units(chunk.expert_ids_NLTK)
         outcome = gating.gate(ids, source_T, gpus, plan.units)
         logical.append(chunk.expert_ids_NLTK)

@@ -19,7 +19,13 @@ from moesim.metrics import PHASES, load_imbalance
 from moesim.policies import GatingOutcome, PlacementPlan
 from moesim.sim.local_work import LocalWork
 from moesim.sim.memory import activation_bytes
-from moesim.sim.traffic import alltoall_time, count_exchange_bytes, routed_tokens, static_tokens
+from moesim.sim.traffic import (
+    alltoall_time,
+    count_exchange_bytes,
+    counted_tokens,
+    routed_tokens,
+    static_tokens,
+)
 
 __all__ = ["ChunkTiming", "time_chunk"]
 
@@ -52,13 +58,18 @@ def time_chunk(
     topology: Topology,
     plan: PlacementPlan,
     local: LocalWork,
-    expert_ids_NLTK: np.ndarray,
     outcome: GatingOutcome,
     tokens_G: np.ndarray,
-    source_T: np.ndarray,
+    *,
+    units_NLTK: np.ndarray | None = None,
+    counts_NLGU: np.ndarray | None = None,
+    source_T: np.ndarray | None = None,
 ) -> ChunkTiming:
+    """Durations of a chunk from its gating outcome and its routing in placement slots, at
+    token level (``units_NLTK`` with each token's GPU ``source_T``) or count level
+    (``counts_NLGU``)."""
     model = scenario.model
-    n, layers, _tokens, _top_k = expert_ids_NLTK.shape
+    n, layers, _units = outcome.tokens_NLE.shape
     row_bytes = model.d_model * model.dtype_bytes
 
     expert_NLE = local.expert_time(outcome.slots_NLE)
@@ -71,8 +82,10 @@ def time_chunk(
     if outcome.capacity_G is not None:
         egress, ingress = static_tokens(outcome.capacity_G, plan, topology)
         egress, ingress = egress[None], ingress[None]
+    elif counts_NLGU is not None:
+        egress, ingress = counted_tokens(counts_NLGU, plan, topology)
     else:
-        egress, ingress = routed_tokens(expert_ids_NLTK, source_T, plan, topology)
+        egress, ingress = routed_tokens(units_NLTK, source_T, plan, topology)
     dispatch_NL = np.broadcast_to(
         alltoall_time(egress * row_bytes, ingress * row_bytes, topology, costs.launch_overhead_s),
         (n, layers),

@@ -58,14 +58,35 @@ class _Collected:
     events: int = 0
 
 
-def _gated(
-    scenario: Scenario, plan: PlacementPlan, source_T: np.ndarray
-) -> Iterator[tuple[StepChunk, np.ndarray, GatingOutcome]]:
+@dataclass(frozen=True)
+class _Gated:
+    """A chunk of measured steps: routing in placement slots and what gating makes of it."""
+
+    chunk: StepChunk
+    outcome: GatingOutcome
+    units_NLTK: np.ndarray | None
+    counts_NLGU: np.ndarray | None
+
+
+_REPLICA_STREAM = 3  # spawn key of the count-level split of tokens over expert replicas
+
+
+def _gated(scenario: Scenario, plan: PlacementPlan, tokens_G: np.ndarray) -> Iterator[_Gated]:
     """The measured steps' routing in placement slots, and what gating makes of it."""
     gating = GATING.build(scenario.policies.gating)
+    source_T = None
+    top_k = scenario.model.top_k
     for chunk in routing_chunks(scenario, warmup_steps(scenario)):
-        ids = plan.to_units(chunk.expert_ids_NLTK)
-        yield chunk, ids, gating.gate(ids, source_T, plan.gpus, plan.units)
+        if chunk.counts_NLGE is not None:
+            key = (_REPLICA_STREAM, chunk.first_step)
+            rng = np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=key))
+            counts = plan.to_unit_counts(chunk.counts_NLGE, rng)
+            yield _Gated(chunk, gating.gate_counts(counts, tokens_G, top_k), None, counts)
+        else:
+            if source_T is None:
+                source_T = np.repeat(np.arange(tokens_G.size), tokens_G)
+            ids = plan.to_units(chunk.expert_ids_NLTK)
+            yield _Gated(chunk, gating.gate(ids, source_T, plan.gpus, plan.units), ids, None)
 
 
 def _check_resident_set(scenario: Scenario, resident_G: np.ndarray) -> None:
@@ -98,7 +119,7 @@ def simulate(
     if scenario.policies.cache.name != "none":
         future = None
         if scenario.policies.cache.name == "belady":  # the offline optimum reads ahead
-            needed = [o.tokens_NLE > 0 for _, _, o in _gated(scenario, plan, source_T)]
+            needed = [g.outcome.tokens_NLE > 0 for g in _gated(scenario, plan, tokens_G)]
             future = request_sequences(np.concatenate(needed), plan) if needed else None
         buffering = Buffering(scenario, plan, future)
     collected = _Collected(
@@ -112,7 +133,8 @@ def simulate(
 
     def run(env: simpy.Environment) -> Generator[simpy.Event, None, None]:
         local = None
-        for chunk, ids, outcome in _gated(scenario, plan, source_T):
+        for gated in _gated(scenario, plan, tokens_G):
+            chunk, outcome = gated.chunk, gated.outcome
             if local is None:
                 local = local_work(
                     scenario,
@@ -124,42 +146,59 @@ def simulate(
                     plan.units,
                 )
             timing = time_chunk(
-                scenario, costs, topology, plan, local, ids, outcome, tokens_G, source_T
+                scenario,
+                costs,
+                topology,
+                plan,
+                local,
+                outcome,
+                tokens_G,
+                units_NLTK=gated.units_NLTK,
+                counts_NLGU=gated.counts_NLGU,
+                source_T=source_T,
             )
             n = chunk.steps
-            start_N = np.empty(n)
             latency_N, breakdown_NP = timing.latency_N.copy(), timing.breakdown_NP.copy()
             cache_NC = np.zeros((n, 4), dtype=np.int64)  # hits, misses, evictions, copies
-            for index in range(n):
-                step = chunk.first_step + index
-                start_N[index] = env.now
-                if buffering is not None:
-                    latency_N[index], stats = buffering.step(
-                        index, env.now, local, timing, breakdown_NP[index]
-                    )
-                    cache_NC[index] = (
-                        stats.hits,
-                        stats.misses,
-                        stats.evictions,
-                        stats.misses + stats.copies,
-                    )
-                if step < trace_steps:
-                    buffered = buffering is not None
-                    collected.spans.append(
-                        step_spans(
-                            step,
-                            env.now,
-                            index,
-                            local,
-                            timing,
-                            buffering.expert_LG if buffered else None,
-                            buffering.copy_spans if buffered else None,
-                        )
-                    )
-                yield env.timeout(latency_N[index])
+            if buffering is None and chunk.first_step >= trace_steps:
+                # A lock-step stretch: the chunk's durations are known, one timeout covers it.
+                start_N = np.cumsum(np.concatenate([[env.now], latency_N]))[:-1]
+                yield env.timeout(float(start_N[-1] + latency_N[-1] - env.now))
                 collected.events += 1
                 if on_step is not None:
-                    on_step(step + 1, workload.steps)
+                    on_step(chunk.first_step + n, workload.steps)
+            else:
+                start_N = np.empty(n)
+                for index in range(n):
+                    step = chunk.first_step + index
+                    start_N[index] = env.now
+                    if buffering is not None:
+                        latency_N[index], stats = buffering.step(
+                            index, env.now, local, timing, breakdown_NP[index]
+                        )
+                        cache_NC[index] = (
+                            stats.hits,
+                            stats.misses,
+                            stats.evictions,
+                            stats.misses + stats.copies,
+                        )
+                    if step < trace_steps:
+                        buffered = buffering is not None
+                        collected.spans.append(
+                            step_spans(
+                                step,
+                                env.now,
+                                index,
+                                local,
+                                timing,
+                                buffering.expert_LG if buffered else None,
+                                buffering.copy_spans if buffered else None,
+                            )
+                        )
+                    yield env.timeout(latency_N[index])
+                    collected.events += 1
+                    if on_step is not None:
+                        on_step(step + 1, workload.steps)
             routed = layers * workload.tokens_per_step * model.top_k
             expert_bytes = model.expert_params * model.dtype_bytes
             collected.steps.append(

@@ -5,6 +5,7 @@ nvlink, network). Egress is what a GPU sends, ingress what it receives; traffic 
 ``local`` and costs no link time. A GPU's part of an all-to-all lasts, on each link kind, the
 larger of its egress and ingress over that port (ports are full duplex), plus the link's
 latency; kinds run in parallel; the collective takes the time of its slowest participant.
+Link kinds follow node membership, so per-kind sums are node sums, never G x G lookups.
 """
 
 from __future__ import annotations
@@ -14,55 +15,86 @@ import numpy as np
 from moesim.hardware import KINDS, Topology, alltoall_port_time
 from moesim.policies import PlacementPlan
 
-__all__ = ["alltoall_time", "count_exchange_bytes", "routed_tokens", "static_tokens"]
+__all__ = [
+    "alltoall_time",
+    "by_kind",
+    "count_exchange_bytes",
+    "counted_tokens",
+    "routed_tokens",
+    "static_tokens",
+]
 
 _K = len(KINDS)
 COUNT_BYTES = 4  # one int32 per expert in the count exchange
 
 
-def _kind_onehot(topology: Topology) -> np.ndarray:
-    """``onehot_GHK[g, h, k]``: the path from ``g`` to ``h`` is of kind ``k``."""
-    return np.eye(_K)[topology.kind_GG]
+def by_kind(values_XH: np.ndarray, topology: Topology) -> np.ndarray:
+    """``out_XGK[..., g, k]``: the sum of ``values_XH[..., h]`` over the GPUs ``h`` that ``g``
+    reaches over links of kind ``k`` (itself, its node's others, the other nodes')."""
+    shape = values_XH.shape
+    node_XN = values_XH.reshape(*shape[:-1], topology.nodes, topology.gpus_per_node).sum(axis=-1)
+    own_node_XG = np.repeat(node_XN, topology.gpus_per_node, axis=-1)
+    total_X1 = values_XH.sum(axis=-1, keepdims=True)
+    return np.stack([values_XH, own_node_XG - values_XH, total_X1 - own_node_XG], axis=-1)
 
 
 def static_tokens(
     capacity_G: np.ndarray, plan: PlacementPlan, topology: Topology
 ) -> tuple[np.ndarray, np.ndarray]:
     """Padded dispatch rows ``(egress_LGK, ingress_LGK)``: ``C_g`` to every expert from ``g``."""
-    onehot_GHK = _kind_onehot(topology)
     experts_LH = plan.experts_per_gpu_LG
-    egress = capacity_G[None, :, None] * np.einsum("ghk,lh->lgk", onehot_GHK, experts_LH)
-    ingress = experts_LH[:, :, None] * np.einsum("ghk,g->hk", onehot_GHK, capacity_G)[None]
+    egress = capacity_G[None, :, None] * by_kind(experts_LH, topology)
+    ingress = experts_LH[:, :, None] * by_kind(capacity_G, topology)[None]
     return egress, ingress
 
 
 def count_exchange_bytes(plan: PlacementPlan, topology: Topology) -> tuple[np.ndarray, np.ndarray]:
     """``(egress_LGK, ingress_LGK)`` of the count all-to-all: an int32 per remote expert."""
-    onehot_GHK = _kind_onehot(topology)
     experts_LH = plan.experts_per_gpu_LG
-    egress = COUNT_BYTES * np.einsum("ghk,lh->lgk", onehot_GHK, experts_LH)
-    ingress = COUNT_BYTES * experts_LH[:, :, None] * onehot_GHK.sum(axis=0)[None]
+    egress = COUNT_BYTES * by_kind(experts_LH, topology)
+    peers_GK = by_kind(np.ones(plan.gpus), topology)
+    ingress = COUNT_BYTES * experts_LH[:, :, None] * peers_GK[None]
     return egress, ingress
 
 
 def routed_tokens(
-    expert_ids_NLTK: np.ndarray, source_T: np.ndarray, plan: PlacementPlan, topology: Topology
+    units_NLTK: np.ndarray, source_T: np.ndarray, plan: PlacementPlan, topology: Topology
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact dispatch rows ``(egress_NLGK, ingress_NLGK)`` when every assignment travels."""
-    n, layers, tokens, top_k = expert_ids_NLTK.shape
-    gpus, experts = plan.gpus, plan.units
-    # Per (layer, source GPU, expert): the (GPU, link kind) cell it counts in, on each side.
-    kind_LGE = topology.kind_GG[np.arange(gpus)[None, :, None], plan.owner_LU[:, None, :]]
-    egress_cell = (np.arange(gpus)[None, :, None] * _K + kind_LGE).ravel()
-    ingress_cell = (plan.owner_LU[:, None, :] * _K + kind_LGE).ravel()
-    base_LX = (np.arange(layers)[:, None] * gpus + np.repeat(source_T, top_k)[None]) * experts
-    lookup = expert_ids_NLTK.reshape(n, layers, tokens * top_k) + base_LX[None]
+    """Exact dispatch rows ``(egress_NLGK, ingress_NLGK)`` when every assignment travels,
+    from each token's placement slots: one pass over the assignments, no G x E array."""
+    n, layers, tokens, top_k = units_NLTK.shape
+    gpus = plan.gpus
+    owner_NLX = plan.owner_LU[
+        np.arange(layers)[:, None], units_NLTK.reshape(n, layers, tokens * top_k)
+    ]
+    source_X = np.repeat(source_T, top_k)
+    kind_NLX = topology.kind(source_X, owner_NLX)
     step_layer = (np.arange(n * layers, dtype=np.int64) * (gpus * _K)).reshape(n, layers, 1)
-    size = n * layers * gpus * _K
-    shape = (n, layers, gpus, _K)
-    egress = np.bincount((egress_cell[lookup] + step_layer).ravel(), minlength=size)
-    ingress = np.bincount((ingress_cell[lookup] + step_layer).ravel(), minlength=size)
+    size, shape = n * layers * gpus * _K, (n, layers, gpus, _K)
+    egress = np.bincount((step_layer + source_X * _K + kind_NLX).ravel(), minlength=size)
+    ingress = np.bincount((step_layer + owner_NLX * _K + kind_NLX).ravel(), minlength=size)
     return egress.reshape(shape), ingress.reshape(shape)
+
+
+def counted_tokens(
+    counts_NLGU: np.ndarray, plan: PlacementPlan, topology: Topology
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact dispatch rows ``(egress_NLGK, ingress_NLGK)`` from count-level routing: the rows
+    each source GPU sends to each placement slot, summed per destination GPU, then by kind."""
+    sent_NLGH = plan.per_gpu_sum(counts_NLGU)  # source g -> destination h
+    egress = _diagonal_split(sent_NLGH, topology)
+    ingress = _diagonal_split(np.swapaxes(sent_NLGH, -1, -2), topology)
+    return egress, ingress
+
+
+def _diagonal_split(pairs_XGH: np.ndarray, topology: Topology) -> np.ndarray:
+    """``out_XGK``: the row sums of ``pairs_XGH`` split by the kind of each ``(g, h)``."""
+    shape = pairs_XGH.shape
+    per_node = pairs_XGH.reshape(*shape[:-1], topology.nodes, topology.gpus_per_node).sum(-1)
+    own = per_node[..., np.arange(topology.gpus), topology.node_G]
+    local = np.diagonal(pairs_XGH, axis1=-2, axis2=-1)
+    total = pairs_XGH.sum(axis=-1)
+    return np.stack([local, own - local, total - own], axis=-1)
 
 
 def alltoall_time(

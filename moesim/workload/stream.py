@@ -1,17 +1,22 @@
 """The step stream of a scenario: chunks of steps, each with its routing, drawn in bulk.
 
 Shapes: ``N`` steps in a chunk, ``L`` MoE layers of the phase's stack, ``T`` tokens per step,
-``K`` top-k, ``G`` GPUs. Tokens are split over GPUs in contiguous, equal (±1) chunks.
+``K`` top-k, ``G`` GPUs, ``E`` experts. Tokens are split over GPUs in contiguous, equal (±1)
+chunks. A chunk holds its routing at one of two resolutions (``Scenario.routing_resolution``):
+each token's experts, ``expert_ids_NLTK``, or each source GPU's tokens per expert,
+``counts_NLGE`` (synthetic routing only, drawn directly by ``counts.CountRouter``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from moesim.config import Scenario, SyntheticRouting
+from moesim.workload.counts import CountRouter, choice_law
 from moesim.workload.fit import fit_trace
 from moesim.workload.synthetic import SyntheticRouter
 from moesim.workload.trace import load_trace, recut
@@ -30,14 +35,29 @@ _CHUNK_ELEMENTS = 1 << 21
 
 @dataclass(frozen=True)
 class StepChunk:
-    """Consecutive steps ``first_step .. first_step + N - 1`` and their routing."""
+    """Consecutive steps ``first_step .. first_step + N - 1`` and their routing: exactly one
+    of ``expert_ids_NLTK`` and ``counts_NLGE`` is set."""
 
     first_step: int
-    expert_ids_NLTK: np.ndarray
+    expert_ids_NLTK: np.ndarray | None = None
+    counts_NLGE: np.ndarray | None = None
+
+    @property
+    def routing(self) -> np.ndarray:
+        return self.expert_ids_NLTK if self.counts_NLGE is None else self.counts_NLGE
 
     @property
     def steps(self) -> int:
-        return self.expert_ids_NLTK.shape[0]
+        return self.routing.shape[0]
+
+    def expert_load_NLE(self, num_experts: int) -> np.ndarray:
+        """Assignments each logical expert receives (the planners' history)."""
+        if self.counts_NLGE is not None:
+            return self.counts_NLGE.sum(axis=2, dtype=np.int64)
+        n, layers, _, _ = self.expert_ids_NLTK.shape
+        keys = self.expert_ids_NLTK + (np.arange(n * layers) * num_experts).reshape(n, layers, 1, 1)
+        minlength = n * layers * num_experts
+        return np.bincount(keys.ravel(), minlength=minlength).reshape(n, layers, num_experts)
 
 
 def tokens_per_gpu(tokens: int, gpus: int) -> np.ndarray:
@@ -48,6 +68,7 @@ def tokens_per_gpu(tokens: int, gpus: int) -> np.ndarray:
 
 _BLOCK_STEPS = 64
 _ROUTING_STREAM = 0  # spawn key of the routing stream under the scenario's seed
+_LAW_STREAM = 2  # spawn key of the Monte Carlo that tabulates the count-level law
 
 
 def routing_rng(scenario: Scenario, block: int) -> np.random.Generator:
@@ -56,49 +77,65 @@ def routing_rng(scenario: Scenario, block: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=key))
 
 
-def block_steps(scenario: Scenario) -> int:
+def block_steps(scenario: Scenario, resolution: str | None = None) -> int:
     """Steps drawn together with one generator: at most 64, at most one chunk."""
-    return min(_BLOCK_STEPS, chunk_steps(scenario))
+    return min(_BLOCK_STEPS, chunk_steps(scenario, resolution))
 
 
-def chunk_steps(scenario: Scenario) -> int:
-    """Steps per chunk: about 2M assignments or (layer, expert) cells, whichever is more."""
+def chunk_steps(scenario: Scenario, resolution: str | None = None) -> int:
+    """Steps per chunk: about 2M assignments, (layer, GPU, expert) counts or (layer, expert)
+    cells, whichever the resolution holds and is more."""
     model = scenario.model
     layers = model.moe_layers(scenario.stack())
-    per_step = max(
-        1, layers * max(scenario.workload.tokens_per_step * model.top_k, model.num_experts)
-    )
-    return int(max(1, _CHUNK_ELEMENTS // per_step))
+    if (resolution or scenario.routing_resolution()) == "counts":
+        cells = scenario.cluster.gpus * model.num_experts
+    else:
+        cells = max(scenario.workload.tokens_per_step * model.top_k, model.num_experts)
+    return int(max(1, _CHUNK_ELEMENTS // max(1, layers * cells)))
 
 
-def _stream(scenario: Scenario, start: int, total: int) -> Iterator[tuple[int, np.ndarray]]:
-    """``(first, expert_ids_NLTK)`` chunks covering steps ``start .. total - 1``."""
+def _stream(
+    scenario: Scenario, start: int, total: int, resolution: str
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first, routing)`` chunks covering steps ``start .. total - 1``: ``expert_ids_NLTK``,
+    or ``counts_NLGE`` at count resolution."""
     model, workload = scenario.model, scenario.workload
     layers = model.moe_layers(scenario.stack())
     tokens = workload.tokens_per_step
-    per_chunk = chunk_steps(scenario)
+    per_chunk = chunk_steps(scenario, resolution)
     routing = workload.routing
     if layers == 0:
+        gpus = scenario.cluster.gpus
         for first in range(start, total, per_chunk):
             n = min(per_chunk, total - first)
-            yield first, np.zeros((n, 0, tokens, model.top_k), dtype=np.int16)
+            if resolution == "counts":
+                yield first, np.zeros((n, 0, gpus, model.num_experts), dtype=np.int32)
+            else:
+                yield first, np.zeros((n, 0, tokens, model.top_k), dtype=np.int16)
     elif isinstance(routing, SyntheticRouting):
         # Whole blocks with their own generators: step n's routing never depends on the window.
         # A block before the window only moves the rankings on (they carry across blocks).
-        block = block_steps(scenario)
+        block = block_steps(scenario, resolution)
         fitted = {}
         if routing.fit is not None:  # per-layer skew and locality that look like the trace
             skew_L, locality_L = fit_trace(routing.fit, model.num_experts, model.top_k, layers)
             fitted = {"skew_L": skew_L, "locality_L": locality_L}
-        router = SyntheticRouter(
-            routing, model.num_experts, model.top_k, layers, routing_rng(scenario, 0), **fitted
-        )
+
+        def router(rng: np.random.Generator) -> SyntheticRouter:
+            return SyntheticRouter(routing, model.num_experts, model.top_k, layers, rng, **fitted)
+
+        tokens_router = router(routing_rng(scenario, 0))
+        draw = functools.partial(tokens_router.draw, tokens=tokens)
+        if resolution == "counts":
+            law = choice_law(router(routing_rng(scenario, 0)), _law_rng(scenario))
+            gpus = scenario.cluster.gpus
+            draw = CountRouter(tokens_router, tokens_per_gpu(tokens, gpus), law).draw
         for index, first in enumerate(range(0, total, block)):
-            router.reseed(routing_rng(scenario, index))
+            tokens_router.reseed(routing_rng(scenario, index))
             if first + block <= start:
-                router.rankings(block)
+                tokens_router.rankings(block)
             else:
-                yield first, router.draw(block, tokens)[: total - first]
+                yield first, draw(block)[: total - first]
     else:
         trace = load_trace(routing.path, model.num_experts, model.top_k, layers)
         ids = recut(trace, total, tokens, routing.path, model.num_experts)
@@ -106,13 +143,23 @@ def _stream(scenario: Scenario, start: int, total: int) -> Iterator[tuple[int, n
             yield first, ids[first : first + per_chunk]
 
 
+def _law_rng(scenario: Scenario) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=(_LAW_STREAM,)))
+
+
 def routing_chunks(
-    scenario: Scenario, start: int = 0, steps: int | None = None
+    scenario: Scenario, start: int = 0, steps: int | None = None, resolution: str | None = None
 ) -> Iterator[StepChunk]:
     """Steps ``start .. start + steps - 1`` of the scenario's routing (``steps`` defaults to
-    the workload's), numbered from 0; the same steps whatever ``start`` and chunking."""
+    the workload's), numbered from 0; the same steps whatever ``start`` and chunking.
+    ``resolution`` (default: the scenario's) forces ``tokens`` or ``counts``."""
     steps = scenario.workload.steps if steps is None else steps
-    for first, ids in _stream(scenario, start, start + steps):
-        lo, hi = max(start - first, 0), min(start + steps - first, ids.shape[0])
+    resolution = resolution or scenario.routing_resolution()
+    for first, routing in _stream(scenario, start, start + steps, resolution):
+        lo, hi = max(start - first, 0), min(start + steps - first, routing.shape[0])
         if lo < hi:
-            yield StepChunk(first + lo - start, ids[lo:hi])
+            part = routing[lo:hi]
+            if resolution == "counts":
+                yield StepChunk(first + lo - start, counts_NLGE=part)
+            else:
+                yield StepChunk(first + lo - start, expert_ids_NLTK=part)

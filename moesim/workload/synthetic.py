@@ -82,11 +82,24 @@ class SyntheticRouter:
         self._ranking_LE: np.ndarray | None = None
         self.dtype = np.int16 if num_experts <= np.iinfo(np.int16).max else np.int32
 
+    @property
+    def rank_weights_LE(self) -> np.ndarray:
+        """The chance of each popularity rank as drawn: the table's, rounded to its size."""
+        if self.uniform:
+            return np.full((max(self.layers, 1), self.num_experts), 1.0 / self.num_experts)
+        rows = self._table.size // self._table_size  # one table per layer, or one shared
+        keys = np.repeat(np.arange(rows) * self.num_experts, self._table_size) + self._table
+        copies_XE = np.bincount(keys, minlength=rows * self.num_experts).reshape(rows, -1)
+        shape = (max(self.layers, 1), self.num_experts)
+        return np.broadcast_to(copies_XE / self._table_size, shape)
+
     def reseed(self, rng: np.random.Generator) -> None:
         self.rng = rng
 
-    def rankings(self, steps: int) -> np.ndarray:
-        """``ranking_NLE[n, l, r]``: the expert at popularity rank ``r``."""
+    def rankings(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ranking_XE, row_NL)``: the expert at popularity rank ``r`` in step ``n`` and
+        layer ``l`` is ``ranking_XE[row_NL[n, l], r]`` (rows are shared while a ranking is
+        kept, so a chunk stores each ranking once)."""
         keep_NL = self.rng.random((steps, self.layers)) < self.locality
         if self._ranking_LE is None:
             keep_NL[0] = False
@@ -102,9 +115,8 @@ class SyntheticRouter:
         first_L = np.arange(carried_LE.shape[0]) if carried_LE.size else np.full(self.layers, -1)
         row_NL = np.vstack([first_L, row_NL.reshape(steps, self.layers)])
         row_NL = np.maximum.accumulate(row_NL, axis=0)[1:]
-        ranking_NLE = stacked_XE[row_NL]
-        self._ranking_LE = ranking_NLE[-1]
-        return ranking_NLE
+        self._ranking_LE = stacked_XE[row_NL[-1]]
+        return stacked_XE, row_NL
 
     def _draw_ranks(self, layer_R: np.ndarray | None, size: int) -> np.ndarray:
         """Ranks for ``size`` draws; ``layer_R``: each draw's layer (per-layer tables only)."""
@@ -149,12 +161,12 @@ class SyntheticRouter:
 
     def draw(self, steps: int, tokens: int) -> np.ndarray:
         """``expert_ids_NLTK`` for ``steps`` consecutive steps of ``tokens`` tokens."""
-        ranking_NLE = self.rankings(steps)
+        ranking_XE, row_NL = self.rankings(steps)
         layer_R = None
         if self.per_layer:  # rows run (step, layer, token)
             layer_R = np.tile(np.repeat(np.arange(self.layers), tokens), steps)
         ranks_KR = self.ranks(steps * self.layers * tokens, layer_R)
         ranks_NLX = ranks_KR.T.reshape(steps, self.layers, tokens * self.top_k)
-        offsets_NL = np.arange(steps * self.layers, dtype=np.int64) * self.num_experts
-        experts = ranking_NLE.ravel()[ranks_NLX + offsets_NL.reshape(steps, self.layers, 1)]
+        offsets_NL = row_NL * self.num_experts
+        experts = ranking_XE.ravel()[ranks_NLX + offsets_NL.reshape(steps, self.layers, 1)]
         return experts.reshape(steps, self.layers, tokens, self.top_k)

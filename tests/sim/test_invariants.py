@@ -97,10 +97,10 @@ def test_static_without_drops_never_beats_dynamic_on_experts_or_alltoall(case) -
                     build_topology(scenario.cluster),
                     plan,
                     local,
-                    ids,
                     outcome,
                     tokens_G,
-                    source_T,
+                    units_NLTK=ids,
+                    source_T=source_T,
                 ),
             )
         )
