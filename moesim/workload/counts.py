@@ -29,6 +29,7 @@ from moesim.workload.synthetic import SyntheticRouter
 __all__ = ["ChoiceLaw", "CountRouter", "choice_law"]
 
 _MARGINAL_SAMPLES = 1 << 15
+_REDRAW_ROUNDS = 16
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,25 @@ class CountRouter:
         lacking = np.clip(all_NLG1 - held, room, room * ceiling_L[None, :, None, None])
         return lacking * (law.w_LE * factor_LE)[None, :, None]
 
+    @staticmethod
+    def _within_room(
+        rng: np.random.Generator, trials: np.ndarray, q: np.ndarray, room: np.ndarray
+    ) -> np.ndarray:
+        """A multinomial draw in which no expert takes more tokens than have not yet picked
+        it (a token picks an expert once): the excess is redrawn over the others with room."""
+        drawn = rng.multinomial(trials, q)
+        for _ in range(_REDRAW_ROUNDS):
+            excess = np.maximum(drawn - room, 0)
+            if not excess.any():
+                break
+            drawn -= excess
+            open_q = np.where(drawn < room, q, 0.0)
+            total = open_q.sum(axis=-1, keepdims=True)
+            open_q = np.divide(open_q, total, out=np.zeros_like(open_q), where=total > 0)
+            open_q[..., -1] = np.maximum(1.0 - open_q[..., :-1].sum(axis=-1), 0.0)
+            drawn += rng.multinomial(excess.sum(axis=-1), open_q)
+        return np.minimum(drawn, room)
+
     def draw(self, steps: int) -> np.ndarray:
         router = self.router
         rng, layers, gpus = router.rng, router.layers, self.tokens_G.size
@@ -139,7 +159,9 @@ class CountRouter:
             total = q.sum(axis=-1, keepdims=True)
             q = np.divide(q, total, out=np.zeros(picked.shape), where=total > 0)
             q[..., -1] = np.maximum(1.0 - q[..., :-1].sum(axis=-1), 0.0)  # exact sums for numpy
-            picked += rng.multinomial(np.where(total[..., 0] > 0, tokens_NLG, 0), q)
+            picked += self._within_room(
+                rng, np.where(total[..., 0] > 0, tokens_NLG, 0), q, tokens_NLG[..., None] - picked
+            )
         counts = np.empty_like(picked, dtype=np.int32)
         experts_NL1E = ranking_XE[row_NL][:, :, None, :]
         np.put_along_axis(counts, np.broadcast_to(experts_NL1E, picked.shape), picked, axis=-1)
