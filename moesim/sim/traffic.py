@@ -63,16 +63,23 @@ def routed_tokens(
     """Exact dispatch rows ``(egress_NLGK, ingress_NLGK)`` when every assignment travels,
     from each token's placement slots: one pass over the assignments, no G x E array."""
     n, layers, tokens, top_k = units_NLTK.shape
-    gpus = plan.gpus
-    owner_NLX = plan.owner_LU[
-        np.arange(layers)[:, None], units_NLTK.reshape(n, layers, tokens * top_k)
-    ]
-    source_X = np.repeat(source_T, top_k)
-    kind_NLX = topology.kind(source_X, owner_NLX)
-    step_layer = (np.arange(n * layers, dtype=np.int64) * (gpus * _K)).reshape(n, layers, 1)
+    gpus, units = plan.gpus, plan.units
+    index = np.int32 if n * layers * gpus * _K < np.iinfo(np.int32).max else np.int64
+    owner = plan.owner_LU.astype(index).ravel()
+    slot_NLX = units_NLTK.reshape(n, layers, tokens * top_k).astype(index)
+    slot_NLX += (np.arange(layers, dtype=index) * units)[None, :, None]
+    owner_NLX = owner[slot_NLX]  # destination GPU of each assignment
+    source_X = np.repeat(source_T, top_k).astype(index)
+    # kind in closed form: 0 local, 1 same node, 2 another node (the order of KINDS)
+    gpn = topology.gpus_per_node
+    kind_NLX = (owner_NLX != source_X).astype(index)
+    if topology.nodes > 1:
+        kind_NLX += (owner_NLX // gpn != source_X // gpn).astype(index)
+    step_layer = (np.arange(n * layers, dtype=index) * (gpus * _K)).reshape(n, layers, 1)
     size, shape = n * layers * gpus * _K, (n, layers, gpus, _K)
-    egress = np.bincount((step_layer + source_X * _K + kind_NLX).ravel(), minlength=size)
-    ingress = np.bincount((step_layer + owner_NLX * _K + kind_NLX).ravel(), minlength=size)
+    kind_NLX += step_layer
+    egress = np.bincount((kind_NLX + source_X * _K).ravel(), minlength=size)
+    ingress = np.bincount((kind_NLX + owner_NLX * _K).ravel(), minlength=size)
     return egress.reshape(shape), ingress.reshape(shape)
 
 
