@@ -29,6 +29,31 @@ def test_pairs_inside_a_node_use_nvlink_and_across_nodes_the_network() -> None:
     assert len(pcie) == 4
 
 
+@pytest.mark.parametrize(("nodes", "per_node"), [(1, 4), (3, 2), (2, 5)])
+def test_closed_form_kinds_and_latencies_equal_shortest_paths_over_the_graph(
+    nodes, per_node
+) -> None:
+    import networkx as nx
+
+    topology = build_topology(_cluster(nodes, per_node))
+    graph = topology.graph
+    for k, kind in enumerate(KINDS[1:], start=1):
+        view = nx.subgraph_view(
+            graph, filter_edge=lambda a, b, kind=kind: graph.edges[a, b]["kind"] == kind
+        )
+        for g in range(topology.gpus):
+            lengths = nx.single_source_dijkstra_path_length(view, ("gpu", g), weight="latency")
+            for h in range(topology.gpus):
+                if topology.kind_GG[g, h] == k:
+                    assert topology.latency_GG[g, h] == pytest.approx(lengths[("gpu", h)])
+    same_node = (
+        np.arange(topology.gpus)[:, None] // per_node == np.arange(topology.gpus) // per_node
+    )
+    expected = np.where(same_node, KINDS.index("nvlink"), KINDS.index("network"))
+    np.fill_diagonal(expected, 0)
+    assert np.array_equal(topology.kind_GG, expected)
+
+
 def test_single_gpu_has_no_peers() -> None:
     topology = build_topology(_cluster(1, 1))
     assert topology.kind_GG.tolist() == [[0]]

@@ -40,7 +40,10 @@ def _count_router(skew, top_k, experts, tokens_G, locality=0.0, seed=0):
         skew=skew,
         locality=locality,
     )
-    make = lambda s: SyntheticRouter(spec, experts, top_k, 2, np.random.default_rng(s))  # noqa: E731
+
+    def make(s: int) -> SyntheticRouter:
+        return SyntheticRouter(spec, experts, top_k, 2, np.random.default_rng(s))
+
     law = choice_law(make(seed + 100), np.random.default_rng(seed + 200))
     return CountRouter(make(seed), np.asarray(tokens_G), law)
 
@@ -143,7 +146,7 @@ def test_a_window_of_counts_is_the_same_steps_whatever_the_start() -> None:
 
 
 def _counts_from_tokens(units_NLTK, source_T, gpus, units):
-    n, layers, tokens, top_k = units_NLTK.shape
+    n, layers = units_NLTK.shape[:2]
     step_layer = np.arange(n * layers).reshape(n, layers, 1, 1) * gpus
     keys = ((step_layer + source_T[None, None, :, None]) * units + units_NLTK).ravel()
     return np.bincount(keys, minlength=n * layers * gpus * units).reshape(n, layers, gpus, units)
