@@ -211,3 +211,30 @@ def test_zipf_weights_enumeration_matches_closed_form_for_top_1() -> None:
 def test_contiguous_plan_is_identity_for_counts() -> None:
     counts = np.arange(2 * 3 * 2 * 4).reshape(2, 3, 2, 4)
     assert contiguous_plan(4, 2, 3).to_unit_counts(counts, np.random.default_rng(0)) is counts
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [
+        {"placement": {"name": "greedy", "history_steps": 10}},
+        {
+            "placement": {"name": "replicated", "history_steps": 10, "redundant_experts": 4},
+            "gating": {"name": "static", "capacity_factor": 1.25},
+        },
+        {"cache": {"name": "lru", "slots_per_layer": 3}},
+        {"cache": {"name": "belady", "slots_per_layer": 3}},
+    ],
+)
+def test_every_policy_family_runs_on_counts_and_agrees_with_tokens(policies) -> None:
+    results = {}
+    for resolution in ("tokens", "counts"):
+        scenario = _scenario(resolution, {"name": "dynamic"}, 1.0, 0.5, steps=150)
+        data = scenario.model_dump()
+        data["policies"] = {"gating": {"name": "dynamic"}, **policies}
+        results[resolution] = run(type(scenario).model_validate(data))[0]
+    tokens, counts = results["tokens"], results["counts"]
+    assert counts.tokens.routed == counts.tokens.processed + counts.tokens.dropped
+    assert counts.throughput_tokens_per_s == pytest.approx(tokens.throughput_tokens_per_s, rel=0.03)
+    assert counts.load_imbalance == pytest.approx(tokens.load_imbalance, rel=0.03)
+    if tokens.cache is not None:
+        assert counts.cache.hit_rate == pytest.approx(tokens.cache.hit_rate, abs=0.03)
