@@ -125,7 +125,8 @@ def _summary(console: Console, scenario: Scenario, result: Result) -> None:
     console.print(
         f"[bold]{scenario.name}[/]: {scenario.model.name} on {cluster.nodes}x"
         f"{cluster.gpus_per_node} {cluster.device.name}, {result.phase}, "
-        f"batch {scenario.workload.batch_size}, gating {scenario.policies.gating.name}"
+        f"batch {scenario.workload.batch_size}, gating {scenario.policies.gating.name}, "
+        f"routing drawn as {result.routing_resolution}"
     )
     console.print(f"throughput  {result.throughput_tokens_per_s:,.0f} tokens/s")
     lat = result.latency_s

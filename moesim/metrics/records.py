@@ -122,6 +122,7 @@ class RunRecords:
     steps: StepRecords
     devices: DeviceRecords
     placement: str = "contiguous"
+    routing_resolution: str = "tokens"  # how the routing was drawn: tokens or counts
     cache: dict[str, object] | None = None  # the cache policy's parameters, None without one
     phy2log_LU: np.ndarray | None = None
     owner_LU: np.ndarray | None = None

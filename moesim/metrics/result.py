@@ -133,6 +133,7 @@ class Result(_Out):
     device: str
     gpus: int
     phase: str
+    routing_resolution: str
     steps: int
     throughput_tokens_per_s: float
     latency_s: Latency
@@ -163,6 +164,7 @@ class Result(_Out):
             device=records.device,
             gpus=records.gpus,
             phase=records.phase,
+            routing_resolution=records.routing_resolution,
             steps=int(latency.size),
             throughput_tokens_per_s=float(steps.tokens.sum() / simulated) if simulated else 0.0,
             latency_s=Latency(

@@ -247,6 +247,7 @@ def simulate(
         steps=StepRecords.concat(collected.steps),
         devices=devices,
         placement=scenario.policies.placement.name,
+        routing_resolution=scenario.routing_resolution(),
         cache=None if cache.name == "none" else cache.model_dump(),
         phy2log_LU=plan.phy2log_LU,
         owner_LU=plan.owner_LU,

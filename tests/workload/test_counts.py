@@ -200,6 +200,10 @@ def test_auto_takes_counts_only_for_large_steps() -> None:
         workload={"phase": "prefill", "batch_size": 64, "seq_len": 512, "steps": 1},
     )
     assert big.routing_resolution() == "counts"  # 32768 tokens x 2 against 2 GPUs x 8 experts
+    result = run(big)[0]
+    assert result.routing_resolution == "counts"
+    assert result.tokens.routed == 32768 * 2 * 2  # tokens x top-k x MoE layers
+    assert run(small)[0].routing_resolution == "tokens"
 
 
 def test_zipf_weights_enumeration_matches_closed_form_for_top_1() -> None:
