@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from moesim.config import Scenario, load_scenario
+from moesim.config import Scenario, SyntheticRouting, load_scenario
 from moesim.errors import MoesimError
 from moesim.metrics import Result
 from moesim.reference import DEFAULT_WARMUP_STEPS, UnsupportedScenarioError, execute
@@ -20,7 +20,7 @@ from moesim.sim import simulate
 from moesim.validate.compare import compare
 from moesim.validate.report import Report
 
-__all__ = ["scenario_files", "validate"]
+__all__ = ["scenario_files", "token_level", "validate"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -50,6 +50,17 @@ def _dump(path: Path, result: Result) -> None:
     path.write_text(json.dumps(result.model_dump(mode="json"), indent=1) + "\n")
 
 
+def token_level(scenario: Scenario) -> Scenario:
+    """``scenario`` with its synthetic routing drawn per token, as the reference replays it,
+    so that both sides see the same tokens go to the same experts."""
+    routing = scenario.workload.routing
+    if not isinstance(routing, SyntheticRouting) or scenario.routing_resolution() == "tokens":
+        return scenario
+    tokens = routing.model_copy(update={"resolution": "tokens"})
+    workload = scenario.workload.model_copy(update={"routing": tokens})
+    return scenario.model_copy(update={"workload": workload})
+
+
 def validate(
     paths: list[str],
     *,
@@ -77,7 +88,7 @@ def validate(
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("measured-*.json"):  # from an earlier run with more repeats
             stale.unlink()
-        predicted = Result.from_records(simulate(scenario))
+        predicted = Result.from_records(simulate(token_level(scenario)))
         _dump(folder / "predicted.json", predicted)
         done += 1
         measured = []

@@ -242,3 +242,15 @@ def test_every_policy_family_runs_on_counts_and_agrees_with_tokens(policies) -> 
     assert counts.load_imbalance == pytest.approx(tokens.load_imbalance, rel=0.03)
     if tokens.cache is not None:
         assert counts.cache.hit_rate == pytest.approx(tokens.cache.hit_rate, abs=0.03)
+
+
+def test_validation_simulates_at_token_level_as_the_reference_replays() -> None:
+    from moesim.validate.runner import token_level
+
+    scenario = _scenario("counts", {"name": "dynamic"}, 1.0, 0.5, steps=4)
+    replayed = token_level(scenario)
+    assert scenario.routing_resolution() == "counts"
+    assert replayed.routing_resolution() == "tokens"
+    assert replayed.workload.routing.skew == scenario.workload.routing.skew
+    same = token_level(replayed)
+    assert same is replayed
