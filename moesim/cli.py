@@ -7,7 +7,6 @@ scenario has loaded and validated.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,12 @@ from rich.table import Table
 from moesim import api
 from moesim.cli_sweep import add_sweep_parsers, run_plot, run_sweep_command
 from moesim.cli_trace import add_trace_parser, run_trace
+from moesim.cli_validate import (
+    add_calibrate_parser,
+    add_validate_parser,
+    run_calibrate,
+    run_validate,
+)
 from moesim.config import Scenario
 from moesim.errors import MoesimError
 from moesim.metrics import Result
@@ -62,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         help="sim: predict (default); reference: run it for real with torch and measure",
     )
     _profile_options(run)
-    _calibrate_parser(commands)
-    _validate_parser(commands)
+    add_calibrate_parser(commands)
+    add_validate_parser(commands)
     add_trace_parser(commands)
     add_sweep_parsers(commands)
     return parser
@@ -75,48 +80,6 @@ def _profile_options(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument(
         "--device", default="cpu", help="where the reference executor runs: cpu or cuda[:N]"
-    )
-
-
-def _calibrate_parser(commands: argparse._SubParsersAction) -> None:
-    calibrate = commands.add_parser(
-        "calibrate", help="measure this machine's device and write a hardware profile"
-    )
-    calibrate.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    calibrate.add_argument("--out", required=True, metavar="PATH", help="profile YAML to write")
-    calibrate.add_argument(
-        "--grid", choices=("full", "quick"), default="full", help="GEMM grid (quick: tests)"
-    )
-    calibrate.add_argument(
-        "--world-sizes",
-        metavar="N,M",
-        help="all-to-all world sizes to measure (default 2 up to the cores or GPUs, at most 8)",
-    )
-    calibrate.add_argument("--dtype", help="GEMM dtype (default fp32 on CPU, fp16 on CUDA)")
-    calibrate.add_argument("--name", help="profile name (default local-cpu or the GPU's name)")
-
-
-def _validate_parser(commands: argparse._SubParsersAction) -> None:
-    validate = commands.add_parser(
-        "validate", help="simulate and really run scenarios, and report the prediction errors"
-    )
-    validate.add_argument("scenarios", nargs="+", help="scenario files or folders of them")
-    validate.add_argument("--out", required=True, metavar="DIR", help="report folder")
-    validate.add_argument(
-        "--profile",
-        metavar="PATH",
-        help="calibrated profile to predict from (default: calibrate first, into DIR)",
-    )
-    validate.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    validate.add_argument(
-        "--repeats", type=int, default=3, help="real runs per scenario (default 3)"
-    )
-    validate.add_argument(
-        "--tolerance",
-        action="append",
-        default=[],
-        metavar="METRIC=FRACTION",
-        help="fail if |error| of METRIC (or 'timing', 'memory') exceeds FRACTION in a scenario",
     )
 
 
@@ -228,154 +191,6 @@ def _run(args: argparse.Namespace, console: Console) -> None:
             Console(stderr=True, highlight=False).print(f"wrote {path}")
 
 
-def _world_sizes(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        sizes = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise MoesimError(f"--world-sizes: expected numbers like 2,4, got {text!r}") from None
-    if any(size < 2 for size in sizes):
-        raise MoesimError(f"--world-sizes: an all-to-all needs at least 2 ranks, got {text!r}")
-    return sizes
-
-
-def _calibrate(args: argparse.Namespace, console: Console) -> None:
-    _write_calibrated(
-        console,
-        args.device,
-        Path(args.out),
-        grid=args.grid,
-        world_sizes=_world_sizes(args.world_sizes),
-        dtype=args.dtype,
-        name=args.name,
-    )
-
-
-def _write_calibrated(
-    console: Console,
-    device: str,
-    out: Path,
-    *,
-    grid: str = "full",
-    world_sizes: list[int] | None = None,
-    dtype: str | None = None,
-    name: str | None = None,
-) -> None:
-    """Calibrate ``device`` into the profile ``out``, with a progress bar and a summary."""
-    try:
-        from moesim.calibrate import calibrate_profile, write_profile
-    except ImportError:
-        raise MoesimError("calibration needs torch: pip install 'moesim[torch]'") from None
-    if out.is_dir():
-        raise MoesimError(f"--out {out}: is a folder; expected a profile file such as x.yaml")
-    with progress_bar("calibrating") as progress:
-        task = progress.add_task("benchmarks", total=None)
-
-        def report(stage: str, done: int, total: int) -> None:
-            progress.update(task, description=stage, completed=done, total=total)
-
-        profile = calibrate_profile(
-            device,
-            grid=grid,
-            world_sizes=world_sizes,
-            dtype=dtype,
-            name=name,
-            on_progress=report,
-        )
-    write_profile(profile, out)
-    compute = profile["compute"]
-    flops = ", ".join(f"{k} {v / 1e9:,.1f} GFLOP/s" for k, v in compute["peak_flops"].items())
-    console.print(
-        f"{profile['name']}: peak {flops}, memory "
-        f"{profile['memory']['bandwidth'] / 1e9:.1f} GB/s, launch "
-        f"{compute['launch_overhead'] * 1e6:.1f} us"
-    )
-    Console(stderr=True, highlight=False).print(f"wrote {out}")
-
-
-def _tolerances(texts: list[str]) -> dict[str, float]:
-    from moesim.validate import EXACT_METRICS, TOLERABLE
-
-    tolerances = {}
-    for text in texts:
-        metric, _, value = text.partition("=")
-        if metric in EXACT_METRICS:
-            raise MoesimError(f"--tolerance: {metric} must match exactly; it takes no tolerance")
-        if metric not in TOLERABLE:
-            raise MoesimError(
-                f"--tolerance {metric}: unknown metric (expected one of {', '.join(TOLERABLE)})"
-            )
-        try:
-            tolerances[metric] = float(value)
-        except ValueError:
-            raise MoesimError(f"--tolerance: expected METRIC=FRACTION, got {text!r}") from None
-        if not tolerances[metric] >= 0 or math.isinf(tolerances[metric]):
-            raise MoesimError(f"--tolerance {metric}: expected a fraction >= 0, got {value!r}")
-    return tolerances
-
-
-def _validate(args: argparse.Namespace, console: Console) -> int:
-    try:
-        from moesim.validate import scenario_files, summarise, validate
-    except ImportError:
-        raise MoesimError("validation needs torch: pip install 'moesim[torch]'") from None
-
-    tolerances = _tolerances(args.tolerance)
-    if args.repeats < 1:
-        raise MoesimError(f"--repeats: expected at least 1, got {args.repeats}")
-    scenario_files(args.scenarios)  # every path exists, before a calibration
-    out = api.check_out_dir(args.out)
-    profile = Path(args.profile) if args.profile else out / "profile.yaml"
-    if args.profile is None:
-        _write_calibrated(console, args.device, profile)
-    elif not profile.is_file():
-        raise MoesimError(f"--profile {profile}: no such hardware profile file")
-    with progress_bar("validating") as progress:
-        task = progress.add_task("runs", total=None)
-        report = validate(
-            args.scenarios,
-            profile=profile,
-            out=out,
-            repeats=args.repeats,
-            device=args.device,
-            on_progress=lambda name, done, total: progress.update(
-                task, description=name, completed=done, total=total
-            ),
-        )
-    table = Table(title="prediction error over scenarios", title_justify="left")
-    for column in ("metric", "scenarios", "median |error|", "max |error|", "median spread"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for metric, stats in summarise(report.rows).items():
-        table.add_row(
-            metric,
-            str(stats["scenarios"]),
-            f"{100 * stats['median_abs_error']:.1f}%",
-            f"{100 * stats['max_abs_error']:.1f}%",
-            f"{100 * stats['median_spread']:.1f}%",
-        )
-    console.print(table)
-    for why in report.skipped.values():
-        console.print(f"not run: {why}")
-    failures = [
-        f"{r.scenario}: {r.metric} predicted {r.predicted:g}, measured {r.measured:g} (must match)"
-        for r in report.mismatches
-    ]
-    for row in report.rows:
-        limit = tolerances.get(row.metric, tolerances.get(row.kind))
-        if limit is not None and abs(row.error) > limit:
-            failures.append(
-                f"{row.scenario}: {row.metric} error {100 * row.error:.1f}% exceeds "
-                f"{100 * limit:.1f}%"
-            )
-    if tolerances:
-        failures += [f"not run with tolerances set: {why}" for why in report.skipped.values()]
-    Console(stderr=True, highlight=False).print(f"wrote {out / 'report.md'}")
-    for failure in failures:
-        print(f"moesim: validation failed: {failure}", file=sys.stderr)
-    return 1 if failures else 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(highlight=False)
@@ -383,9 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             _run(args, console)
         elif args.command == "calibrate":
-            _calibrate(args, console)
+            run_calibrate(args, console)
         elif args.command == "validate":
-            return _validate(args, console)
+            return run_validate(args, console)
         elif args.command == "trace":
             run_trace(args, console)
         elif args.command == "sweep":
