@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-MAX_GPUS = 8192  # pairwise GPU arrays grow with the square of the count
+MAX_GPUS = 8192  # count-level routing and per-GPU traffic grow with G x E per layer
 MAX_ASSIGNMENTS_PER_STEP = 1 << 26  # token-level routing: 67M token-expert pairs a step
 # A count-level cell (one multinomial draw per choice) costs about this many token draws, as
 # measured by benchmarks/sim_speed.py; auto draws counts where that is less work.

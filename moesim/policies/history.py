@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from moesim.config import PLACEMENT, Scenario
+from moesim.policies.gating import expert_counts
 from moesim.policies.placement import PlacementPlan, contiguous_plan
 from moesim.workload import routing_chunks
 
@@ -34,7 +35,10 @@ def plan_placement(scenario: Scenario) -> PlacementPlan:
     warmup = warmup_steps(scenario)
     start, steps = (warmup, None) if params.oracle else (0, warmup)
     loads = [
-        chunk.expert_load_NLE(model.num_experts) for chunk in routing_chunks(scenario, start, steps)
+        expert_counts(chunk.expert_ids_NLTK, model.num_experts)
+        if chunk.counts_NLGE is None
+        else chunk.counts_NLGE.sum(axis=2, dtype=np.int64)
+        for chunk in routing_chunks(scenario, start, steps)
     ]
     load_HLE = np.concatenate(loads) if loads else np.zeros((0, layers, model.num_experts))
     return planner.plan(load_HLE, scenario.cluster.gpus)

@@ -34,36 +34,28 @@ _REDRAW_ROUNDS = 16
 
 @dataclass(frozen=True)
 class ChoiceLaw:
-    """Per layer and choice ``k`` (0-based; ``k`` earlier picks): ``p_LKE``, the chance that
-    the choice is rank ``r``; ``inverse_LK``, ``E[1 / (1 - w(P_k))]``; ``weight_LK``, the mean
-    popularity of one earlier pick, ``E[w(P_k)] / k``."""
+    """Per layer: ``w_LE``, the rank popularity as drawn; per choice ``k`` (0-based, ``k``
+    earlier picks): ``p_LKE``, the chance that the choice is rank ``r``, and ``weight_LK``, the
+    mean popularity of one earlier pick, ``E[w(P_k)] / k``."""
 
     w_LE: np.ndarray
     p_LKE: np.ndarray
-    inverse_LK: np.ndarray
     weight_LK: np.ndarray
 
 
-def choice_law(
-    router: SyntheticRouter, rng: np.random.Generator, samples: int = _MARGINAL_SAMPLES
-) -> ChoiceLaw:
-    """The ``ChoiceLaw`` of ``router``'s popularity, by Monte Carlo over choice prefixes."""
+def choice_law(router: SyntheticRouter, samples: int = _MARGINAL_SAMPLES) -> ChoiceLaw:
+    """The ``ChoiceLaw`` of ``router``'s popularity, by Monte Carlo over choice prefixes drawn
+    with ``router``'s generator (give it one of its own: the draws use it up)."""
     w_LE = np.array(router.rank_weights_LE)
     layers, experts = w_LE.shape
     top_k = router.top_k
     p_LKE = np.broadcast_to(w_LE[:, None], (layers, top_k, experts)).copy()
-    inverse_LK, weight_LK = np.ones((layers, top_k)), np.zeros((layers, top_k))
-    if router.uniform or top_k == 1:  # every choice uniform; prefixes weigh k / E
-        k = np.arange(top_k)
-        inverse_LK[:] = experts / np.maximum(experts - k, 1)
+    weight_LK = np.zeros((layers, top_k))
+    if router.uniform or top_k == 1:  # every choice uniform; an earlier pick weighs 1 / E
         weight_LK[:] = 1.0 / experts
-        return ChoiceLaw(w_LE, p_LKE, inverse_LK, weight_LK)
-    saved, router.rng = router.rng, rng
-    try:
-        layer_R = np.repeat(np.arange(layers), samples) if router.per_layer else None
-        ranks_KR = router.ranks(samples * (layers if router.per_layer else 1), layer_R)
-    finally:
-        router.rng = saved
+        return ChoiceLaw(w_LE, p_LKE, weight_LK)
+    layer_R = np.repeat(np.arange(layers), samples) if router.per_layer else None
+    ranks_KR = router.ranks(samples * (layers if router.per_layer else 1), layer_R)
     layer_R = np.zeros(ranks_KR.shape[1], np.int64) if layer_R is None else layer_R
     rows_L = np.bincount(layer_R, minlength=layers)[:, None].clip(1)
     picked_R = np.zeros(ranks_KR.shape[1])
@@ -74,14 +66,13 @@ def choice_law(
         with_r = np.bincount(keys.ravel(), weights=np.tile(inverse_R, k), minlength=w_LE.size)
         all_L = np.bincount(layer_R, weights=inverse_R, minlength=layers)[:, None]
         p_LKE[:, k] = w_LE * (all_L - with_r.reshape(w_LE.shape)) / rows_L
-        inverse_LK[:, k] = all_L[:, 0] / rows_L[:, 0]
         weight_LK[:, k] = (
             np.bincount(layer_R, weights=picked_R, minlength=layers) / rows_L[:, 0] / k
         )
     if not router.per_layer:
-        p_LKE[:], inverse_LK[:], weight_LK[:] = p_LKE[:1], inverse_LK[:1], weight_LK[:1]
+        p_LKE[:], weight_LK[:] = p_LKE[:1], weight_LK[:1]
     p_LKE /= p_LKE.sum(axis=-1, keepdims=True)  # Monte Carlo leaves the sums off by ~1e-4
-    return ChoiceLaw(w_LE, p_LKE, inverse_LK, weight_LK)
+    return ChoiceLaw(w_LE, p_LKE, weight_LK)
 
 
 class CountRouter:
@@ -92,7 +83,6 @@ class CountRouter:
         self.router = router
         self.tokens_G = np.asarray(tokens_G, dtype=np.int64)
         self.law = law
-        self.factor_LKE = np.ones_like(law.p_LKE)
         self.factor_LKE = self._calibrate(float(self.tokens_G.mean()))
 
     def _calibrate(self, tokens: float) -> np.ndarray:
@@ -104,19 +94,21 @@ class CountRouter:
         tokens_NLG = np.full((1, layers, 1), tokens)
         factor_LKE = np.ones_like(law.p_LKE)
         for k in range(top_k):
-            q = self._choice(k, picked, tokens_NLG)[0, :, 0]
+            q = self._choice(k, picked, tokens_NLG, factor_LKE[:, k])[0, :, 0]
             q = q / np.maximum(q.sum(axis=-1, keepdims=True), 1e-300)
             factor_LKE[:, k] = np.divide(law.p_LKE[:, k], q, out=np.ones_like(q), where=q > 0)
             picked = picked + tokens * law.p_LKE[None, :, None, k]
         return factor_LKE
 
-    def _choice(self, k: int, picked: np.ndarray, tokens_NLG: np.ndarray) -> np.ndarray:
-        """``q_NLGE`` of choice ``k`` given the ``picked`` counts of the earlier ones."""
+    def _choice(
+        self, k: int, picked: np.ndarray, tokens_NLG: np.ndarray, factor_LE: np.ndarray
+    ) -> np.ndarray:
+        """``q_NLGE`` (unnormalised) of choice ``k`` given the ``picked`` counts of the earlier
+        ones; ``factor_LE`` corrects the mean-field's bias (``_calibrate``)."""
         law = self.law
         p_LE = law.p_LKE[:, k]
         if k == 0:
             return np.broadcast_to(p_LE[None, :, None], picked.shape)
-        factor_LE = self.factor_LKE[:, k]
         # A token holding rank r picks the rest with weight 1 / (1 - w_r - its other picks).
         others = 1.0 - law.w_LE - (k - 1) * law.weight_LK[:, k, None]
         inverse_LE = 1.0 / np.maximum(others, 1e-3)
@@ -155,7 +147,7 @@ class CountRouter:
         tokens_NLG = np.broadcast_to(self.tokens_G, (steps, layers, gpus))
         picked = np.zeros((steps, layers, gpus, router.num_experts), dtype=np.int64)
         for k in range(router.top_k):
-            q = self._choice(k, picked, tokens_NLG)
+            q = self._choice(k, picked, tokens_NLG, self.factor_LKE[:, k])
             total = q.sum(axis=-1, keepdims=True)
             q = np.divide(q, total, out=np.zeros(picked.shape), where=total > 0)
             q[..., -1] = np.maximum(1.0 - q[..., :-1].sum(axis=-1), 0.0)  # exact sums for numpy

@@ -50,15 +50,6 @@ class StepChunk:
     def steps(self) -> int:
         return self.routing.shape[0]
 
-    def expert_load_NLE(self, num_experts: int) -> np.ndarray:
-        """Assignments each logical expert receives (the planners' history)."""
-        if self.counts_NLGE is not None:
-            return self.counts_NLGE.sum(axis=2, dtype=np.int64)
-        n, layers, _, _ = self.expert_ids_NLTK.shape
-        keys = self.expert_ids_NLTK + (np.arange(n * layers) * num_experts).reshape(n, layers, 1, 1)
-        minlength = n * layers * num_experts
-        return np.bincount(keys.ravel(), minlength=minlength).reshape(n, layers, num_experts)
-
 
 def tokens_per_gpu(tokens: int, gpus: int) -> np.ndarray:
     """``S_G``: tokens on each GPU, contiguous equal chunks (the first ones get the remainder)."""
@@ -127,7 +118,7 @@ def _stream(
         tokens_router = router(routing_rng(scenario, 0))
         draw = functools.partial(tokens_router.draw, tokens=tokens)
         if resolution == "counts":
-            law = choice_law(router(routing_rng(scenario, 0)), _law_rng(scenario))
+            law = choice_law(router(_law_rng(scenario)))
             gpus = scenario.cluster.gpus
             draw = CountRouter(tokens_router, tokens_per_gpu(tokens, gpus), law).draw
         for index, first in enumerate(range(0, total, block)):

@@ -44,7 +44,7 @@ def _count_router(skew, top_k, experts, tokens_G, locality=0.0, seed=0):
     def make(s: int) -> SyntheticRouter:
         return SyntheticRouter(spec, experts, top_k, 2, np.random.default_rng(s))
 
-    law = choice_law(make(seed + 100), np.random.default_rng(seed + 200))
+    law = choice_law(make(seed + 100))
     return CountRouter(make(seed), np.asarray(tokens_G), law)
 
 
