@@ -1,6 +1,11 @@
 """Cost functions (compute, memory, links) and the cluster topology as a networkx graph."""
 
-from moesim.hardware.costs import DeviceCosts, alltoall_port_time, transfer_time
+from moesim.hardware.costs import (
+    DeviceCosts,
+    alltoall_port_time,
+    port_time_is_monotone,
+    transfer_time,
+)
 from moesim.hardware.topology import KINDS, Topology, build_topology
 
 __all__ = [
@@ -9,5 +14,6 @@ __all__ = [
     "Topology",
     "alltoall_port_time",
     "build_topology",
+    "port_time_is_monotone",
     "transfer_time",
 ]

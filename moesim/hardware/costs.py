@@ -12,10 +12,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.config import DTYPE_BYTES, AttentionCurves, GemmTable, HardwareProfile, LinkSpec
+from moesim.config import (
+    DTYPE_BYTES,
+    AttentionCurves,
+    GemmTable,
+    HardwareProfile,
+    LinkSpec,
+    MeasuredCurve,
+)
 from moesim.hardware.tables import attention_core_time, curve_time, gemm_time
 
-__all__ = ["DeviceCosts", "alltoall_port_time", "transfer_time"]
+__all__ = ["DeviceCosts", "alltoall_port_time", "port_time_is_monotone", "transfer_time"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,23 @@ def alltoall_port_time(link: LinkSpec, port_bytes: np.ndarray, ranks: int) -> np
     through its port: the measured curve of the nearest world size not above ``ranks`` (else
     the smallest measured), else the link's latency-bandwidth model."""
     if link.alltoall:
-        sizes = sorted(link.alltoall)
-        below = [w for w in sizes if w <= ranks]
-        return curve_time(link.alltoall[below[-1] if below else sizes[0]], port_bytes)
+        return curve_time(_alltoall_curve(link, ranks), port_bytes)
     return transfer_time(link, port_bytes * link.shared_by)
+
+
+def _alltoall_curve(link: LinkSpec, ranks: int) -> MeasuredCurve:
+    sizes = sorted(link.alltoall)
+    below = [w for w in sizes if w <= ranks]
+    return link.alltoall[below[-1] if below else sizes[0]]
+
+
+def port_time_is_monotone(link: LinkSpec, ranks: int) -> bool:
+    """Whether ``alltoall_port_time`` never falls as the bytes grow (always for the model;
+    for a measured curve, when its seconds never fall from one size to the next)."""
+    if link.alltoall:
+        curve = _alltoall_curve(link, ranks)
+    elif link.transfer is not None:
+        curve = link.transfer
+    else:
+        return True
+    return bool(np.all(np.diff(curve.seconds) >= 0))

@@ -85,7 +85,7 @@ def time_chunk(
     elif counts_NLGU is not None:
         egress, ingress = counted_tokens(counts_NLGU, plan, topology)
     else:
-        egress, ingress = routed_tokens(units_NLTK, source_T, plan, topology)
+        egress, ingress = routed_tokens(units_NLTK, source_T, tokens_NLG, plan, topology)
     dispatch_NL = np.broadcast_to(
         alltoall_time(egress * row_bytes, ingress * row_bytes, topology, costs.launch_overhead_s),
         (n, layers),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.hardware import KINDS, Topology, alltoall_port_time
+from moesim.hardware import KINDS, Topology, alltoall_port_time, port_time_is_monotone
 from moesim.policies import PlacementPlan
 
 __all__ = [
@@ -58,29 +58,57 @@ def count_exchange_bytes(plan: PlacementPlan, topology: Topology) -> tuple[np.nd
 
 
 def routed_tokens(
-    units_NLTK: np.ndarray, source_T: np.ndarray, plan: PlacementPlan, topology: Topology
+    units_NLTK: np.ndarray,
+    source_T: np.ndarray,
+    received_NLG: np.ndarray,
+    plan: PlacementPlan,
+    topology: Topology,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact dispatch rows ``(egress_NLGK, ingress_NLGK)`` when every assignment travels,
-    from each token's placement slots: one pass over the assignments, no G x E array."""
+    from each token's placement slots and what each GPU receives (``received_NLG``).
+
+    Only assignments that stay on their source's node are counted one by one: a GPU sends
+    ``K`` rows per token and receives ``received_NLG``, so what crosses the network is the
+    rest. One pass over the assignments finds them; no G x E or G x G array is built.
+    """
     n, layers, tokens, top_k = units_NLTK.shape
-    gpus, units = plan.gpus, plan.units
-    index = np.int32 if n * layers * gpus * _K < np.iinfo(np.int32).max else np.int64
-    owner = plan.owner_LU.astype(index).ravel()
-    slot_NLX = units_NLTK.reshape(n, layers, tokens * top_k).astype(index)
-    slot_NLX += (np.arange(layers, dtype=index) * units)[None, :, None]
-    owner_NLX = owner[slot_NLX]  # destination GPU of each assignment
-    source_X = np.repeat(source_T, top_k).astype(index)
-    # kind in closed form: 0 local, 1 same node, 2 another node (the order of KINDS)
-    gpn = topology.gpus_per_node
-    kind_NLX = (owner_NLX != source_X).astype(index)
-    if topology.nodes > 1:
-        kind_NLX += (owner_NLX // gpn != source_X // gpn).astype(index)
-    step_layer = (np.arange(n * layers, dtype=index) * (gpus * _K)).reshape(n, layers, 1)
-    size, shape = n * layers * gpus * _K, (n, layers, gpus, _K)
-    kind_NLX += step_layer
-    egress = np.bincount((kind_NLX + source_X * _K).ravel(), minlength=size)
-    ingress = np.bincount((kind_NLX + owner_NLX * _K).ravel(), minlength=size)
+    gpus, gpn = plan.gpus, topology.gpus_per_node
+    owner_NLTK = _owner(units_NLTK, plan)
+    source_11T1 = source_T.astype(owner_NLTK.dtype).reshape(1, 1, tokens, 1)
+    if topology.nodes == 1:
+        near = np.flatnonzero(owner_NLTK == source_11T1)
+    else:
+        near = np.flatnonzero(owner_NLTK // gpn == source_11T1 // gpn)
+    source_X = source_T[near // top_k % tokens]
+    owner_X = owner_NLTK.ravel()[near]
+    row_X = near // (tokens * top_k) * gpus  # (step, layer) row of each near assignment
+    size = n * layers * gpus
+    sent_G = np.bincount(source_T, minlength=gpus) * top_k
+    local = owner_X == source_X
+    local_NLG = np.bincount(row_X[local] + source_X[local], minlength=size).reshape(-1, gpus)
+    if topology.nodes == 1:
+        node_out_NLG = np.broadcast_to(sent_G, local_NLG.shape)
+        node_in_NLG = received_NLG.reshape(-1, gpus)
+    else:
+        node_out_NLG = np.bincount(row_X + source_X, minlength=size).reshape(-1, gpus)
+        node_in_NLG = np.bincount(row_X + owner_X, minlength=size).reshape(-1, gpus)
+    shape = (n, layers, gpus, _K)
+    egress = np.stack([local_NLG, node_out_NLG - local_NLG, sent_G - node_out_NLG], axis=-1)
+    ingress = np.stack(
+        [local_NLG, node_in_NLG - local_NLG, received_NLG.reshape(-1, gpus) - node_in_NLG],
+        axis=-1,
+    )
     return egress.reshape(shape), ingress.reshape(shape)
+
+
+def _owner(units_NLTK: np.ndarray, plan: PlacementPlan) -> np.ndarray:
+    """The GPU of each assignment's slot: a division where each GPU holds a block of slots."""
+    if plan.blocked:
+        return units_NLTK // (plan.units // plan.gpus)
+    layers = units_NLTK.shape[1]
+    owner = plan.owner_LU.astype(np.int32).ravel()
+    offsets = (np.arange(layers, dtype=np.int32) * plan.units).reshape(1, layers, 1, 1)
+    return owner[units_NLTK.astype(np.int32) + offsets]
 
 
 def counted_tokens(
@@ -107,14 +135,21 @@ def _diagonal_split(pairs_XGH: np.ndarray, topology: Topology) -> np.ndarray:
 def alltoall_time(
     egress_XGK: np.ndarray, ingress_XGK: np.ndarray, topology: Topology, launch_overhead_s: float
 ) -> np.ndarray:
-    """Seconds of an all-to-all moving these bytes: the slowest GPU's slowest link kind."""
-    per_gpu = np.zeros(egress_XGK.shape[:-1])
+    """Seconds of an all-to-all moving these bytes: the slowest GPU's slowest link kind.
+
+    Where a link's time grows with the bytes (the latency-bandwidth model, a monotone
+    measured curve), the slowest GPU is the one with the most bytes: the time is taken of
+    that GPU only, not of each."""
+    out = np.zeros(egress_XGK.shape[:-2])
     for k, kind in enumerate(KINDS):
         link = topology.links.get(kind)
         if link is None:
             continue
-        port = np.maximum(egress_XGK[..., k], ingress_XGK[..., k])
+        port_XG = np.maximum(egress_XGK[..., k], ingress_XGK[..., k])
+        monotone = port_time_is_monotone(link, topology.gpus)
+        port = port_XG.max(axis=-1) if monotone else port_XG
         seconds = alltoall_port_time(link, port, topology.gpus)
         launch = 0.0 if link.alltoall else launch_overhead_s  # a measured curve includes it
-        per_gpu = np.maximum(per_gpu, np.where(seconds > 0, seconds + launch, 0.0))
-    return per_gpu.max(axis=-1)
+        seconds = np.where(seconds > 0, seconds + launch, 0.0)
+        out = np.maximum(out, seconds if monotone else seconds.max(axis=-1))
+    return out

@@ -172,7 +172,7 @@ def test_gating_and_traffic_from_counts_equal_those_from_tokens(gating) -> None:
     plan = PlacementPlan(np.tile(np.arange(experts), (ids.shape[1], 1)), owner, gpus, experts)
     topology = build_topology(scenario.cluster)
     for a, b in zip(
-        routed_tokens(ids, source_T, plan, topology),
+        routed_tokens(ids, source_T, plan.per_gpu_sum(counts.sum(axis=2)), plan, topology),
         counted_tokens(counts, plan, topology),
         strict=True,
     ):
