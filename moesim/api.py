@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any, Literal
 
 from moesim.config import Scenario, load_scenario
 from moesim.errors import MoesimError
-from moesim.files import publish
+from moesim.files import json_text, publish
 from moesim.metrics import Result, RunRecords, chrome_trace
 from moesim.policies import PlacementPlan, save_eplb
 from moesim.sim import OutOfMemoryError, simulate
@@ -44,6 +43,7 @@ def run(
 
 def _write_json(path: Path, document: Any) -> None:
     """Write atomically: a crash never leaves a half-written file in place of a good one."""
+    text = json_text(document, str(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -51,8 +51,7 @@ def _write_json(path: Path, document: Any) -> None:
         raise MoesimError(f"cannot write {path}: {error.strerror}") from None
     try:
         with os.fdopen(handle, "w") as stream:
-            json.dump(document, stream, indent=1)
-            stream.write("\n")
+            stream.write(text + "\n")
         publish(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -80,6 +79,8 @@ def write_outputs(
     if records is not None and records.spans.device.size:
         written.append(out / "trace.json")
         _write_json(written[-1], chrome_trace(records.spans, scenario.name))
+    else:
+        (out / "trace.json").unlink(missing_ok=True)  # an older run's timeline is not this one
     if records is not None and records.phy2log_LU is not None and records.phy2log_LU.size:
         plan = PlacementPlan(
             records.phy2log_LU, records.owner_LU, records.gpus, scenario.model.num_experts

@@ -13,8 +13,11 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+import moesim
 from moesim import api
+from moesim.cli_list import add_list_parser, run_list
 from moesim.cli_sweep import add_sweep_parsers, run_plot, run_sweep_command
 from moesim.cli_trace import add_trace_parser, run_trace
 from moesim.cli_validate import (
@@ -25,6 +28,7 @@ from moesim.cli_validate import (
 )
 from moesim.config import Scenario
 from moesim.errors import MoesimError
+from moesim.files import json_text, writable_dir
 from moesim.metrics import Result
 from moesim.progress import progress_bar
 
@@ -35,6 +39,7 @@ GIB = 2.0**30
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moesim", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"moesim {moesim.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="simulate a scenario and print its predicted metrics")
     run.add_argument("scenario", help="scenario YAML file")
@@ -71,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     add_validate_parser(commands)
     add_trace_parser(commands)
     add_sweep_parsers(commands)
+    add_list_parser(commands)
     return parser
 
 
@@ -86,10 +92,13 @@ def _profile_options(command: argparse.ArgumentParser) -> None:
 def _summary(console: Console, scenario: Scenario, result: Result) -> None:
     cluster = scenario.cluster
     console.print(
-        f"[bold]{scenario.name}[/]: {scenario.model.name} on {cluster.nodes}x"
-        f"{cluster.gpus_per_node} {cluster.device.name}, {result.phase}, "
-        f"batch {scenario.workload.batch_size}, gating {scenario.policies.gating.name}, "
-        f"routing drawn as {result.routing_resolution}"
+        Text.assemble(
+            (scenario.name, "bold"),
+            f": {scenario.model.name} on {cluster.nodes}x{cluster.gpus_per_node} "
+            f"{cluster.device.name}, {result.phase}, batch {scenario.workload.batch_size}, "
+            f"gating {scenario.policies.gating.name}, routing drawn as "
+            f"{result.routing_resolution}",
+        )
     )
     console.print(f"throughput  {result.throughput_tokens_per_s:,.0f} tokens/s")
     lat = result.latency_s
@@ -114,7 +123,9 @@ def _summary(console: Console, scenario: Scenario, result: Result) -> None:
         f"{max(memory.activation_peak_bytes_per_device) / GIB:.2f} GiB; busiest GPU)"
     )
     if memory.out_of_memory:
-        console.print("[bold red]out of memory[/]: the peak exceeds the device's capacity")
+        console.print(
+            Text.assemble(("out of memory", "bold red"), ": the peak exceeds the device's capacity")
+        )
     tokens = result.tokens
     console.print(
         f"tokens      routed {tokens.routed:,}  processed {tokens.processed:,}  "
@@ -145,11 +156,20 @@ def _summary(console: Console, scenario: Scenario, result: Result) -> None:
             f"{result.wall_seconds:.2f} s wall"
         )
         return
-    speed = result.simulated_seconds / result.wall_seconds if result.wall_seconds else 0.0
     console.print(
         f"simulated {result.simulated_seconds:.3f} s in {result.wall_seconds:.2f} s "
-        f"wall ({speed:,.0f}x real time, {result.events} events)"
+        f"wall ({_speed(result.simulated_seconds, result.wall_seconds)}, "
+        f"{result.events} events)"
     )
+
+
+def _speed(simulated_s: float, wall_s: float) -> str:
+    """Simulated over wall time to three significant digits (``0.0123x``, ``1,234x``)."""
+    if wall_s <= 0:
+        return "no wall time measured"
+    ratio = simulated_s / wall_s
+    shown = f"{ratio:,.0f}" if ratio >= 1000 else f"{float(f'{ratio:.3g}'):g}"
+    return f"{shown}x real time"
 
 
 def _profile_override(profile: str | None) -> list[str]:
@@ -168,10 +188,10 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     trace_steps = args.trace_steps if args.chrome_trace else 0
     if args.chrome_trace and not args.out:
         raise MoesimError("--chrome-trace needs --out DIR")
-    if args.out:
-        api.check_out_dir(args.out)
     if args.chrome_trace and args.trace_steps < 1:
         raise MoesimError(f"--trace-steps: expected at least 1, got {args.trace_steps}")
+    if args.out:
+        writable_dir(args.out)
     label = "simulating" if args.executor == "sim" else "running for real"
     with progress_bar(label) as progress:
         task = progress.add_task("steps", total=scenario.workload.steps)
@@ -182,18 +202,20 @@ def _run(args: argparse.Namespace, console: Console) -> None:
             trace_steps=trace_steps,
             on_step=lambda done, _total: progress.update(task, completed=done),
         )
+    if args.out:
+        written = api.write_outputs(args.out, scenario, result, records)
     if args.json:
-        print(result.model_dump_json(indent=1))
+        print(json_text(result.model_dump(mode="json"), "--json"))
     else:
         _summary(console, scenario, result)
     if args.out:
-        for path in api.write_outputs(args.out, scenario, result, records):
-            Console(stderr=True, highlight=False).print(f"wrote {path}")
+        for path in written:
+            print(f"wrote {path}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = Console(highlight=False)
+    console = Console(highlight=False, markup=False)  # names are text, never markup
     try:
         if args.command == "run":
             _run(args, console)
@@ -204,9 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "trace":
             run_trace(args, console)
         elif args.command == "sweep":
-            run_sweep_command(args, console)
+            return run_sweep_command(args, console)
         elif args.command == "plot":
             run_plot(args, console)
+        elif args.command == "list":
+            run_list(args)
     except MoesimError as error:
         print(f"moesim: error: {error}", file=sys.stderr)
         return 2

@@ -4,13 +4,15 @@ and describe a trace (skew, locality, co-activation), with plots."""
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from moesim.errors import MoesimError
+from moesim.files import json_text
 from moesim.progress import progress_bar
 from moesim.workload import Trace, check_ids, read_trace, save_trace
 from moesim.workload.convert import FORMATS, convert
@@ -127,14 +129,18 @@ def _stats(args: argparse.Namespace, console: Console) -> None:
         raise MoesimError(f"--plot {args.plot}: exists and is not a folder")
     stats = layer_stats(trace.expert_ids, trace.num_experts)
     if args.json:
-        print(json.dumps({"metadata": trace.metadata, "layers": [vars(s) for s in stats]}))
+        document = {"metadata": trace.metadata, "layers": [vars(s) for s in stats]}
+        print(json_text(document, "--json", indent=None))
     else:
         n, layers, tokens, top_k = trace.expert_ids.shape
         meta = trace.metadata
         console.print(
-            f"[bold]{args.trace}[/]: {meta.get('model', 'unknown model')}, {n} steps x "
-            f"{tokens} tokens, {layers} MoE layers, {trace.num_experts} experts, top-{top_k}"
-            f" ({meta.get('source', 'source not recorded')})"
+            Text.assemble(
+                (args.trace, "bold"),
+                f": {meta.get('model', 'unknown model')}, {n} steps x {tokens} tokens, "
+                f"{layers} MoE layers, {trace.num_experts} experts, top-{top_k} "
+                f"({meta.get('source', 'source not recorded')})",
+            )
         )
         table = Table(title_justify="left")
         for column in ("layer", "zipf s", "step s", "busiest", "reuse", "persist", "top pair"):
@@ -161,7 +167,7 @@ def _stats(args: argparse.Namespace, console: Console) -> None:
         from moesim.workload.trace_plots import plot_stats
 
         for path in plot_stats(stats, Path(args.plot), Path(args.trace).stem):
-            Console(stderr=True, highlight=False).print(f"wrote {path}")
+            print(f"wrote {path}", file=sys.stderr)
 
 
 def run_trace(args: argparse.Namespace, console: Console) -> None:
@@ -172,4 +178,4 @@ def run_trace(args: argparse.Namespace, console: Console) -> None:
     trace = read_trace(written)
     n, layers, tokens, top_k = trace.expert_ids.shape
     console.print(f"{n} steps x {tokens} tokens, {layers} MoE layers, top-{top_k}")
-    Console(stderr=True, highlight=False).print(f"wrote {written}")
+    print(f"wrote {written}", file=sys.stderr)

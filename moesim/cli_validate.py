@@ -123,7 +123,7 @@ def _write_calibrated(
         f"{profile['memory']['bandwidth'] / 1e9:.1f} GB/s, launch "
         f"{compute['launch_overhead'] * 1e6:.1f} us"
     )
-    Console(stderr=True, highlight=False).print(f"wrote {out}")
+    print(f"wrote {out}", file=sys.stderr)
 
 
 def _tolerances(texts: list[str]) -> dict[str, float]:
@@ -202,7 +202,7 @@ def run_validate(args: argparse.Namespace, console: Console) -> int:
             )
     if tolerances:
         failures += [f"not run with tolerances set: {why}" for why in report.skipped.values()]
-    Console(stderr=True, highlight=False).print(f"wrote {out / 'report.md'}")
+    print(f"wrote {out / 'report.md'}", file=sys.stderr)
     for failure in failures:
         print(f"moesim: validation failed: {failure}", file=sys.stderr)
     return 1 if failures else 0

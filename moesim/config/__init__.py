@@ -8,6 +8,7 @@ from moesim.config.loading import (
     load_scenario,
     parse_override,
     read_yaml,
+    shipped_names,
 )
 from moesim.config.measured import AttentionCurves, GemmTable, MeasuredCurve
 from moesim.config.model import DTYPE_BYTES, ModelSpec
@@ -48,4 +49,5 @@ __all__ = [
     "load_scenario",
     "parse_override",
     "read_yaml",
+    "shipped_names",
 ]

@@ -32,9 +32,9 @@ Efficiency = Annotated[float, Field(gt=0, le=1)]
 
 
 class Frozen(BaseModel):
-    """Base of every config model: immutable, unknown keys rejected."""
+    """Base of every config model: immutable, unknown keys and non-finite numbers rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Provenance(Frozen):

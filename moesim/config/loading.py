@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from moesim.config.hardware import HardwareProfile
 from moesim.config.model import ModelSpec
 from moesim.config.scenario import Scenario
+from moesim.config.strict_yaml import parse_yaml
 from moesim.errors import ConfigError
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "load_scenario",
     "parse_override",
     "read_yaml",
+    "shipped_names",
 ]
 
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -49,13 +50,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), None, f"cannot read: {error.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(str(path), None, "cannot read: not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
-        raise ConfigError(str(path), None, f"{where}{problem}") from None
+    data = parse_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(str(path), None, "expected a YAML mapping at the top level")
     return data
@@ -80,11 +75,20 @@ def find_file(kind: str, name: str, near: Path | None) -> Path | None:
     return next((path for path in candidates if path.is_file()), None)
 
 
+def shipped_names(kind: str) -> list[str]:
+    """The model cards (``kind="model"``) or hardware profiles (``"device"``) moesim ships."""
+    return sorted(
+        {
+            path.stem
+            for folder in _BUILTIN[kind]
+            if folder.is_dir()
+            for path in folder.glob("*.yaml")
+        }
+    )
+
+
 def _available(kind: str) -> str:
-    names = {
-        path.stem for folder in _BUILTIN[kind] if folder.is_dir() for path in folder.glob("*.yaml")
-    }
-    return ", ".join(sorted(names)) or "none"
+    return ", ".join(shipped_names(kind)) or "none"
 
 
 def _format(error: ValidationError) -> tuple[str, str]:
@@ -133,28 +137,29 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(None, "--set", f"expected KEY=VALUE with a dotted key, got {text!r}")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        raise ConfigError(None, f"--set {key}", f"cannot parse value {value!r} as YAML") from None
+        parsed = parse_yaml(value, None) if value.strip() else ""
+    except ConfigError as error:
+        raise ConfigError(None, f"--set {key}", f"cannot parse {value!r}: {error}") from None
     return key.strip(), parsed
 
 
-def _apply(data: dict[str, Any], key: str, value: Any) -> bool:
-    """Set ``data[a][b]... = value``; False when a parent is a not-yet-resolved reference."""
+def _apply(data: dict[str, Any], key: str, value: Any) -> str | None:
+    """Set ``data[a][b]... = value``; returns the dotted parent that is a string instead of a
+    mapping (a reference to a card or profile not yet resolved), if one blocks the way."""
     parts = key.split(".")
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if isinstance(child, str):
-            return False
+            return where
         if not isinstance(child, dict):
-            where = ".".join(parts[: depth + 1])
             raise ConfigError(None, f"--set {key}", f"{where} is not a mapping")
         node = child
     node[parts[-1]] = value
-    return True
+    return None
 
 
 def _resolve(kind: str, ref: Any, near: Path, sources: dict[str, str], prefix: str) -> Any:
@@ -177,7 +182,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     near = path.resolve().parent
     sources = {"": str(path)}
     parsed = [parse_override(text) for text in overrides or []]
-    pending = [(key, value) for key, value in parsed if not _apply(data, key, value)]
+    pending = [(key, value) for key, value in parsed if _apply(data, key, value) is not None]
 
     data["model"] = _resolve("model", data.get("model"), near, sources, "model")
     cluster = data.get("cluster")
@@ -186,21 +191,37 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
             "device", cluster.get("device"), near, sources, "cluster.device"
         )
     for key, value in pending:
-        _apply(data, key, value)
+        blocked = _apply(data, key, value)
+        if blocked is not None:
+            raise ConfigError(
+                None, f"--set {key}", f"{blocked} is a string, not a mapping with fields"
+            )
     routing = (data.get("workload") or {}).get("routing")
     placement = (data.get("policies") or {}).get("placement")
-    for section, key in ((routing, "path"), (routing, "fit"), (placement, "path")):
+    for section, field in (
+        (routing, "workload.routing.path"),
+        (routing, "workload.routing.fit"),
+        (placement, "policies.placement.path"),
+    ):
+        key = field.rpartition(".")[2]
         if isinstance(section, dict) and isinstance(section.get(key), str):  # relative to us
             named = Path(section[key])
             if not named.is_absolute() and (near / named).exists():
                 section[key] = str(near / named)
+            elif not named.exists():
+                overridden = any(field == k or field.startswith(k + ".") for k, _ in parsed)
+                raise ConfigError(
+                    None if overridden else str(path),
+                    f"--set {field}" if overridden else field,
+                    f"no such file: {named}",
+                )
 
     try:
         return Scenario.model_validate(data)
     except ValidationError as error:
         field, message = _format(error)
         for key, _ in parsed:
-            if field == key or field.startswith(key + "."):
+            if field == key or field.startswith(key + ".") or key.startswith(field + "."):
                 raise ConfigError(None, f"--set {field}", message) from None
         owner = max((p for p in sources if p and field.startswith(p)), key=len, default="")
         file = sources[owner]

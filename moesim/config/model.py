@@ -57,6 +57,11 @@ class ModelSpec(Frozen):
                 )
         elif self.encoder_layers is not None or self.decoder_layers is not None:
             raise ValueError("encoder_layers/decoder_layers need architecture: encoder-decoder")
+        if self.head_dim is None and self.heads > self.d_model:
+            raise ValueError(
+                f"heads = {self.heads} exceeds d_model = {self.d_model}: a head would have "
+                "d_model // heads = 0 dimensions (give head_dim, or fewer heads)"
+            )
         if self.moe_every > 0:
             if self.num_experts < 1:
                 raise ValueError("an MoE model (moe_every > 0) needs num_experts >= 1")

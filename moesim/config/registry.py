@@ -68,6 +68,11 @@ class Registry(Generic[T]):
             raw = {"name": raw}
         if not isinstance(raw, dict) or "name" not in raw:
             raise ValueError(f"expected a mapping with a 'name' of a {self.family} policy")
+        if not isinstance(raw["name"], str):
+            known = ", ".join(self.names()) or "none registered"
+            raise ValueError(
+                f"name: expected one {self.family} policy name ({known}), got {raw['name']!r}"
+            )
         return self.params_class(raw["name"]).model_validate(raw)
 
     def build(self, params: PolicyParams) -> T:

@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 _BLOCK_ELEMENTS = 1 << 22  # validated at a time
+MAX_INFLATED_BYTES = 1 << 30  # a compressed member is read into memory whole
 
 
 @dataclass(frozen=True)
@@ -117,10 +119,12 @@ def read_trace(path: str | Path) -> Trace:
     if "expert_ids" not in members:
         raise ConfigError(name, "expert_ids", f"missing (the file has {sorted(members)})")
     try:
+        for member in members & {"expert_ids", "gate_weights"}:
+            _check_inflated_size(file, member)
         ids = load_member(file, "expert_ids")
         weights = load_member(file, "gate_weights") if "gate_weights" in members else None
         text = str(load_member(file, "metadata")) if "metadata" in members else "{}"
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise ConfigError(name, None, f"cannot read as an .npz trace: {error}") from None
     if ids.ndim != 4 or 0 in ids.shape:
         raise ConfigError(
@@ -146,6 +150,32 @@ def read_trace(path: str | Path) -> Trace:
             name, "metadata.num_experts", f"expected a positive integer, got {experts!r}"
         )
     return Trace(ids, weights, metadata)
+
+
+def _check_inflated_size(file: Path, member: str) -> None:
+    """A compressed member is inflated into memory whole: refuse one above
+    ``MAX_INFLATED_BYTES`` before reading it (a stored one is memory-mapped instead)."""
+    with zipfile.ZipFile(file) as archive:
+        info = archive.getinfo(f"{member}.npy")
+        if info.compress_type == zipfile.ZIP_STORED:
+            return
+        with archive.open(info) as stream:
+            major, _ = np.lib.format.read_magic(stream)
+            header = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = header(stream)
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > MAX_INFLATED_BYTES:
+        raise ConfigError(
+            str(file),
+            member,
+            f"is compressed and would take {needed / 1e9:,.1f} GB in memory (at most "
+            f"{MAX_INFLATED_BYTES / 1e9:.1f} GB); save the trace uncompressed (numpy.savez, "
+            "or moesim trace convert) so that it is memory-mapped",
+        )
 
 
 def check_ids(ids: np.ndarray, num_experts: int, file: str = "trace") -> None:

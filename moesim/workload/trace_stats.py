@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "BLOCK_ASSIGNMENTS",
     "LayerStats",
     "coactivation",
     "layer_stats",
@@ -30,6 +31,8 @@ __all__ = [
     "zipf_exponent",
     "zipf_slopes",
 ]
+
+BLOCK_ASSIGNMENTS = 1 << 22  # token-expert assignments read into memory at a time
 
 
 def step_counts(ids_NTK: np.ndarray, num_experts: int) -> np.ndarray:
@@ -85,21 +88,33 @@ def persistence(counts_NE: np.ndarray) -> float:
     return float(np.where(scale > 0, products / np.where(scale > 0, scale, 1.0), 0.0).mean())
 
 
-def coactivation(ids_NTK: np.ndarray, num_experts: int) -> np.ndarray:
-    """``C_EE`` (see the module docstring); the diagonal is zero."""
-    n, _, k = ids_NTK.shape
-    if k >= 2:
-        flat = ids_NTK.reshape(-1, k).astype(np.int64)
-        pairs = np.zeros((num_experts, num_experts))
-        for a in range(k):
-            for b in range(k):
-                if a != b:
-                    np.add.at(pairs, (flat[:, a], flat[:, b]), 1.0)
-        return pairs / max(flat.shape[0], 1)
-    used = (step_counts(ids_NTK, num_experts) > 0).astype(np.float64)
+def _pair_counts(ids_NTK: np.ndarray, num_experts: int) -> np.ndarray:
+    """``P_EE``: tokens that pick both ``i`` and ``j`` (top-k >= 2); the diagonal is zero."""
+    k = ids_NTK.shape[-1]
+    flat = ids_NTK.reshape(-1, k).astype(np.int64)
+    pairs = np.zeros(num_experts * num_experts)
+    for a in range(k):
+        for b in range(k):
+            if a != b:
+                keys = flat[:, a] * num_experts + flat[:, b]
+                pairs += np.bincount(keys, minlength=num_experts * num_experts)
+    return pairs.reshape(num_experts, num_experts)
+
+
+def _step_coactivation(counts_NE: np.ndarray) -> np.ndarray:
+    """Top-1 co-activation: the share of steps that use both ``i`` and ``j``."""
+    used = (counts_NE > 0).astype(np.float64)
     pairs = used.T @ used
     np.fill_diagonal(pairs, 0.0)
-    return pairs / max(n, 1)
+    return pairs / max(counts_NE.shape[0], 1)
+
+
+def coactivation(ids_NTK: np.ndarray, num_experts: int) -> np.ndarray:
+    """``C_EE`` (see the module docstring); the diagonal is zero."""
+    n, t, k = ids_NTK.shape
+    if k >= 2:
+        return _pair_counts(ids_NTK, num_experts) / max(n * t, 1)
+    return _step_coactivation(step_counts(ids_NTK, num_experts))
 
 
 @dataclass(frozen=True)
@@ -121,11 +136,20 @@ class LayerStats:
 
 
 def layer_stats(ids_NLTK: np.ndarray, num_experts: int) -> list[LayerStats]:
-    """Statistics of every layer of a trace."""
+    """Statistics of every layer of a trace, read ``BLOCK_ASSIGNMENTS`` at a time, so that a
+    memory-mapped trace larger than memory is described in bounded memory."""
+    n, layers, t, k = ids_NLTK.shape
+    block = max(1, BLOCK_ASSIGNMENTS // max(t * k, 1))
     stats = []
-    for layer in range(ids_NLTK.shape[1]):
-        ids = np.asarray(ids_NLTK[:, layer])
-        counts_NE = step_counts(ids, num_experts)
+    for layer in range(layers):
+        counts, pairs_EE = [], np.zeros((num_experts, num_experts))
+        for first in range(0, n, block):
+            ids = np.asarray(ids_NLTK[first : first + block, layer])
+            counts.append(step_counts(ids, num_experts))
+            if k >= 2:
+                pairs_EE += _pair_counts(ids, num_experts)
+        counts_NE = np.concatenate(counts)
+        together = pairs_EE / max(n * t, 1) if k >= 2 else _step_coactivation(counts_NE)
         total_E = counts_NE.sum(axis=0)
         share = total_E / max(total_E.sum(), 1)
         stats.append(
@@ -137,7 +161,7 @@ def layer_stats(ids_NLTK: np.ndarray, num_experts: int) -> list[LayerStats]:
                 temporal_locality=temporal_locality(counts_NE),
                 persistence=persistence(counts_NE),
                 popularity=share.tolist(),
-                coactivation=coactivation(ids, num_experts).tolist(),
+                coactivation=together.tolist(),
             )
         )
     return stats
