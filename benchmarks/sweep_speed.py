@@ -45,7 +45,7 @@ def _points_per_minute(spec: Path, folder: Path, repeats: int, **options) -> flo
     rates = []
     for repeat in range(repeats):
         start = time.perf_counter()
-        _, ran, _ = run_sweep(spec, folder / f"{len(rates)}-{repeat}", fresh=True, **options)
+        ran = run_sweep(spec, folder / f"{len(rates)}-{repeat}", fresh=True, **options).ran
         rates.append(ran / (time.perf_counter() - start) * 60)
     return statistics.median(rates)
 

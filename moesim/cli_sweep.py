@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rich.console import Console
 
@@ -16,7 +17,9 @@ def add_sweep_parsers(commands: argparse._SubParsersAction) -> None:
     sweep = commands.add_parser("sweep", help="run every point of a sweep file")
     sweep.add_argument("spec", help="sweep YAML (base, grid, zip, random)")
     sweep.add_argument("--out", required=True, metavar="DIR", help="result store folder")
-    sweep.add_argument("--workers", type=int, help="local processes (default: every core)")
+    sweep.add_argument(
+        "--workers", type=int, help="local processes (default and most: the usable cores)"
+    )
     sweep.add_argument(
         "--ray", metavar="ADDRESS", help="run on Ray: auto, ray://host:port, or local"
     )
@@ -35,14 +38,15 @@ def add_sweep_parsers(commands: argparse._SubParsersAction) -> None:
     plot.add_argument("--out", help="image to write, .png or .svg (default: in the store)")
 
 
-def run_sweep_command(args: argparse.Namespace, console: Console) -> None:
+def run_sweep_command(args: argparse.Namespace, console: Console) -> int:
+    """Run the sweep; exit status 1 when some points failed (their rows say why)."""
     from moesim.sweep import run_sweep
 
     if args.workers is not None and args.workers < 1:
         raise MoesimError(f"--workers: expected at least 1, got {args.workers}")
     with progress_bar("sweeping", "points") as progress:
         task = progress.add_task("points", total=None)
-        results, ran, total = run_sweep(
+        outcome = run_sweep(
             args.spec,
             args.out,
             workers=args.workers,
@@ -50,14 +54,34 @@ def run_sweep_command(args: argparse.Namespace, console: Console) -> None:
             fresh=args.fresh,
             on_progress=lambda done, of: progress.update(task, completed=done, total=of),
         )
-    console.print(f"{total} points: {ran} run now, {total - ran} already in the store")
-    Console(stderr=True, highlight=False).print(f"wrote {results}")
+    where = f" ({outcome.workers} local workers)" if outcome.ran and outcome.workers else ""
+    console.print(
+        f"{outcome.total} points: {outcome.ran} run now, "
+        f"{outcome.total - outcome.ran} already in the store{where}",
+        markup=False,
+    )
+    print(f"wrote {outcome.results}", file=sys.stderr)
+    if outcome.failed:
+        print(
+            f"moesim: {outcome.failed} of {outcome.total} points failed: status error in "
+            f"{outcome.results} (a rerun with the same --out runs them again)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def run_plot(args: argparse.Namespace, console: Console) -> None:
     from moesim.sweep.plot import plot_results
 
-    path = plot_results(
+    plot = plot_results(
         args.store, args.x, args.y, hue=args.hue, facet=args.facet, kind=args.kind, out=args.out
     )
-    Console(stderr=True, highlight=False).print(f"wrote {path}")
+    if plot.points_per_x > 1:
+        over = ", ".join(plot.varying or []) or "columns the store does not list"
+        print(
+            f"up to {plot.points_per_x} points share an x: drawn as their mean with a min-max "
+            f"band; they differ in {over} (--hue or --facet one of them to split)",
+            file=sys.stderr,
+        )
+    print(f"wrote {plot.path}", file=sys.stderr)

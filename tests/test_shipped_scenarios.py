@@ -17,7 +17,9 @@ from moesim.api import load_scenario, run
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SHIPPED = sorted(
-    p for p in (ROOT / "scenarios").rglob("*.yaml") if not {"models", "paper"} & set(p.parts)
+    p
+    for p in (ROOT / "scenarios").rglob("*.yaml")
+    if not {"models", "paper", "sweeps"} & set(p.parts)
 )
 SWEEPS = sorted((ROOT / "scenarios" / "paper").glob("*.yaml"))
 TINY = sorted((ROOT / "scenarios" / "tiny").glob("*.yaml"))

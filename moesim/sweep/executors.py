@@ -1,71 +1,197 @@
-"""Running a sweep's points: a local process pool (all cores by default) or a Ray cluster.
+"""Running a sweep's points: local worker processes (one per core by default) or a Ray cluster.
 
-Both call ``run_point`` and hand each row, as it finishes, to ``on_row`` in this process (the
-store writes it at once). On Ray a task whose worker dies is retried (``max_retries``).
+Both hand each row, as it finishes, to ``on_row`` in this process (the store writes it at
+once). A point whose worker dies (killed, out of memory) runs again in a fresh worker, at most
+``RETRIES`` more times, then becomes an error row; on Ray, ``max_retries`` does the same.
+Local workers are spawned children of this process: they ignore Ctrl-C (this process stops
+them at once, keeping every row already written) and exit by themselves within
+``WATCHDOG_S`` when this process dies, however it dies.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import multiprocessing
 import os
+import signal
+import threading
+import time
+from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from moesim.errors import MoesimError
-from moesim.sweep.point import run_point
-from moesim.sweep.spec import Point
+from moesim.sweep.identity import ResolvedPoint
+from moesim.sweep.point import error_row, run_point
 
-__all__ = ["RAY_RETRIES", "run_local", "run_ray"]
+__all__ = ["RETRIES", "WATCHDOG_S", "run_local", "run_ray", "usable_cores", "worker_count"]
 
-RAY_RETRIES = 3
+RETRIES = 2
+WATCHDOG_S = 0.5
 Row = Callable[[dict[str, Any]], None]
 
 
-def _cores() -> int:
+def usable_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
 
 
-def run_local(base: str, points: list[Point], workers: int | None, on_row: Row) -> None:
-    """``workers`` processes (default: every core); one worker runs in this process."""
-    workers = workers or _cores()
-    if workers == 1:
-        for point in points:
-            on_row(run_point(base, point))
+def worker_count(requested: int | None, points: int) -> int:
+    """``requested`` (default: every usable core), at most the cores and the points."""
+    return max(1, min(requested or usable_cores(), usable_cores(), points))
+
+
+def _watchdog(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(WATCHDOG_S)
+    os._exit(1)  # orphaned: nobody will read the row
+
+
+def _serve(connection: Connection, parent: int) -> None:
+    """A worker's loop: run each ``(base, point, id)`` received, send its row back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watchdog, args=(parent,), daemon=True).start()
+    while True:
+        try:
+            job = connection.recv()
+        except EOFError:
+            return
+        connection.send(run_point(*job))
+
+
+class _Worker:
+    """One spawned worker process and the point it runs, if any."""
+
+    def __init__(self, context: Any) -> None:
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, os.getpid()), daemon=True)
+        self.process.start()
+        child.close()
+        self.job: ResolvedPoint | None = None
+
+    def give(self, base: str, job: ResolvedPoint) -> bool:
+        """Send ``job``; False when the worker is gone."""
+        self.job = job
+        try:
+            self.connection.send((base, job.point, job.id))
+        except OSError:  # it died while idle
+            return False
+        return True
+
+    def take(self, ready: list[Any]) -> tuple[dict[str, Any] | None, bool]:
+        """The row the worker sent, if any, and whether it died (with its point)."""
+        if self.connection in ready or self.connection.poll():
+            try:
+                return self.connection.recv(), False
+            except (EOFError, OSError):
+                return None, True
+        return None, self.process.sentinel in ready
+
+    def stop(self) -> int | None:
+        """Kill the process (at once: a worker holds nothing to save); its exit code."""
+        self.process.kill()
+        self.process.join()
+        self.connection.close()
+        return self.process.exitcode
+
+
+def run_local(base: str, points: list[ResolvedPoint], workers: int | None, on_row: Row) -> None:
+    """Run ``points`` on ``worker_count(workers, ...)`` processes; one runs in this process."""
+    count = worker_count(workers, len(points))
+    if count == 1:
+        for job in points:
+            on_row(run_point(base, job.point, job.id))
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        pending = {pool.submit(run_point, base, point) for point in points}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                on_row(future.result())
+    context = multiprocessing.get_context("spawn")  # no fork of a process with threads
+    queue, deaths = deque(points), Counter[str]()
+    pool: list[_Worker] = []
+
+    def feed(slot: int) -> None:
+        """Give the next point to the worker in ``slot``, replacing it while it is gone."""
+        while queue and not pool[slot].give(base, queue[0]):
+            pool[slot].stop()
+            pool[slot] = _Worker(context)
+        if queue:
+            queue.popleft()
+
+    try:
+        pool = [_Worker(context) for _ in range(count)]
+        for slot in range(count):
+            feed(slot)
+        while busy := [slot for slot, worker in enumerate(pool) if worker.job is not None]:
+            handles = [h for s in busy for h in (pool[s].connection, pool[s].process.sentinel)]
+            ready = wait(handles)
+            for slot in busy:
+                worker, job = pool[slot], pool[slot].job
+                row, died = worker.take(ready)
+                if died:  # a fresh worker, and the point again
+                    code = worker.stop()
+                    pool[slot] = _Worker(context)
+                    deaths[job.id] += 1
+                    if deaths[job.id] <= RETRIES:
+                        queue.appendleft(job)
+                    else:
+                        row = error_row(
+                            job.id,
+                            f"its worker died {deaths[job.id]} times (exit code {code}: "
+                            "killed, or out of memory?)",
+                        )
+                if row is not None:
+                    on_row(row)
+                if row is not None or died:
+                    pool[slot].job = None
+                    feed(slot)
+    finally:
+        for worker in pool:
+            worker.stop()
 
 
-def run_ray(base: str, points: list[Point], address: str, on_row: Row) -> None:
+def _connect(ray: Any, address: str) -> bool:
+    """Join (or, for ``local``, start) the cluster; True when this call started Ray."""
+    if ray.is_initialized():
+        return False
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise MoesimError(
+            f"--ray {address}: a ray:// address needs the Ray Client: pip install 'ray[client]'"
+        )
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise MoesimError(f"--ray {address}: cannot connect: {reason}") from None
+    return True
+
+
+def run_ray(base: str, points: list[ResolvedPoint], address: str, on_row: Row) -> None:
     """Tasks on the Ray cluster at ``address`` (``auto``: the one this machine belongs to;
-    ``local``: start one here)."""
+    ``local``: start one here; ``ray://host:port``: through the Ray Client)."""
     try:
         import ray
+        from ray.exceptions import RayError
     except ImportError:
         raise MoesimError("--ray needs ray: pip install 'moesim[ray]'") from None
-    started = not ray.is_initialized()
-    if started:
-        try:
-            if address == "local":
-                ray.init(include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
-        except ConnectionError as error:
-            raise MoesimError(f"--ray {address}: cannot connect: {error}") from None
-    task = ray.remote(max_retries=RAY_RETRIES)(run_point)
+    started = _connect(ray, address)
+    task = ray.remote(max_retries=RETRIES)(run_point)
+    pending: list[Any] = []
     try:
-        pending = [task.remote(base, point) for point in points]
+        jobs = {task.remote(base, job.point, job.id): job for job in points}
+        pending = list(jobs)
         while pending:
             finished, pending = ray.wait(pending, num_returns=1)
-            for row in ray.get(finished):
+            for ref in finished:
+                try:
+                    row = ray.get(ref)
+                except RayError as error:  # its worker died more than RETRIES times
+                    row = error_row(jobs[ref].id, f"on Ray: {type(error).__name__}")
                 on_row(row)
     finally:
+        for ref in pending:  # interrupted: nothing left running on the cluster
+            ray.cancel(ref, force=True)
         if started:
             ray.shutdown()

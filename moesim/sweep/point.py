@@ -1,4 +1,4 @@
-"""Running one point of a sweep into one flat row: its parameters and every scalar metric."""
+"""Running one point of a sweep into one flat row: its status and every scalar metric."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from moesim.config import load_scenario
 from moesim.errors import MoesimError
 from moesim.sweep.spec import Point
 
-__all__ = ["flatten_result", "label", "run_point"]
+__all__ = ["error_row", "flatten_result", "label", "run_point"]
 
 
 def label(value: Any) -> Any:
@@ -44,17 +44,24 @@ def flatten_result(document: dict[str, Any], prefix: str = "") -> dict[str, Any]
     return row
 
 
-def run_point(base: str, point: Point) -> dict[str, Any]:
-    """Simulate one point; a configuration that does not fit (weights and KV cache, or the
-    peak with activations) is a row with ``status: out_of_memory``, not a crash."""
-    row: dict[str, Any] = {"point_id": point.id, "point": point.index}
-    row |= {key: label(value) for key, value in point.params}
+def error_row(point_id: str, message: str) -> dict[str, Any]:
+    """The row of a point that failed: ``status: error`` and the reason on one line."""
+    return {"point_id": point_id, "status": "error", "error": " ".join(message.split())}
+
+
+def run_point(base: str, point: Point, point_id: str) -> dict[str, Any]:
+    """Simulate one point. A configuration that does not fit (weights and KV cache, or the
+    peak with activations) is a row with ``status: out_of_memory``; any other failure is a
+    row with ``status: error`` and its message, never an exception."""
+    row: dict[str, Any] = {"point_id": point_id}
     try:
         result, _ = api.run(load_scenario(base, point.overrides))
     except api.OutOfMemoryError as error:
         return row | {"status": "out_of_memory", "error": str(error)}
     except MoesimError as error:
-        return row | {"status": "error", "error": str(error)}
+        return error_row(point_id, str(error))
+    except Exception as error:  # a point's failure is its row; the sweep goes on
+        return error_row(point_id, f"{type(error).__name__}: {error}")
     metrics = flatten_result(result.model_dump(mode="json"))
     if result.memory.out_of_memory:  # it ran, but its peak does not fit: metrics for reference
         peak = max(result.memory.peak_bytes_per_device) / 2**30

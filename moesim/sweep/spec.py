@@ -18,15 +18,16 @@ random:                                # n points drawn with a seed
 ```
 
 Sections combine as a product: every grid combination with every zip row with every random
-draw. A point is the list of ``(dotted path, value)`` overrides applied to the base scenario;
-its id hashes them, so a rerun recognises the points it has done.
+draw. A point is the list of ``(dotted path, value)`` overrides applied to the base scenario.
+The points are counted before they are expanded (at most ``MAX_POINTS``); the file is at most
+``MAX_YAML_BYTES`` long, and ``read_yaml`` refuses one whose aliases expand without bound.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from moesim.config import read_yaml
 from moesim.errors import ConfigError
 
-__all__ = ["Point", "SweepSpec", "load_sweep"]
+__all__ = ["MAX_POINTS", "MAX_YAML_BYTES", "LoadedSweep", "Point", "SweepSpec", "load_sweep"]
+
+# A sweep keeps a file per point in its store and validates every point up front (a few
+# milliseconds each): 100,000 points are about ten minutes of validation before the first run.
+MAX_POINTS = 100_000
+MAX_YAML_BYTES = 1 << 20  # a sweep file is a few lines; a megabyte is already a generated one
+INT64 = (-(2**63), 2**63 - 1)
 
 
 class _Strict(BaseModel):
@@ -58,8 +65,16 @@ class Distribution(_Strict):
         given = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("give exactly one of choice, uniform, loguniform, randint")
+        for name in ("uniform", "loguniform"):
+            bounds = getattr(self, name)
+            if bounds and not all(math.isfinite(b) for b in bounds):
+                raise ValueError(f"{name}: bounds must be finite numbers, got {list(bounds)}")
+            if name == "uniform" and bounds and not math.isfinite(bounds[1] - bounds[0]):
+                raise ValueError(f"uniform: the range {list(bounds)} is too wide to draw from")
         if self.loguniform and min(self.loguniform) <= 0:
             raise ValueError("loguniform bounds must be positive")
+        if self.randint and not all(INT64[0] <= b < INT64[1] for b in self.randint):
+            raise ValueError(f"randint: bounds must be 64-bit integers, got {list(self.randint)}")
         for name in ("uniform", "loguniform", "randint"):
             bounds = getattr(self, name)
             if bounds and bounds[0] > bounds[1]:
@@ -79,8 +94,8 @@ class Distribution(_Strict):
 
 
 class RandomSection(_Strict):
-    n: int = Field(ge=1, le=1_000_000)
-    seed: int = 0
+    n: int = Field(ge=1, le=MAX_POINTS)
+    seed: int = Field(default=0, ge=0)
     params: dict[str, Distribution] = Field(min_length=1)
 
 
@@ -102,6 +117,12 @@ class SweepSpec(_Strict):
             raise ValueError("zip: empty lists")
         return self
 
+    def count(self) -> int:
+        """The points the sections expand to, without expanding them."""
+        grid = math.prod(len(values) for values in self.grid.values())
+        rows = len(next(iter(self.zip.values()))) if self.zip else 1
+        return grid * rows * (self.random.n if self.random else 1)
+
 
 @dataclass(frozen=True)
 class Point:
@@ -109,11 +130,6 @@ class Point:
 
     index: int
     params: tuple[tuple[str, Any], ...]
-
-    @property
-    def id(self) -> str:
-        text = json.dumps([[k, v] for k, v in self.params], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def overrides(self) -> list[str]:
@@ -147,24 +163,35 @@ def _expand(spec: SweepSpec) -> list[tuple[tuple[str, Any], ...]]:
 @dataclass(frozen=True)
 class LoadedSweep:
     spec: SweepSpec
+    path: Path
     base: Path
     points: list[Point]
 
 
 def load_sweep(path: str | Path) -> LoadedSweep:
-    """Read and expand a sweep file; errors name the file and the field."""
+    """Read, count and expand a sweep file; errors name the file and the field."""
     path = Path(path)
-    data = read_yaml(path)
+    if path.is_file() and path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(
+            str(path), None, f"larger than {MAX_YAML_BYTES:,} bytes: not a sweep file"
+        )
+    data = read_yaml(path)  # refuses duplicate keys, deep nesting and alias bombs
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or None
-        raise ConfigError(str(path), field, first["msg"]) from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(str(path), field, message) from None
+    count = spec.count()
+    if count > MAX_POINTS:
+        raise ConfigError(
+            str(path), None, f"expands to {count:,} points; a sweep runs at most {MAX_POINTS:,}"
+        )
     base = Path(spec.base)
     if not base.is_absolute():
         base = path.resolve().parent / base if (path.parent / base).exists() else base
     if not base.is_file():
         raise ConfigError(str(path), "base", f"no scenario file {spec.base}")
     points = [Point(i, params) for i, params in enumerate(_expand(spec))]
-    return LoadedSweep(spec, base, points)
+    return LoadedSweep(spec, path, base, points)

@@ -1,23 +1,32 @@
 """The result store of a sweep: ``OUT/results.parquet``, one row per point.
 
 Each finished point is written at once to its own small file, ``OUT/parts/<id>.parquet``
-(atomically), so a sweep killed at any moment loses no finished row; ``results.parquet`` is
-the union of the parts, rewritten (atomically) whenever the sweep ends or resumes. A rerun
-with the same ``OUT`` runs only the points without a part.
+(atomically), so a sweep killed at any moment loses no finished row; a point that failed is
+``OUT/parts/<id>.error.parquet`` and runs again on the next resume. ``results.parquet`` holds
+the rows of the sweep file's points only, each with the point's number and parameters as this
+sweep file names them, rewritten (atomically) whenever the sweep ends. A part is keyed by the
+point's id (see ``identity``), so a rerun runs only the points whose result is not there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from moesim.errors import MoesimError
 from moesim.files import publish
+from moesim.sweep.identity import ResolvedPoint
+from moesim.sweep.point import label
 
-__all__ = ["ResultStore"]
+__all__ = ["PARAMS_METADATA", "ResultStore"]
+
+PARAMS_METADATA = b"moesim.params"  # the swept columns, as a JSON list, in the table's schema
+_ERROR = ".error"
 
 
 def _pyarrow():
@@ -36,6 +45,32 @@ def _temporary(folder: Path) -> Path:
     return Path(name)
 
 
+def _write(table: Any, target: Path) -> None:
+    _, pq = _pyarrow()
+    temporary = _temporary(target.parent)
+    try:
+        pq.write_table(table, temporary)
+        publish(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _parameters(points: Sequence[ResolvedPoint]) -> list[dict[str, Any]]:
+    """Each point's parameters as cells; a column whose values mix types holds text."""
+    cells = [{key: label(value) for key, value in p.point.params} for p in points]
+    kinds: dict[str, set[type]] = {}
+    for row in cells:
+        for key, value in row.items():
+            if value is not None:
+                kinds.setdefault(key, set()).add(type(value))
+    mixed = {key for key, types in kinds.items() if len(types) > 1 and types != {int, float}}
+    return [
+        {k: (None if v is None else str(v)) if k in mixed else v for k, v in row.items()}
+        for row in cells
+    ]
+
+
 class ResultStore:
     def __init__(self, out: Path, *, fresh: bool = False) -> None:
         if out.exists() and not out.is_dir():
@@ -45,39 +80,51 @@ class ResultStore:
         if fresh:
             shutil.rmtree(self.parts, ignore_errors=True)
             (out / "results.parquet").unlink(missing_ok=True)
-        self.parts.mkdir(parents=True, exist_ok=True)
+        try:
+            self.parts.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise MoesimError(f"--out {out}: cannot create: {error.strerror}") from None
 
     def done(self) -> set[str]:
-        """Ids of the points with a row."""
-        return {path.stem for path in self.parts.glob("*.parquet")}
+        """Ids of the points with a result (an error is not one)."""
+        return {p.stem for p in self.parts.glob("*.parquet") if not p.stem.endswith(_ERROR)}
+
+    def failed(self) -> set[str]:
+        """Ids of the points whose last run failed."""
+        return {p.stem[: -len(_ERROR)] for p in self.parts.glob(f"*{_ERROR}.parquet")}
 
     def add(self, row: dict[str, Any]) -> None:
-        pa, pq = _pyarrow()
-        temporary = _temporary(self.parts)
-        try:
-            pq.write_table(pa.Table.from_pylist([row]), temporary)
-            publish(temporary, self.parts / f"{row['point_id']}.parquet")
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        """Write a point's row (``point_id``, ``status``, ``error``, metrics) at once."""
+        pa, _ = _pyarrow()
+        error = row["status"] == "error"
+        name = f"{row['point_id']}{_ERROR if error else ''}.parquet"
+        _write(pa.Table.from_pylist([row]), self.parts / name)
+        if not error:
+            (self.parts / f"{row['point_id']}{_ERROR}.parquet").unlink(missing_ok=True)
 
-    def compact(self, ids: set[str] | None = None) -> Path:
-        """Write ``results.parquet`` from the parts (of the points ``ids``, when given: a part
-        of a point the sweep file no longer has stays on disk but out of the table), rows in
-        point order."""
+    def compact(self, points: Sequence[ResolvedPoint]) -> Path:
+        """Write ``results.parquet``: the row of each of ``points`` that has one, in point
+        order, with its number and parameters; a part of a point not among them stays on
+        disk but out of the table."""
         pa, pq = _pyarrow()
-        parts = sorted(self.parts.glob("*.parquet"))
-        tables = [pq.read_table(path) for path in parts if ids is None or path.stem in ids]
+        done, failed = self.done(), self.failed()
+        tables = []
+        for resolved, cells in zip(points, _parameters(points), strict=True):
+            if resolved.id in done:
+                part = self.parts / f"{resolved.id}.parquet"
+            elif resolved.id in failed:
+                part = self.parts / f"{resolved.id}{_ERROR}.parquet"
+            else:
+                continue
+            head = {"point": resolved.point.index, "point_id": resolved.id} | cells
+            row = pq.read_table(part).to_pylist()[0]
+            tables.append(pa.Table.from_pylist([head | row]))
         target = self.out / "results.parquet"
         if not tables:
+            target.unlink(missing_ok=True)
             return target
         table = pa.concat_tables(tables, promote_options="permissive")
-        table = table.sort_by("point")
-        temporary = _temporary(self.out)
-        try:
-            pq.write_table(table, temporary)
-            publish(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        params = sorted({key for p in points for key, _ in p.point.params})
+        table = table.replace_schema_metadata({PARAMS_METADATA: json.dumps(params).encode()})
+        _write(table, target)
         return target

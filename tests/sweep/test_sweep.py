@@ -10,7 +10,7 @@ import yaml
 
 from moesim.cli import main
 from moesim.errors import ConfigError, MoesimError
-from moesim.sweep import ResultStore, load_sweep, run_sweep
+from moesim.sweep import ResultStore, load_sweep, resolve_points, run_sweep
 from moesim.sweep.executors import run_local
 from tests.conftest import SCENARIOS
 
@@ -46,8 +46,9 @@ def test_grid_zip_and_random_expand_as_a_product(tmp_path):
     skews = [dict(p.params)["workload.routing.skew"] for p in sweep.points[:5]]
     assert len(set(skews)) == 5 and all(0.0 <= s <= 2.0 for s in skews)
     again = load_sweep(_write(tmp_path, spec, "again.yaml"))
-    assert [p.id for p in again.points] == [p.id for p in sweep.points]  # deterministic
-    assert len({p.id for p in sweep.points}) == len(sweep.points)
+    assert again.points == sweep.points  # deterministic
+    ids = [p.id for p in resolve_points(sweep)]
+    assert ids == [p.id for p in resolve_points(again)] and len(set(ids)) == len(ids)
 
 
 @pytest.mark.parametrize(
@@ -75,16 +76,16 @@ def test_one_bad_point_stops_the_sweep_before_anything_runs(tmp_path):
 
 def test_a_point_that_does_not_fit_is_a_row_not_a_crash(tmp_path):
     spec = {"grid": {"cluster.device.memory.capacity": ["80GB", "1KB"]}}
-    results, ran, total = run_sweep(_write(tmp_path, spec), tmp_path / "out", workers=1)
-    rows = pq.read_table(results).to_pylist()
-    assert (ran, total) == (2, 2)
+    outcome = run_sweep(_write(tmp_path, spec), tmp_path / "out", workers=1)
+    rows = pq.read_table(outcome.results).to_pylist()
+    assert (outcome.ran, outcome.total, outcome.failed) == (2, 2, 0)
     assert [r["status"] for r in rows] == ["ok", "out_of_memory"]
     assert "out of memory" in rows[1]["error"] and rows[1]["throughput_tokens_per_s"] is None
 
 
 def test_a_killed_sweep_resumes_losing_and_repeating_nothing(tmp_path, monkeypatch):
     spec = _write(tmp_path, {"grid": {"workload.batch_size": [2, 4, 6, 8, 10, 12]}})
-    full, _, _ = run_sweep(spec, tmp_path / "full", workers=1)
+    full = run_sweep(spec, tmp_path / "full", workers=1).results
     reference = {
         r["point_id"]: r["throughput_tokens_per_s"] for r in pq.read_table(full).to_pylist()
     }
@@ -113,9 +114,9 @@ def test_a_killed_sweep_resumes_losing_and_repeating_nothing(tmp_path, monkeypat
             run_local(base, points, 1, on_row),
         ),
     )
-    results, ran, total = run_sweep(spec, tmp_path / "out", workers=1)
-    assert (ran, total) == (2, 6) and set(rerun).isdisjoint(calls)
-    rows = pq.read_table(results).to_pylist()
+    outcome = run_sweep(spec, tmp_path / "out", workers=1)
+    assert (outcome.ran, outcome.total) == (2, 6) and set(rerun).isdisjoint(calls)
+    rows = pq.read_table(outcome.results).to_pylist()
     assert [r["point"] for r in rows] == list(range(6))
     assert {r["point_id"]: r["throughput_tokens_per_s"] for r in rows} == reference
 
@@ -124,10 +125,10 @@ def test_two_local_workers_and_a_local_ray_give_the_same_rows(tmp_path):
     import ray
 
     spec = _write(tmp_path, {"grid": {"workload.batch_size": [2, 4, 8], "workload.steps": [2, 3]}})
-    pool, _, _ = run_sweep(spec, tmp_path / "pool", workers=2)
+    pool = run_sweep(spec, tmp_path / "pool", workers=2).results
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        on_ray, _, _ = run_sweep(spec, tmp_path / "ray", ray_address="local")
+        on_ray = run_sweep(spec, tmp_path / "ray", ray_address="local").results
     finally:
         ray.shutdown()
     keep = ("point_id", "throughput_tokens_per_s", "latency_s.p99", "tokens.processed")
@@ -182,8 +183,7 @@ def test_a_peak_above_capacity_is_out_of_memory_with_its_metrics(tmp_path):
     )
     between = (resident + max(result.memory.peak_bytes_per_device)) / 2
     spec = _write(tmp_path, {"grid": {"cluster.device.memory.capacity": [between]}})
-    results, _, _ = run_sweep(spec, tmp_path / "out", workers=1)
-    (row,) = pq.read_table(results).to_pylist()
+    (row,) = pq.read_table(run_sweep(spec, tmp_path / "out", workers=1).results).to_pylist()
     assert row["status"] == "out_of_memory" and "peak" in row["error"]
     assert row["throughput_tokens_per_s"] == pytest.approx(result.throughput_tokens_per_s)
 
@@ -192,8 +192,8 @@ def test_the_table_holds_the_sweep_files_points_only(tmp_path):
     first = _write(tmp_path, {"grid": {"workload.batch_size": [4, 8]}})
     run_sweep(first, tmp_path / "out", workers=1)
     second = _write(tmp_path, {"grid": {"workload.batch_size": [8, 16]}})
-    results, ran, total = run_sweep(second, tmp_path / "out", workers=1)
-    assert (ran, total) == (1, 2)  # batch 8 was already there
-    rows = pq.read_table(results).to_pylist()
+    outcome = run_sweep(second, tmp_path / "out", workers=1)
+    assert (outcome.ran, outcome.total) == (1, 2)  # batch 8 was already there
+    rows = pq.read_table(outcome.results).to_pylist()
     assert sorted(r["workload.batch_size"] for r in rows) == [8, 16]
     assert len(ResultStore(tmp_path / "out").done()) == 3  # batch 4's part stays on disk
