@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     if args.chrome_trace and args.trace_steps < 1:
         raise MoesimError(f"--trace-steps: expected at least 1, got {args.trace_steps}")
     if args.out:
-        writable_dir(args.out)
+        writable_dir(args.out, "--out")
     label = "simulating" if args.executor == "sim" else "running for real"
     with progress_bar(label) as progress:
         task = progress.add_task("steps", total=scenario.workload.steps)

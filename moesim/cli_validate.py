@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from moesim import api
 from moesim.errors import MoesimError
+from moesim.files import writable_dir
 from moesim.progress import progress_bar
 
 __all__ = ["add_calibrate_parser", "add_validate_parser", "run_calibrate", "run_validate"]
@@ -101,6 +102,7 @@ def _write_calibrated(
         raise MoesimError("calibration needs torch: pip install 'moesim[torch]'") from None
     if out.is_dir():
         raise MoesimError(f"--out {out}: is a folder; expected a profile file such as x.yaml")
+    writable_dir(out.parent, f"--out {out}")  # before minutes of measuring
     with progress_bar("calibrating") as progress:
         task = progress.add_task("benchmarks", total=None)
 
@@ -157,10 +159,13 @@ def run_validate(args: argparse.Namespace, console: Console) -> int:
     if args.repeats < 1:
         raise MoesimError(f"--repeats: expected at least 1, got {args.repeats}")
     scenario_files(args.scenarios)  # every path exists, before a calibration
-    out = api.check_out_dir(args.out)
+    out = writable_dir(args.out, "--out")
     profile = Path(args.profile) if args.profile else out / "profile.yaml"
+    calibration_load = None
     if args.profile is None:
+        before = os.getloadavg()[0]
         _write_calibrated(console, args.device, profile)
+        calibration_load = (before, os.getloadavg()[0])
     elif not profile.is_file():
         raise MoesimError(f"--profile {profile}: no such hardware profile file")
     with progress_bar("validating") as progress:
@@ -171,6 +176,7 @@ def run_validate(args: argparse.Namespace, console: Console) -> int:
             out=out,
             repeats=args.repeats,
             device=args.device,
+            calibration_load=calibration_load,
             on_progress=lambda name, done, total: progress.update(
                 task, description=name, completed=done, total=total
             ),
@@ -184,9 +190,11 @@ def run_validate(args: argparse.Namespace, console: Console) -> int:
             str(stats["scenarios"]),
             f"{100 * stats['median_abs_error']:.1f}%",
             f"{100 * stats['max_abs_error']:.1f}%",
-            f"{100 * stats['median_spread']:.1f}%",
+            "n/a" if math.isnan(stats["median_spread"]) else f"{100 * stats['median_spread']:.1f}%",
         )
     console.print(table)
+    for note in report.notes():
+        console.print(f"note: {note}")
     for why in report.skipped.values():
         console.print(f"not run: {why}")
     failures = [

@@ -50,17 +50,17 @@ def json_text(document: Any, what: str, indent: int | None = 1) -> str:
         ) from None
 
 
-def writable_dir(folder: str | Path, option: str = "--out") -> Path:
+def writable_dir(folder: str | Path, what: str) -> Path:
     """``folder``, created if missing and checked writable by creating a file in it, so that a
-    long run does not fail only when it writes its results."""
+    long run does not fail only when it writes its results; ``what`` starts a message."""
     path = Path(folder)
     if path.exists() and not path.is_dir():
-        raise MoesimError(f"{option} {path}: exists and is not a folder")
+        raise MoesimError(f"{what}: {path} exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(dir=path, prefix=".moesim-write-check.")
         os.close(handle)
         os.unlink(probe)
     except OSError as error:
-        raise MoesimError(f"{option} {path}: cannot write there: {error.strerror}") from None
+        raise MoesimError(f"{what}: cannot write into {path}: {error.strerror}") from None
     return path

@@ -242,7 +242,7 @@ def test_run_into_an_unwritable_out_fails_before_simulating(tmp_path, capsys) ->
     captured = capsys.readouterr()
     assert captured.out == ""  # no summary: nothing ran
     assert captured.err.strip() == (
-        f"moesim: error: --out {blocker / 'sub'}: cannot write there: Not a directory"
+        f"moesim: error: --out: cannot write into {blocker / 'sub'}: Not a directory"
     )
 
 

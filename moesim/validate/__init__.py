@@ -8,7 +8,7 @@ from moesim.validate.compare import (
     metric_values,
 )
 from moesim.validate.report import Report, summarise
-from moesim.validate.runner import scenario_files, validate
+from moesim.validate.runner import scenario_files, scenario_folders, validate
 
 __all__ = [
     "EXACT_METRICS",
@@ -18,6 +18,7 @@ __all__ = [
     "compare",
     "metric_values",
     "scenario_files",
+    "scenario_folders",
     "summarise",
     "validate",
 ]

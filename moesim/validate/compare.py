@@ -53,7 +53,7 @@ class MetricRow:
     kind: Kind
     predicted: float
     measured: float
-    spread: float
+    spread: float  # NaN from a single repeat
     error: float  # (predicted - measured) / measured; +-inf where only the prediction is 0
 
     @property
@@ -93,8 +93,11 @@ def metric_values(result: Result) -> dict[str, tuple[Kind, float]]:
     return values
 
 
-def compare(predicted: Result, measured: list[Result]) -> list[MetricRow]:
-    """One row per metric that is non-zero on either side."""
+def compare(
+    predicted: Result, measured: list[Result], scenario: str | None = None
+) -> list[MetricRow]:
+    """One row per metric that is non-zero on either side, labelled ``scenario`` (default: the
+    predicted result's scenario name); one repeat has no spread (NaN)."""
     expected = metric_values(predicted)
     runs = [metric_values(result) for result in measured]
     rows = []
@@ -103,12 +106,17 @@ def compare(predicted: Result, measured: list[Result]) -> list[MetricRow]:
         median = float(np.median(samples))
         if value == 0 and median == 0 and kind != "exact":
             continue
-        spread = float(np.ptp(samples) / median) if median else 0.0
+        if samples.size < 2:
+            spread = math.nan
+        else:
+            spread = float(np.ptp(samples) / median) if median else 0.0
         if median:
             error = (value - median) / median
         else:  # nothing measured: exact if nothing predicted, else infinitely wrong
             error = 0.0 if value == 0 else math.copysign(math.inf, value)
         rows.append(
-            MetricRow(predicted.scenario, metric, kind, float(value), median, spread, error)
+            MetricRow(
+                scenario or predicted.scenario, metric, kind, float(value), median, spread, error
+            )
         )
     return rows

@@ -12,12 +12,18 @@ import numpy as np
 
 from moesim.validate.compare import MetricRow
 
-__all__ = ["Report", "summarise"]
+__all__ = ["LOAD_DIFFERENCE", "Report", "summarise"]
+
+# Mean 1-minute load averages this far apart (runnable processes) mean that calibration and
+# the reference runs competed with different work for the cores.
+LOAD_DIFFERENCE = 1.0
 
 
 @dataclass
 class Report:
-    """What a validation run found; ``skipped`` maps a scenario to why it did not run."""
+    """What a validation run found; ``skipped`` maps a scenario to why it did not run. The
+    loads are the machine's 1-minute load average before and after calibration (None when the
+    profile was given) and the reference runs."""
 
     rows: list[MetricRow]
     device: str
@@ -25,6 +31,24 @@ class Report:
     repeats: int
     date: str
     skipped: dict[str, str] = field(default_factory=dict)
+    calibration_load: tuple[float, float] | None = None
+    reference_load: tuple[float, float] | None = None
+
+    def notes(self) -> list[str]:
+        """What a reader must know to trust the errors: no spread, different machine load."""
+        notes = []
+        if self.repeats == 1:
+            notes.append("one repeat of each real run: no spread to read the errors against")
+        if self.calibration_load is not None and self.reference_load is not None:
+            calibration = sum(self.calibration_load) / 2
+            reference = sum(self.reference_load) / 2
+            if abs(calibration - reference) >= LOAD_DIFFERENCE:
+                notes.append(
+                    f"machine load differed: {calibration:.2f} during calibration, "
+                    f"{reference:.2f} during the reference runs (1-minute load average); "
+                    "timing errors may come from the load, not the model"
+                )
+        return notes
 
     @property
     def mismatches(self) -> list[MetricRow]:
@@ -46,6 +70,9 @@ class Report:
             f"- profile: {self.profile}",
             f"- repetitions of each real run: {self.repeats} (measured = their median)",
             f"- date: {self.date}",
+            f"- machine load (1-minute average, before and after): calibration "
+            f"{_load(self.calibration_load)}, reference runs {_load(self.reference_load)}",
+            *(f"- NOTE: {note}" for note in self.notes()),
             "",
             "error = (predicted - measured) / measured; spread = (max - min) / median of the "
             "measured repetitions.",
@@ -99,6 +126,10 @@ def _pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
 
 
+def _load(load: tuple[float, float] | None) -> str:
+    return "not measured (profile given)" if load is None else f"{load[0]:.2f} -> {load[1]:.2f}"
+
+
 def summarise(rows: list[MetricRow]) -> dict[str, dict[str, float]]:
     """Per timing or memory metric: scenarios, median and max absolute error, median spread."""
     grouped: dict[str, list[MetricRow]] = defaultdict(list)
@@ -144,7 +175,7 @@ def _plot(rows: list[MetricRow], path: Path) -> None:
         left.errorbar(
             measured,
             predicted,
-            xerr=np.array([r.spread for r in latency]) * measured / 2,
+            xerr=np.nan_to_num(np.array([r.spread for r in latency])) * measured / 2,
             fmt="o",
         )
         low, high = (

@@ -2,27 +2,31 @@
 
 The prediction comes from the profile (calibrated first on the same device unless one is given),
 never from the run it is compared with. Each scenario's predicted and measured ``result.json``
-files are kept beside the report.
+files are kept beside the report, in a folder per scenario named after it (sanitised, unique).
 """
 
 from __future__ import annotations
 
 import datetime
-import json
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from moesim.config import Scenario, SyntheticRouting, load_scenario
 from moesim.errors import MoesimError
+from moesim.files import json_text
 from moesim.metrics import Result
 from moesim.reference import DEFAULT_WARMUP_STEPS, UnsupportedScenarioError, execute
 from moesim.sim import simulate
 from moesim.validate.compare import compare
 from moesim.validate.report import Report
 
-__all__ = ["scenario_files", "token_level", "validate"]
+__all__ = ["scenario_files", "scenario_folders", "token_level", "validate"]
 
 Progress = Callable[[str, int, int], None]
+_REPORT_FILES = ("report.csv", "report.md", "report.png", "profile.yaml")
+_MAX_FOLDER = 80  # characters of a scenario's folder name
 
 
 def scenario_files(paths: list[str]) -> list[Path]:
@@ -47,7 +51,7 @@ def _load(path: Path, profile: Path) -> Scenario:
 
 
 def _dump(path: Path, result: Result) -> None:
-    path.write_text(json.dumps(result.model_dump(mode="json"), indent=1) + "\n")
+    path.write_text(json_text(result.model_dump(mode="json"), str(path)) + "\n")
 
 
 def token_level(scenario: Scenario) -> Scenario:
@@ -61,6 +65,23 @@ def token_level(scenario: Scenario) -> Scenario:
     return scenario.model_copy(update={"workload": workload})
 
 
+def scenario_folders(names: list[str]) -> list[str]:
+    """A folder name inside ``--out`` per scenario name: only letters, digits, ``_``, ``-`` and
+    inner dots (never a path, never hidden), unique (case-insensitively, ``-2``, ``-3`` added)
+    and never one of the report's own files."""
+    taken = set(_REPORT_FILES)
+    folders = []
+    for name in names:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip(".-")[:_MAX_FOLDER] or "scenario"
+        folder, copy = base, 1
+        while folder.lower() in taken:
+            copy += 1
+            folder = f"{base}-{copy}"
+        taken.add(folder.lower())
+        folders.append(folder)
+    return folders
+
+
 def validate(
     paths: list[str],
     *,
@@ -69,22 +90,30 @@ def validate(
     repeats: int = 3,
     device: str = "cpu",
     warmup: int = DEFAULT_WARMUP_STEPS,
+    calibration_load: tuple[float, float] | None = None,
     on_progress: Progress | None = None,
 ) -> Report:
-    """Simulate and run each scenario; compare; write the report into ``out``."""
+    """Simulate and run each scenario; compare; write the report into ``out``, each scenario's
+    results into its folder there (``scenario_folders``). ``calibration_load``: the machine's
+    1-minute load average before and after the profile was calibrated, if known."""
     if repeats < 1:
         raise MoesimError(f"--repeats: expected at least 1, got {repeats}")
     scenarios = [_load(path, profile) for path in scenario_files(paths)]  # all valid up front
+    names = [scenario.name for scenario in scenarios]
+    folders = scenario_folders(names)
+    labels = [name if names.count(name) == 1 else f for name, f in zip(names, folders, strict=True)]
     report = Report(
         rows=[],
         device="",
         profile=str(profile),
         repeats=repeats,
         date=datetime.date.today().isoformat(),
+        calibration_load=calibration_load,
     )
     total, done = len(scenarios) * (1 + repeats), 0
-    for scenario in scenarios:
-        folder = out / scenario.name
+    load_before = os.getloadavg()[0]
+    for scenario, name, label in zip(scenarios, folders, labels, strict=True):
+        folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("measured-*.json"):  # from an earlier run with more repeats
             stale.unlink()
@@ -95,17 +124,18 @@ def validate(
         try:
             for repeat in range(repeats):
                 if on_progress is not None:
-                    on_progress(scenario.name, done, total)
+                    on_progress(label, done, total)
                 result = Result.from_records(execute(scenario, device=device, warmup=warmup))
                 _dump(folder / f"measured-{repeat + 1}.json", result)
                 measured.append(result)
                 done += 1
         except UnsupportedScenarioError as error:
-            report.skipped[scenario.name] = str(error)
+            report.skipped[label] = str(error)
             done += repeats - len(measured)
             continue
         report.device = measured[0].device
-        report.rows += compare(predicted, measured)
+        report.rows += compare(predicted, measured, label)
+    report.reference_load = (load_before, os.getloadavg()[0])
     if on_progress is not None:
         on_progress("done", total, total)
     report.write(out)

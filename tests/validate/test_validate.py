@@ -212,3 +212,98 @@ def test_cli_refuses_tolerances_it_cannot_check(folder, capsys, tolerance, messa
     )
     assert code == 2 and message in capsys.readouterr().err
     assert not (folder / "never").exists()
+
+
+def test_scenario_folders_stay_inside_out_and_are_unique():
+    from moesim.validate import scenario_folders
+
+    names = ["../x", "/tmp/x", "x", "X", "a b/c", "report.md", "...", ".hidden", "ok.v2"]
+    assert scenario_folders(names) == [
+        "x",
+        "tmp-x",
+        "x-2",
+        "X-3",
+        "a-b-c",
+        "report.md-2",
+        "scenario",
+        "hidden",
+        "ok.v2",
+    ]
+
+
+def test_same_and_escaping_names_write_only_inside_out_and_one_repeat_has_no_spread(
+    folder, tmp_path, capsys
+):
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    data = yaml.safe_load((folder / "scenarios" / "dynamic.yaml").read_text())
+    for file, name in (("a.yaml", "../escape"), ("b.yaml", "../escape")):
+        (scenarios / file).write_text(yaml.safe_dump({**data, "name": name}))
+    (tmp_path / "measured-9.json").write_text("kept")  # what ../escape would have deleted
+    out = tmp_path / "nested" / "out"  # a missing parent is created
+    args = ["validate", str(scenarios), "--profile", str(folder / "profile.yaml")]
+    assert main([*args, "--out", str(out), "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: one repeat of each real run: no spread to read the errors against" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["measured-9.json", "nested", "scenarios"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["escape", "escape-2"]
+    for name in ("escape", "escape-2"):
+        assert sorted(p.name for p in (out / name).iterdir()) == [
+            "measured-1.json",
+            "predicted.json",
+        ]
+    rows = _csv(out)
+    assert {r["scenario"] for r in rows} == {"escape", "escape-2"}
+    assert all(r["spread"] == "nan" for r in rows)
+    text = (out / "report.md").read_text()
+    assert "- NOTE: one repeat of each real run" in text
+    assert "calibration not measured (profile given)" in text
+
+
+def test_the_report_says_when_the_load_differed():
+    from moesim.validate import Report
+
+    report = Report(rows=[], device="cpu", profile="p", repeats=3, date="d")
+    report.calibration_load, report.reference_load = (0.5, 0.7), (1.2, 1.4)
+    assert report.notes() == []
+    report.reference_load = (1.6, 1.8)
+    assert report.notes() == [
+        "machine load differed: 0.60 during calibration, 1.70 during the reference runs "
+        "(1-minute load average); timing errors may come from the load, not the model"
+    ]
+    assert "calibration 0.50 -> 0.70, reference runs 1.60 -> 1.80" in report.markdown()
+
+
+def _no_calibration(*args, **kwargs):
+    raise AssertionError("calibrated although the output cannot be written")
+
+
+@pytest.mark.parametrize("command", ["calibrate", "validate"])
+def test_an_unwritable_out_fails_before_calibrating(folder, tmp_path, capsys, monkeypatch, command):
+    import moesim.calibrate
+
+    monkeypatch.setattr(moesim.calibrate, "calibrate_profile", _no_calibration)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    if command == "calibrate":
+        target = blocker / "x.yaml"
+        args = ["calibrate", "--out", str(target)]
+        expected = f"--out {target}: {blocker} exists and is not a folder"
+    else:
+        target = blocker / "report"
+        args = ["validate", str(folder / "scenarios"), "--out", str(target)]
+        expected = f"--out: cannot write into {target}: Not a directory"
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == f"moesim: error: {expected}"
+
+
+def test_calibrate_creates_a_missing_parent_folder_first(tmp_path, capsys, monkeypatch):
+    import moesim.calibrate
+
+    def calibrated(*args, **kwargs):
+        assert (tmp_path / "runs").is_dir()  # created before measuring
+        return SIMPLE_PROFILE
+
+    monkeypatch.setattr(moesim.calibrate, "calibrate_profile", calibrated)
+    assert main(["calibrate", "--out", str(tmp_path / "runs" / "cpu.yaml")]) == 0
+    assert yaml.safe_load((tmp_path / "runs" / "cpu.yaml").read_text())["name"] == "simple"
