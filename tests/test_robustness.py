@@ -14,6 +14,7 @@ import yaml
 from moesim.cli import _speed, main
 from moesim.cli_list import listed
 from moesim.config import CACHE, GATING, PLACEMENT, load_scenario
+from moesim.config.scenario import MAX_GPUS, MAX_STEPS
 from moesim.config.strict_yaml import MAX_DEPTH, parse_yaml
 from moesim.errors import ConfigError, MoesimError
 from moesim.files import json_text
@@ -125,6 +126,41 @@ def test_trace_stats_read_in_blocks_equal_the_whole(monkeypatch) -> None:
     whole = [layer_stats(ids, 6), layer_stats(ids1, 6)]
     monkeypatch.setattr(stats_module, "BLOCK_ASSIGNMENTS", 40)  # a step or two at a time
     assert [layer_stats(ids, 6), layer_stats(ids1, 6)] == whole
+
+
+def test_fitting_a_missing_trace_is_a_config_error(tmp_path) -> None:
+    from moesim.workload.fit import fit_trace
+
+    with pytest.raises(ConfigError) as raised:
+        fit_trace(tmp_path / "gone.npz", 8, 2, 2)
+    assert str(raised.value) == f"{tmp_path / 'gone.npz'}: cannot read: No such file or directory"
+
+
+# ---- finding 8: every accepted size has a limit or a cost ----------------------------------
+
+
+def test_steps_beyond_the_limit_are_refused_saying_why(capsys) -> None:
+    assert main(["run", str(TINY), "--set", f"workload.steps={MAX_STEPS + 1}"]) == 2
+    assert _error(capsys) == (
+        "moesim: error: --set workload.steps: 100,001 steps; moesim runs at most 100,000: each "
+        "step is a row of result.json (about 115 bytes) and costs 0.1-3 ms of wall time, and a "
+        "fixed batch's metrics settle in far fewer steps"
+    )
+
+
+def test_the_largest_cluster_moesim_accepts_runs(capsys) -> None:
+    """8192 GPUs (MAX_GPUS), DeepSeek-V3 decoding: one step, every GPU accounted for."""
+    nodes = MAX_GPUS // 8
+    overrides = ["--set", f"cluster.nodes={nodes}", "--set", "workload.steps=1", "--json"]
+    assert main(["run", str(SCENARIOS / "deepseek-v3-64gpu.yaml"), *overrides]) == 0
+    result = json.loads(capsys.readouterr().out)
+    scenario = load_scenario(SCENARIOS / "deepseek-v3-64gpu.yaml", overrides[1:4:2])
+    assert len(result["memory"]["peak_bytes_per_device"]) == MAX_GPUS
+    tokens = result["tokens"]
+    expected = (
+        scenario.workload.batch_size * scenario.model.top_k * scenario.model.moe_layers("decoder")
+    )
+    assert tokens["routed"] == expected == tokens["processed"] + tokens["dropped"]
 
 
 # ---- finding 10: accepted nonsense is refused ----------------------------------------------

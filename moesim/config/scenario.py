@@ -13,6 +13,8 @@ from moesim.config.model import ModelSpec
 from moesim.config.registry import CACHE, GATING, PLACEMENT, PolicyParams, Registry
 
 __all__ = [
+    "MAX_GPUS",
+    "MAX_STEPS",
     "ClusterSpec",
     "PoliciesSpec",
     "Scenario",
@@ -23,6 +25,9 @@ __all__ = [
 
 
 MAX_GPUS = 8192  # count-level routing and per-GPU traffic grow with G x E per layer
+# Each step is a row of result.json's per-step table (about 115 bytes) and costs about 0.1 to
+# 3 ms of wall time (tiny to 8192-GPU scenarios); a fixed batch's metrics settle far sooner.
+MAX_STEPS = 100_000
 MAX_ASSIGNMENTS_PER_STEP = 1 << 26  # token-level routing: 67M token-expert pairs a step
 # A count-level cell (one multinomial draw per choice) costs about this many token draws, as
 # measured by benchmarks/sim_speed.py; auto draws counts where that is less work.
@@ -92,6 +97,17 @@ class WorkloadSpec(Frozen):
         description="prefill: logits of each prompt's last position (serving) or of every "
         "position (scoring, as fairseq's eval_lm)",
     )
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: int) -> int:
+        if steps > MAX_STEPS:
+            raise ValueError(
+                f"{steps:,} steps; moesim runs at most {MAX_STEPS:,}: each step is a row of "
+                "result.json (about 115 bytes) and costs 0.1-3 ms of wall time, and a fixed "
+                "batch's metrics settle in far fewer steps"
+            )
+        return steps
 
     @property
     def tokens_per_step(self) -> int:

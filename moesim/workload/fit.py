@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from moesim.config import SyntheticRouting
+from moesim.errors import ConfigError
 from moesim.workload.synthetic import SyntheticRouter
 from moesim.workload.trace import check_ids, load_trace
 from moesim.workload.trace_stats import persistence, step_counts
@@ -99,7 +100,10 @@ def fit_trace(
     path: str | Path, num_experts: int, top_k: int, layers: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``fit_routing`` of the trace at ``path`` (its first steps, checked), cached."""
-    status = Path(path).stat()
+    try:
+        status = Path(path).stat()
+    except OSError as error:
+        raise ConfigError(str(path), None, f"cannot read: {error.strerror}") from None
     skew, locality = _fit_cached(
         str(Path(path).resolve()), status.st_mtime_ns, status.st_size, num_experts, top_k, layers
     )
