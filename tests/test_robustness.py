@@ -319,3 +319,15 @@ def test_a_rerun_without_chrome_trace_removes_the_old_trace(tmp_path, capsys) ->
 )
 def test_speed_has_three_significant_digits(simulated, wall, shown) -> None:
     assert _speed(simulated, wall) == shown
+
+
+def test_readme_calibrate_and_validate_examples_write_under_runs() -> None:
+    """Copying the README's commands never overwrites a tracked file."""
+    lines = [
+        line.split()
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith(("moesim calibrate", "moesim validate"))
+    ]
+    assert len(lines) >= 2
+    for words in lines:
+        assert words[words.index("--out") + 1].startswith("runs/"), words
