@@ -50,8 +50,8 @@ def expert_counts(
 ) -> np.ndarray:
     """``counts_NLE``: assignments to each expert (only where ``mask_NLTK`` when given)."""
     n, layers, _, _ = expert_ids_NLTK.shape
-    index = np.int32 if n * layers * num_experts < np.iinfo(np.int32).max else np.int64
-    offsets_NL = (np.arange(n * layers, dtype=index) * num_experts).reshape(n, layers, 1, 1)
+    # bincount counts intp keys: build them as such, in one pass
+    offsets_NL = (np.arange(n * layers, dtype=np.intp) * num_experts).reshape(n, layers, 1, 1)
     keys = expert_ids_NLTK + offsets_NL
     keys = keys[mask_NLTK] if mask_NLTK is not None else keys.ravel()
     return np.bincount(keys, minlength=n * layers * num_experts).reshape(n, layers, num_experts)

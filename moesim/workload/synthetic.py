@@ -34,7 +34,8 @@ def rank_table(weights_E: np.ndarray, bits: int = _TABLE_BITS) -> np.ndarray:
     copies = np.floor(exact).astype(np.int64)
     short = size - int(copies.sum())
     copies[np.argsort(-(exact - copies), kind="stable")[:short]] += 1
-    dtype = np.int16 if weights_E.size <= np.iinfo(np.int16).max else np.int32
+    # the smallest type that holds every rank: a table gather costs what the table's size does
+    dtype = next(t for t in (np.uint8, np.int16, np.int32) if weights_E.size - 1 <= np.iinfo(t).max)
     return np.repeat(np.arange(weights_E.size, dtype=dtype), copies)
 
 
