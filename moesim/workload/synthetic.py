@@ -138,16 +138,16 @@ class SyntheticRouter:
             clash = ranks_KR[0] == ranks_KR[k]
             for j in range(1, k):
                 clash |= ranks_KR[j] == ranks_KR[k]
+            rows_clash = np.flatnonzero(clash)  # shrinks round by round, never rescanned
             for _ in range(_MAX_REJECTION_ROUNDS):
-                rows_clash = np.flatnonzero(clash)
                 if rows_clash.size == 0:
                     break
                 layers = None if layer_R is None else layer_R[rows_clash]
                 redrawn = self._draw_ranks(layers, rows_clash.size)
                 ranks_KR[k, rows_clash] = redrawn
-                clash[rows_clash] = (ranks_KR[:k, rows_clash] == redrawn).any(axis=0)
+                rows_clash = rows_clash[(ranks_KR[:k, rows_clash] == redrawn).any(axis=0)]
             else:
-                self._gumbel_fill(ranks_KR, np.flatnonzero(clash), k, layer_R)
+                self._gumbel_fill(ranks_KR, rows_clash, k, layer_R)
         return ranks_KR
 
     def _gumbel_fill(
