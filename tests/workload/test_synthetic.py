@@ -1,5 +1,7 @@
 """Synthetic routing: distinct top-k, Zipf popularity, locality, determinism."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,19 @@ def test_same_seed_same_routing_and_chunking_does_not_matter() -> None:
     assert np.array_equal(a, b)
     c = _router(locality=0.5, seed=12).draw(10, 64)
     assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize(("experts", "key_bits"), [(3, 1), (4, 2), (5, 16)])
+def test_rankings_are_uniform_permutations_whatever_the_key_ties(experts, key_bits) -> None:
+    # 1-bit keys over 3 experts always tie (a pair, or all three): every tie path runs
+    rows = 60000
+    order = _router(experts=experts, seed=3)._permutations(rows, key_bits=key_bits)
+    assert (np.sort(order, axis=1) == np.arange(experts)).all()
+    perms = {p: i for i, p in enumerate(itertools.permutations(range(experts)))}
+    index = np.array([perms[tuple(row)] for row in order[:6000].tolist()])
+    share = 1 / len(perms)
+    freq = np.bincount(index, minlength=len(perms)) / index.size
+    assert np.abs(freq - share).max() < 5 * np.sqrt(share / index.size)
+    # each expert at each rank: 1 / E
+    at_rank = np.stack([np.bincount(order[:, r], minlength=experts) for r in range(experts)])
+    assert np.abs(at_rank / rows - 1 / experts).max() < 5 * np.sqrt(1 / experts / rows)
