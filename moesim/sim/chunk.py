@@ -81,18 +81,18 @@ def time_chunk(
 
     if outcome.capacity_G is not None:
         egress, ingress = static_tokens(outcome.capacity_G, plan, topology)
-        egress, ingress = egress[None], ingress[None]
+        egress, ingress = egress[:, None], ingress[:, None]
     elif counts_NLGU is not None:
         egress, ingress = counted_tokens(counts_NLGU, plan, topology)
     else:
         egress, ingress = routed_tokens(units_NLTK, source_T, tokens_NLG, plan, topology)
     dispatch_NL = np.broadcast_to(
-        alltoall_time(egress * row_bytes, ingress * row_bytes, topology, costs.launch_overhead_s),
-        (n, layers),
+        alltoall_time(egress, ingress, topology, costs.launch_overhead_s, row_bytes), (n, layers)
     )
     combine_NL = dispatch_NL  # the same rows travel back over full-duplex ports
     # Bytes crossing each link kind, dispatch and combine (local traffic stays at zero).
-    alltoall_bytes_NK = 2.0 * row_bytes * np.broadcast_to(egress.sum(axis=(1, 2)), (n, len(KINDS)))
+    rows_KN = egress.sum(axis=(2, 3))
+    alltoall_bytes_NK = 2.0 * row_bytes * np.broadcast_to(rows_KN.T, (n, len(KINDS)))
     alltoall_bytes_NK = alltoall_bytes_NK * (np.arange(len(KINDS)) > 0)
     count_NL = np.zeros((n, layers))
     if outcome.count_exchange and layers:
@@ -100,7 +100,7 @@ def time_chunk(
         count_NL = count_NL + alltoall_time(
             count_egress, count_ingress, topology, costs.launch_overhead_s
         )
-        alltoall_bytes_NK = alltoall_bytes_NK + count_egress.sum(axis=(0, 1)) * (
+        alltoall_bytes_NK = alltoall_bytes_NK + count_egress.sum(axis=(1, 2)) * (
             np.arange(len(KINDS)) > 0
         )
 
@@ -127,7 +127,7 @@ def time_chunk(
     breakdown_NP[:, column["other"]] = local.lm_head_G[tail_gpu]
     latency_N = breakdown_NP.sum(axis=1)
 
-    sent_NLG = egress.sum(axis=-1)
+    sent_NLG = egress.sum(axis=0)
     received_NLG = slots_NLG
     if layers:
         activation_NG = activation_bytes(

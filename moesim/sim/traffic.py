@@ -1,11 +1,12 @@
 """All-to-all traffic per GPU and link kind, and the time a collective takes.
 
-Arrays end in ``GK``: per GPU ``G`` and link kind ``K`` (index into ``hardware.KINDS``: local,
-nvlink, network). Egress is what a GPU sends, ingress what it receives; traffic to itself is
-``local`` and costs no link time. A GPU's part of an all-to-all lasts, on each link kind, the
-larger of its egress and ingress over that port (ports are full duplex), plus the link's
-latency; kinds run in parallel; the collective takes the time of its slowest participant.
-Link kinds follow node membership, so per-kind sums are node sums, never G x G lookups.
+Arrays start with ``K`` and end in ``G``: per link kind ``K`` (index into ``hardware.KINDS``:
+local, nvlink, network) and GPU ``G``, so that each kind's plane is contiguous. Egress is what
+a GPU sends, ingress what it receives; traffic to itself is ``local`` and costs no link time.
+A GPU's part of an all-to-all lasts, on each link kind, the larger of its egress and ingress
+over that port (ports are full duplex), plus the link's latency; kinds run in parallel; the
+collective takes the time of its slowest participant. Link kinds follow node membership, so
+per-kind sums are node sums, never G x G lookups.
 """
 
 from __future__ import annotations
@@ -29,31 +30,31 @@ COUNT_BYTES = 4  # one int32 per expert in the count exchange
 
 
 def by_kind(values_XH: np.ndarray, topology: Topology) -> np.ndarray:
-    """``out_XGK[..., g, k]``: the sum of ``values_XH[..., h]`` over the GPUs ``h`` that ``g``
+    """``out_KXG[k, ..., g]``: the sum of ``values_XH[..., h]`` over the GPUs ``h`` that ``g``
     reaches over links of kind ``k`` (itself, its node's others, the other nodes')."""
     shape = values_XH.shape
     node_XN = values_XH.reshape(*shape[:-1], topology.nodes, topology.gpus_per_node).sum(axis=-1)
     own_node_XG = np.repeat(node_XN, topology.gpus_per_node, axis=-1)
     total_X1 = values_XH.sum(axis=-1, keepdims=True)
-    return np.stack([values_XH, own_node_XG - values_XH, total_X1 - own_node_XG], axis=-1)
+    return np.stack([values_XH, own_node_XG - values_XH, total_X1 - own_node_XG])
 
 
 def static_tokens(
     capacity_G: np.ndarray, plan: PlacementPlan, topology: Topology
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Padded dispatch rows ``(egress_LGK, ingress_LGK)``: ``C_g`` to every expert from ``g``."""
+    """Padded dispatch rows ``(egress_KLG, ingress_KLG)``: ``C_g`` to every expert from ``g``."""
     experts_LH = plan.experts_per_gpu_LG
-    egress = capacity_G[None, :, None] * by_kind(experts_LH, topology)
-    ingress = experts_LH[:, :, None] * by_kind(capacity_G, topology)[None]
+    egress = capacity_G * by_kind(experts_LH, topology)
+    ingress = experts_LH * by_kind(capacity_G, topology)[:, None]
     return egress, ingress
 
 
 def count_exchange_bytes(plan: PlacementPlan, topology: Topology) -> tuple[np.ndarray, np.ndarray]:
-    """``(egress_LGK, ingress_LGK)`` of the count all-to-all: an int32 per remote expert."""
+    """``(egress_KLG, ingress_KLG)`` of the count all-to-all: an int32 per remote expert."""
     experts_LH = plan.experts_per_gpu_LG
     egress = COUNT_BYTES * by_kind(experts_LH, topology)
-    peers_GK = by_kind(np.ones(plan.gpus), topology)
-    ingress = COUNT_BYTES * experts_LH[:, :, None] * peers_GK[None]
+    peers_KG = by_kind(np.ones(plan.gpus), topology)
+    ingress = COUNT_BYTES * experts_LH * peers_KG[:, None]
     return egress, ingress
 
 
@@ -64,7 +65,7 @@ def routed_tokens(
     plan: PlacementPlan,
     topology: Topology,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact dispatch rows ``(egress_NLGK, ingress_NLGK)`` when every assignment travels,
+    """Exact dispatch rows ``(egress_KNLG, ingress_KNLG)`` when every assignment travels,
     from each token's placement slots and what each GPU receives (``received_NLG``).
 
     Only assignments that stay on their source's node are counted one by one: a GPU sends
@@ -92,12 +93,10 @@ def routed_tokens(
     else:
         node_out_NLG = np.bincount(row_X + source_X, minlength=size).reshape(-1, gpus)
         node_in_NLG = np.bincount(row_X + owner_X, minlength=size).reshape(-1, gpus)
-    shape = (n, layers, gpus, _K)
-    egress = np.stack([local_NLG, node_out_NLG - local_NLG, sent_G - node_out_NLG], axis=-1)
-    ingress = np.stack(
-        [local_NLG, node_in_NLG - local_NLG, received_NLG.reshape(-1, gpus) - node_in_NLG],
-        axis=-1,
-    )
+    shape = (_K, n, layers, gpus)
+    egress = np.stack([local_NLG, node_out_NLG - local_NLG, sent_G - node_out_NLG])
+    received = received_NLG.reshape(-1, gpus)
+    ingress = np.stack([local_NLG, node_in_NLG - local_NLG, received - node_in_NLG])
     return egress.reshape(shape), ingress.reshape(shape)
 
 
@@ -114,7 +113,7 @@ def _owner(units_NLTK: np.ndarray, plan: PlacementPlan) -> np.ndarray:
 def counted_tokens(
     counts_NLGU: np.ndarray, plan: PlacementPlan, topology: Topology
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact dispatch rows ``(egress_NLGK, ingress_NLGK)`` from count-level routing: the rows
+    """Exact dispatch rows ``(egress_KNLG, ingress_KNLG)`` from count-level routing: the rows
     each source GPU sends to each placement slot, summed per destination GPU, then by kind."""
     sent_NLGH = plan.per_gpu_sum(counts_NLGU)  # source g -> destination h
     egress = _diagonal_split(sent_NLGH, topology)
@@ -123,32 +122,37 @@ def counted_tokens(
 
 
 def _diagonal_split(pairs_XGH: np.ndarray, topology: Topology) -> np.ndarray:
-    """``out_XGK``: the row sums of ``pairs_XGH`` split by the kind of each ``(g, h)``."""
+    """``out_KXG``: the row sums of ``pairs_XGH`` split by the kind of each ``(g, h)``."""
     shape = pairs_XGH.shape
     per_node = pairs_XGH.reshape(*shape[:-1], topology.nodes, topology.gpus_per_node).sum(-1)
     own = per_node[..., np.arange(topology.gpus), topology.node_G]
     local = np.diagonal(pairs_XGH, axis1=-2, axis2=-1)
     total = pairs_XGH.sum(axis=-1)
-    return np.stack([local, own - local, total - own], axis=-1)
+    return np.stack([local, own - local, total - own])
 
 
 def alltoall_time(
-    egress_XGK: np.ndarray, ingress_XGK: np.ndarray, topology: Topology, launch_overhead_s: float
+    egress_KXG: np.ndarray,
+    ingress_KXG: np.ndarray,
+    topology: Topology,
+    launch_overhead_s: float,
+    row_bytes: float = 1.0,
 ) -> np.ndarray:
-    """Seconds of an all-to-all moving these bytes: the slowest GPU's slowest link kind.
+    """Seconds of an all-to-all moving these rows of ``row_bytes`` bytes: the slowest GPU's
+    slowest link kind.
 
     Where a link's time grows with the bytes (the latency-bandwidth model, a monotone
     measured curve), the slowest GPU is the one with the most bytes: the time is taken of
     that GPU only, not of each."""
-    out = np.zeros(egress_XGK.shape[:-2])
+    out = np.zeros(egress_KXG.shape[1:-1])
     for k, kind in enumerate(KINDS):
         link = topology.links.get(kind)
         if link is None:
             continue
-        port_XG = np.maximum(egress_XGK[..., k], ingress_XGK[..., k])
+        port_XG = np.maximum(egress_KXG[k], ingress_KXG[k])
         monotone = port_time_is_monotone(link, topology.gpus)
         port = port_XG.max(axis=-1) if monotone else port_XG
-        seconds = alltoall_port_time(link, port, topology.gpus)
+        seconds = alltoall_port_time(link, port * row_bytes, topology.gpus)
         launch = 0.0 if link.alltoall else launch_overhead_s  # a measured curve includes it
         seconds = np.where(seconds > 0, seconds + launch, 0.0)
         out = np.maximum(out, seconds if monotone else seconds.max(axis=-1))

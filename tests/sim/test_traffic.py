@@ -57,8 +57,8 @@ def test_routed_rows_by_kind_equal_a_count_pair_by_pair(nodes, per_node, blocked
     )
     egress, ingress = routed_tokens(units, source_T, received, plan, topology)
     want_egress, want_ingress = _by_pairs(units, source_T, plan, per_node)
-    assert np.array_equal(egress, want_egress)
-    assert np.array_equal(ingress, want_ingress)
+    assert np.array_equal(np.moveaxis(egress, 0, -1), want_egress)  # kinds first
+    assert np.array_equal(np.moveaxis(ingress, 0, -1), want_ingress)
 
 
 @pytest.mark.parametrize(
@@ -74,15 +74,15 @@ def test_alltoall_time_is_the_slowest_gpu_on_any_curve(seconds) -> None:
     link = topology.links["nvlink"]
     assert port_time_is_monotone(link, 4) is (seconds == sorted(seconds))
     rng = np.random.default_rng(3)
-    egress = rng.integers(0, 3, size=(5, 2, 4, len(KINDS))) * rng.choice(
-        [1e3, 1e4, 5e4], (5, 2, 4, 1)
+    egress = rng.integers(0, 3, size=(len(KINDS), 5, 2, 4)) * rng.choice(
+        [1e2, 1e3, 5e3], (1, 5, 2, 4)
     )
-    egress[..., [KINDS.index("local"), KINDS.index("network")]] = 0  # one node: NVLink only
-    ingress = egress[..., ::-1, :].copy()
-    got = alltoall_time(egress, ingress, topology, launch_overhead_s=1e-6)
+    egress[[KINDS.index("local"), KINDS.index("network")]] = 0  # one node: NVLink only
+    ingress = egress[..., ::-1].copy()
+    got = alltoall_time(egress, ingress, topology, launch_overhead_s=1e-6, row_bytes=10.0)
     # by hand: every GPU's own time on the curve (log-log interpolation), then the slowest
     nv = KINDS.index("nvlink")
-    port = np.maximum(egress[..., nv], ingress[..., nv])
+    port = 10.0 * np.maximum(egress[nv], ingress[nv])
     logs = np.interp(np.log(np.maximum(port, 1e3)), np.log(curve["bytes"]), np.log(seconds))
     per_gpu = np.where(port > 0, np.exp(logs), 0.0)
     assert np.allclose(got, per_gpu.max(axis=-1), rtol=1e-12, atol=0)
