@@ -77,6 +77,16 @@ def test_a_policy_name_given_as_a_list_is_one_line(tmp_path, capsys) -> None:
     )
 
 
+@pytest.mark.parametrize("section", ["policies", "workload"])
+def test_a_section_that_is_not_a_mapping_is_one_line(tmp_path, capsys, section) -> None:
+    # found by tests/fuzz: `policies: -1` raised AttributeError before validation
+    path = _scenario(tmp_path, **{section: -1})
+    assert main(["run", str(path)]) == 2
+    error = _error(capsys)
+    assert error.startswith(f"moesim: error: {path}: {section}: ")
+    assert "dictionary" in error or "mapping" in error
+
+
 @pytest.mark.parametrize("where", ["file", "--set"])
 def test_a_missing_fit_file_is_refused_at_load(tmp_path, capsys, where) -> None:
     routing = {"source": "synthetic", "fit": "nope.npz"}

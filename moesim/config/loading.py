@@ -175,6 +175,11 @@ def _resolve(kind: str, ref: Any, near: Path, sources: dict[str, str], prefix: s
     return read_yaml(path)
 
 
+def _mapping(value: object) -> dict:
+    """``value`` where it is a mapping, else an empty one (validation reports it later)."""
+    return value if isinstance(value, dict) else {}
+
+
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Load, resolve and validate a scenario file; ``overrides`` are ``KEY=VALUE`` strings."""
     path = Path(path)
@@ -196,8 +201,8 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
             raise ConfigError(
                 None, f"--set {key}", f"{blocked} is a string, not a mapping with fields"
             )
-    routing = (data.get("workload") or {}).get("routing")
-    placement = (data.get("policies") or {}).get("placement")
+    routing = _mapping(data.get("workload")).get("routing")
+    placement = _mapping(data.get("policies")).get("placement")
     for section, field in (
         (routing, "workload.routing.path"),
         (routing, "workload.routing.fit"),

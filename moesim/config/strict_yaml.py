@@ -87,8 +87,9 @@ class _Refused(Exception):
 def parse_yaml(text: str, file: str | None) -> Any:
     """The data of the YAML document ``text`` (from ``file``, for messages); bad syntax, a
     duplicate key, excessive nesting or expansion is a ConfigError."""
-    loader = StrictLoader(text)
+    loader = None
     try:
+        loader = StrictLoader(text)  # reads the text: refuses characters YAML does not allow
         try:
             node = loader.get_single_node()
         except RecursionError:
@@ -102,7 +103,8 @@ def parse_yaml(text: str, file: str | None) -> Any:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(file, None, f"{where}{problem}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
