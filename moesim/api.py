@@ -14,8 +14,25 @@ from moesim.metrics import Result, RunRecords, chrome_trace
 from moesim.policies import PlacementPlan, save_eplb
 from moesim.sim import OutOfMemoryError, simulate
 from moesim.sim.engine import StepCallback
+from moesim.workload import read_trace
 
-__all__ = ["OutOfMemoryError", "check_out_dir", "load_scenario", "run", "write_outputs"]
+__all__ = [
+    "OutOfMemoryError",
+    "check_out_dir",
+    "check_trace_files",
+    "load_scenario",
+    "run",
+    "write_outputs",
+]
+
+
+def check_trace_files(scenario: Scenario) -> None:
+    """Read the structure of the trace a scenario replays or fits (not yet its ids), so that
+    a sweep refuses a bad file before it runs anything; a bad one is a ConfigError."""
+    routing = scenario.workload.routing
+    for path in (getattr(routing, "path", None), getattr(routing, "fit", None)):
+        if path is not None:
+            read_trace(path)
 
 
 def run(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from moesim import __version__
+from moesim.api import check_trace_files
 from moesim.config import Scenario, load_scenario
 from moesim.errors import ConfigError, MoesimError
 from moesim.sweep.spec import LoadedSweep, Point
@@ -77,16 +78,18 @@ def point_id(scenario: Scenario, files: dict[str, str]) -> str:
 
 
 def resolve_points(sweep: LoadedSweep) -> list[ResolvedPoint]:
-    """Load and validate every point (the files it names exist and can be read), or stop
-    with the first bad one before anything runs."""
-    resolved, digests = [], {}
+    """Load and validate every point (the files it names exist and can be read, a trace's
+    structure is sound), or stop with the first bad one before anything runs."""
+    resolved, digests, read = [], {}, set()
     for point in sweep.points:
         try:
             scenario = load_scenario(sweep.base, point.overrides)
-            files = {
-                str(Path(path).resolve()): _digest(path, field, digests)
-                for field, path in _named_files(scenario).items()
-            }
+            named = _named_files(scenario)
+            files = {str(Path(p).resolve()): _digest(p, f, digests) for f, p in named.items()}
+            traces = {path for field, path in named.items() if field.startswith("workload.")}
+            if not traces <= read:  # each trace file's structure read once
+                check_trace_files(scenario)
+                read |= traces
         except ConfigError as error:
             raise MoesimError(f"sweep point {point.index} ({point.describe()}): {error}") from None
         resolved.append(ResolvedPoint(point, point_id(scenario, files)))
