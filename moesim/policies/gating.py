@@ -100,8 +100,17 @@ class StaticGating(Policy):
     def gate(
         self, expert_ids_NLTK: np.ndarray, source_T: np.ndarray, gpus: int, num_experts: int
     ) -> GatingOutcome:
-        n, layers, _, top_k = expert_ids_NLTK.shape
+        n, layers, tokens, top_k = expert_ids_NLTK.shape
         capacity_G = self.capacity(np.bincount(source_T, minlength=gpus), num_experts, top_k)
+        if gpus * num_experts <= tokens * top_k:  # per-source counts are the smaller array
+            source_11T1 = (source_T * num_experts).reshape(1, 1, tokens, 1)
+            rows_NL11 = (np.arange(n * layers, dtype=np.intp) * gpus * num_experts).reshape(
+                n, layers, 1, 1
+            )
+            keys = (expert_ids_NLTK + source_11T1 + rows_NL11).ravel()
+            per_source = np.bincount(keys, minlength=n * layers * gpus * num_experts)
+            kept = np.minimum(per_source.reshape(n, layers, gpus, num_experts), capacity_G[:, None])
+            return self._outcome(kept.sum(axis=2), capacity_G)
         counts_NLE = expert_counts(expert_ids_NLTK, num_experts)
         tokens_NLE = counts_NLE
         # A (step, layer, expert) can drop only if its total load exceeds the smallest capacity;
