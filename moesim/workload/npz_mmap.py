@@ -11,12 +11,21 @@ from __future__ import annotations
 import struct
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["load_member"]
+__all__ = ["load_member", "read_npy_header"]
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 bytes
+
+
+def read_npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` from the ``.npy`` header at the stream's position."""
+    major, _ = np.lib.format.read_magic(stream)
+    if major == 1:
+        return np.lib.format.read_array_header_1_0(stream)
+    return np.lib.format.read_array_header_2_0(stream)
 
 
 def load_member(path: Path, name: str) -> np.ndarray:
@@ -35,13 +44,7 @@ def load_member(path: Path, name: str) -> np.ndarray:
         name_length, extra_length = fields[9], fields[10]
         data_start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
         stream.seek(data_start)
-        major, _ = np.lib.format.read_magic(stream)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if major == 1
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read_header(stream)
+        shape, fortran, dtype = read_npy_header(stream)
         offset = stream.tell()
     if int(np.prod(shape)) * dtype.itemsize > info.file_size - (offset - data_start):
         raise ValueError(f"{name}.npy is truncated: its header promises more data than it holds")

@@ -26,7 +26,7 @@ import numpy as np
 
 from moesim.errors import ConfigError
 from moesim.files import publish
-from moesim.workload.npz_mmap import load_member
+from moesim.workload.npz_mmap import load_member, read_npy_header
 
 __all__ = [
     "Trace",
@@ -160,13 +160,7 @@ def _check_inflated_size(file: Path, member: str) -> None:
         if info.compress_type == zipfile.ZIP_STORED:
             return
         with archive.open(info) as stream:
-            major, _ = np.lib.format.read_magic(stream)
-            header = (
-                np.lib.format.read_array_header_1_0
-                if major == 1
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, _, dtype = header(stream)
+            shape, _, dtype = read_npy_header(stream)
     needed = math.prod(shape) * dtype.itemsize
     if needed > MAX_INFLATED_BYTES:
         raise ConfigError(

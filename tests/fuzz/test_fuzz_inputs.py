@@ -42,9 +42,13 @@ def _base() -> dict:
 BASE = _base()
 
 
-def _sandbox(tmp_path_factory) -> tuple[Path, Path]:
+def _sandbox(tmp_path_factory, monkeypatch, scenario: dict) -> tuple[Path, Path, Path]:
+    """A fresh folder to work in, its ``out`` folder, and ``scenario`` written into it."""
     sandbox = tmp_path_factory.mktemp("fuzz")
-    return sandbox, sandbox / "out"
+    monkeypatch.chdir(sandbox)
+    path = sandbox / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    return sandbox, sandbox / "out", path
 
 
 @_settings(200)
@@ -52,10 +56,7 @@ def _sandbox(tmp_path_factory) -> tuple[Path, Path]:
 def test_any_scenario_profile_or_card_runs_or_is_refused_in_one_line(
     changes, tmp_path_factory, capsys, monkeypatch
 ) -> None:
-    sandbox, out = _sandbox(tmp_path_factory)
-    monkeypatch.chdir(sandbox)
-    path = sandbox / "scenario.yaml"
-    path.write_text(yaml.safe_dump(mutated(BASE, changes)))
+    sandbox, out, path = _sandbox(tmp_path_factory, monkeypatch, mutated(BASE, changes))
     status, stdout = check(["run", str(path), "--out", str(out), "--json"], capsys, sandbox, out)
     if status == 0:
         result = json.loads(stdout)
@@ -93,9 +94,7 @@ _EDITS = st.sampled_from(
 def test_any_yaml_text_runs_or_is_refused_in_one_line(
     edit, at, cut, tmp_path_factory, capsys, monkeypatch
 ) -> None:
-    sandbox, out = _sandbox(tmp_path_factory)
-    monkeypatch.chdir(sandbox)
-    path = sandbox / "scenario.yaml"
+    sandbox, out, path = _sandbox(tmp_path_factory, monkeypatch, BASE)
     text = _TEXT[:at] + edit + ("" if cut else _TEXT[at:])
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     check(["run", str(path), "--out", str(out)], capsys, sandbox, out)
@@ -124,8 +123,8 @@ _FITTING = st.tuples(st.integers(1, 4), st.just(2), st.integers(1, 64), st.just(
 def test_any_trace_is_read_or_refused_in_one_line(
     shape, dtype, high, metadata, with_weights, tmp_path_factory, capsys, monkeypatch
 ) -> None:
-    sandbox, out = _sandbox(tmp_path_factory)
-    monkeypatch.chdir(sandbox)
+    replay = mutated(BASE, [(("workload", "routing"), {"source": "trace", "path": "trace.npz"})])
+    sandbox, out, path = _sandbox(tmp_path_factory, monkeypatch, replay)
     rng = np.random.default_rng(0)
     ids = rng.integers(min(high, 0), max(high, 1), size=shape).astype(dtype)
     if len(shape) == 4 and 0 < shape[-1] <= high and dtype == "int16":  # distinct top-k
@@ -139,9 +138,6 @@ def test_any_trace_is_read_or_refused_in_one_line(
     trace = sandbox / "trace.npz"
     np.savez(trace, **arrays)
     check(["trace", "stats", str(trace), "--json"], capsys, sandbox, None)
-    scenario = mutated(BASE, [(("workload", "routing"), {"source": "trace", "path": str(trace)})])
-    path = sandbox / "scenario.yaml"
-    path.write_text(yaml.safe_dump(scenario))
     check(["run", str(path), "--out", str(out), "--json"], capsys, sandbox, out)
 
 
@@ -157,9 +153,7 @@ _SWEEP = {
 def test_any_sweep_runs_or_is_refused_in_one_line(
     changes, tmp_path_factory, capsys, monkeypatch
 ) -> None:
-    sandbox, out = _sandbox(tmp_path_factory)
-    monkeypatch.chdir(sandbox)
-    (sandbox / "scenario.yaml").write_text(yaml.safe_dump(BASE))
+    sandbox, out, _ = _sandbox(tmp_path_factory, monkeypatch, BASE)
     spec = sandbox / "sweep.yaml"
     spec.write_text(yaml.safe_dump(mutated(_SWEEP, changes)))
     status, _ = check(
@@ -189,10 +183,7 @@ _HOSTILE_SET = st.tuples(
 def test_any_override_runs_or_is_refused_in_one_line(
     sets, tmp_path_factory, capsys, monkeypatch
 ) -> None:
-    sandbox, out = _sandbox(tmp_path_factory)
-    monkeypatch.chdir(sandbox)
-    path = sandbox / "scenario.yaml"
-    path.write_text(yaml.safe_dump(BASE))
+    sandbox, out, path = _sandbox(tmp_path_factory, monkeypatch, BASE)
     argv = ["run", str(path), "--out", str(out), "--json"]
     for key, value in sets:
         argv += ["--set", f"{key}={value}"]
