@@ -15,7 +15,7 @@ from moesim.config import Scenario
 from moesim.hardware import DeviceCosts
 from moesim.sim.layer_costs import attention_time, ffn_time, gate_time, lm_head_time
 
-__all__ = ["LocalWork", "lm_head_tokens", "local_work"]
+__all__ = ["LocalWork", "expert_table", "lm_head_tokens", "local_work", "work_around"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ def local_work(
     einsum: bool,
     units: int | None = None,
 ) -> LocalWork:
-    """Each GPU's local work; ``units``: the placement's expert slots (replicas included)."""
+    """Each GPU's local work in a fixed-batch step; ``units``: the placement's expert slots
+    (replicas included)."""
     model, workload = scenario.model, scenario.workload
     decode = workload.phase == "decode"
     encoder = scenario.stack() == "encoder"
@@ -99,6 +100,36 @@ def local_work(
     attention_G = attention_time(model, costs, tokens_G, context, decode)
     if model.architecture == "encoder-decoder" and not encoder:
         attention_G = attention_G + attention_time(model, costs, tokens_G, workload.seq_len, True)
+    lm_tokens_G = lm_head_tokens(scenario, tokens_G, source_T)
+    return work_around(
+        scenario, costs, tokens_G, attention_G, lm_tokens_G, capacity_G, einsum, units
+    )
+
+
+def expert_table(
+    scenario: Scenario, costs: DeviceCosts, tokens_G: np.ndarray, capacity_G: np.ndarray | None
+) -> np.ndarray:
+    """One expert's seconds for 0, 1, ... rows, as many as a step can give it: an expert (or
+    replica) gets each token at most once; static slots can exceed that."""
+    max_rows = max(int(tokens_G.sum()), int(capacity_G.sum()) if capacity_G is not None else 0)
+    return ffn_time(scenario.model, costs, np.arange(max_rows + 1), scenario.model.d_ffn)
+
+
+def work_around(
+    scenario: Scenario,
+    costs: DeviceCosts,
+    tokens_G: np.ndarray,
+    attention_G: np.ndarray,
+    lm_tokens_G: np.ndarray,
+    capacity_G: np.ndarray | None,
+    einsum: bool,
+    units: int | None = None,
+    expert_by_rows: np.ndarray | None = None,
+) -> LocalWork:
+    """Each GPU's local work around given attention blocks (``attention_G`` seconds each) and
+    LM-head positions: what a fixed batch and a serving step share. ``expert_by_rows``: one
+    expert's seconds by rows, when the caller keeps a table long enough for every step."""
+    model = scenario.model
     dense_G = ffn_time(model, costs, tokens_G, model.dense_d_ffn or model.d_ffn)
     shared_G = model.shared_experts * ffn_time(model, costs, tokens_G, model.d_ffn)
     gate_G = (
@@ -107,10 +138,9 @@ def local_work(
         else np.zeros_like(dense_G)
     )
     dense_L, ones_L, tail_dense = _layout(scenario)
-    lm_G = lm_head_time(model, costs, lm_head_tokens(scenario, tokens_G, source_T))
-    # An expert (or replica) gets each token at most once; static slots can exceed that.
-    max_rows = max(int(tokens_G.sum()), int(capacity_G.sum()) if capacity_G is not None else 0)
-    expert_by_rows = ffn_time(model, costs, np.arange(max_rows + 1), model.d_ffn)
+    lm_G = lm_head_time(model, costs, lm_tokens_G)
+    if expert_by_rows is None:
+        expert_by_rows = expert_table(scenario, costs, tokens_G, capacity_G)
     return LocalWork(
         attention_G=attention_G,
         dense_G=dense_G,
