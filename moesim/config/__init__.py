@@ -12,7 +12,15 @@ from moesim.config.loading import (
 )
 from moesim.config.measured import AttentionCurves, GemmTable, MeasuredCurve
 from moesim.config.model import DTYPE_BYTES, ModelSpec
-from moesim.config.registry import CACHE, GATING, PLACEMENT, Policy, PolicyParams, Registry
+from moesim.config.registry import (
+    CACHE,
+    GATING,
+    PLACEMENT,
+    SCHEDULER,
+    Policy,
+    PolicyParams,
+    Registry,
+)
 from moesim.config.scenario import (
     ClusterSpec,
     PoliciesSpec,
@@ -28,6 +36,7 @@ __all__ = [
     "GATING",
     "LINK_KINDS",
     "PLACEMENT",
+    "SCHEDULER",
     "AttentionCurves",
     "ClusterSpec",
     "GemmTable",

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from moesim.config.fields import Frozen
 
-__all__ = ["CACHE", "GATING", "PLACEMENT", "Policy", "PolicyParams", "Registry"]
+__all__ = ["CACHE", "GATING", "PLACEMENT", "SCHEDULER", "Policy", "PolicyParams", "Registry"]
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ class Policy:
 
 
 class Registry(Generic[T]):
-    """Name → policy class for one family (gating, cache, placement)."""
+    """Name → policy class for one family (gating, cache, placement, scheduler)."""
 
     def __init__(self, family: str) -> None:
         self.family = family
@@ -83,3 +83,4 @@ class Registry(Generic[T]):
 GATING: Registry[Any] = Registry("gating")
 PLACEMENT: Registry[Any] = Registry("placement")
 CACHE: Registry[Any] = Registry("cache")
+SCHEDULER: Registry[Any] = Registry("scheduler")

@@ -10,7 +10,7 @@ from pydantic_core import PydanticCustomError
 from moesim.config.fields import Frozen
 from moesim.config.hardware import HardwareProfile
 from moesim.config.model import ModelSpec
-from moesim.config.registry import CACHE, GATING, PLACEMENT, PolicyParams, Registry
+from moesim.config.registry import CACHE, GATING, PLACEMENT, SCHEDULER, PolicyParams, Registry
 
 __all__ = [
     "MAX_GPUS",
@@ -136,6 +136,10 @@ class PoliciesSpec(Frozen):
 
     cache: SerializeAsAny[PolicyParams] = Field(default_factory=lambda: CACHE.validate("none"))
 
+    scheduler: SerializeAsAny[PolicyParams] = Field(
+        default_factory=lambda: SCHEDULER.validate("continuous")
+    )
+
     @field_validator("gating", mode="before")
     @classmethod
     def _gating(cls, raw: Any) -> PolicyParams:
@@ -150,6 +154,11 @@ class PoliciesSpec(Frozen):
     @classmethod
     def _placement(cls, raw: Any) -> PolicyParams:
         return _policy(PLACEMENT, raw)
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler(cls, raw: Any) -> PolicyParams:
+        return _policy(SCHEDULER, raw)
 
 
 class Scenario(Frozen):

@@ -1,9 +1,11 @@
-"""Policies decide, the simulator and the reference executor time: gating, placement, cache.
+"""Policies decide, the simulator and the reference executor time: gating, placement, cache,
+scheduler.
 
 Importing this package registers every built-in policy in the config registries.
 """
 
 from moesim.policies import planners as _planners  # noqa: F401  (registers the planners)
+from moesim.policies import scheduler as _scheduler  # noqa: F401  (registers the schedulers)
 from moesim.policies.buffers import (
     CacheCounters,
     buffered_stacks,

@@ -1,0 +1,129 @@
+"""The duration of one serving step: the fixed-batch layer model on the step's actual tokens.
+
+A serving step mixes prompt chunks and decodes of requests that live on different GPUs (each
+GPU is a data-parallel attention group holding its requests' KV cache). Per GPU, prefill and
+decode attention are priced apart, as engines run them (a variable-length prefill kernel, a
+paged decode kernel): prefill tokens attend over the mean position of their chunk, decode
+tokens read their request's whole context. Everything after attention (dense FFNs, router,
+gating, all-to-alls, experts, LM head) is the fixed-batch model of ``chunk.time_chunk`` for the
+step's tokens, routed by the scenario's synthetic router.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.config import Scenario
+from moesim.hardware import DeviceCosts, Topology
+from moesim.policies import DynamicGating, PlacementPlan, StaticGating
+from moesim.sim.chunk import ChunkTiming, time_chunk
+from moesim.sim.layer_costs import attention_time
+from moesim.sim.local_work import expert_table, work_around
+
+__all__ = ["StepShape", "step_shape", "time_step"]
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """One step's work per GPU ``G``: prefill tokens and the mean position they attend over,
+    decode tokens and the mean context they read, positions that need logits."""
+
+    prefill_G: np.ndarray
+    prefill_context_G: np.ndarray
+    decode_G: np.ndarray
+    decode_context_G: np.ndarray
+    logits_G: np.ndarray
+
+    @property
+    def tokens_G(self) -> np.ndarray:
+        return self.prefill_G + self.decode_G
+
+    @property
+    def source_T(self) -> np.ndarray:
+        """The GPU of each of the step's tokens, GPU by GPU."""
+        return np.repeat(np.arange(self.tokens_G.size), self.tokens_G)
+
+
+def step_shape(
+    gpu_R: np.ndarray,
+    new_tokens_R: np.ndarray,
+    context_R: np.ndarray,
+    is_prefill_R: np.ndarray,
+    logits_R: np.ndarray,
+    gpus: int,
+) -> StepShape:
+    """The shape of a step that runs requests ``R`` on GPUs ``gpu_R``: ``new_tokens_R`` each
+    (a prompt chunk, or 1 to decode) after ``context_R`` tokens already in their KV cache;
+    ``logits_R`` marks those that sample a token in this step."""
+    new = np.asarray(new_tokens_R, dtype=np.int64)
+    context = np.asarray(context_R, dtype=np.float64)
+    prefill = np.asarray(is_prefill_R, dtype=bool)
+    # a chunk of n tokens after c attends over c + 1 .. c + n positions: (n + 1) / 2 + c mean
+    positions = np.where(prefill, new * (context + (new + 1) / 2.0), new * (context + 1.0))
+
+    def per_gpu(values: np.ndarray, where: np.ndarray) -> np.ndarray:
+        return np.bincount(gpu_R[where], weights=values[where], minlength=gpus)
+
+    prefill_G = per_gpu(new, prefill).astype(np.int64)
+    decode_G = per_gpu(new, ~prefill).astype(np.int64)
+    return StepShape(
+        prefill_G=prefill_G,
+        prefill_context_G=_mean(per_gpu(positions, prefill), prefill_G),
+        decode_G=decode_G,
+        decode_context_G=_mean(per_gpu(positions, ~prefill), decode_G),
+        logits_G=np.bincount(gpu_R[np.asarray(logits_R, bool)], minlength=gpus),
+    )
+
+
+def _mean(total_G: np.ndarray, count_G: np.ndarray) -> np.ndarray:
+    return np.divide(total_G, count_G, out=np.zeros(total_G.shape), where=count_G > 0)
+
+
+def time_step(
+    scenario: Scenario,
+    costs: DeviceCosts,
+    topology: Topology,
+    plan: PlacementPlan,
+    gating: StaticGating | DynamicGating,
+    shape: StepShape,
+    expert_ids_1LTK: np.ndarray,
+    expert_by_rows: np.ndarray | None = None,
+) -> ChunkTiming:
+    """The timing of one step of ``shape`` whose tokens route to ``expert_ids_1LTK`` (one
+    step, tokens GPU by GPU as ``shape.source_T``), gated by ``gating``."""
+    model = scenario.model
+    tokens_G = shape.tokens_G
+    source_T = shape.source_T
+    attention_G = attention_time(
+        model, costs, shape.prefill_G, shape.prefill_context_G, False
+    ) + attention_time(model, costs, shape.decode_G, shape.decode_context_G, True)
+    units = plan.to_units(expert_ids_1LTK)
+    outcome = gating.gate(units, source_T, plan.gpus, plan.units)
+    static = outcome.capacity_G is not None
+    needed = max(int(tokens_G.sum()), int(outcome.capacity_G.sum()) if static else 0)
+    if expert_by_rows is None or expert_by_rows.size <= needed:
+        expert_by_rows = expert_table(scenario, costs, tokens_G, outcome.capacity_G)
+    local = work_around(
+        scenario,
+        costs,
+        tokens_G,
+        attention_G,
+        shape.logits_G,
+        outcome.capacity_G,
+        outcome.einsum_dispatch,
+        plan.units,
+        expert_by_rows,
+    )
+    return time_chunk(
+        scenario,
+        costs,
+        topology,
+        plan,
+        local,
+        outcome,
+        tokens_G,
+        units_NLTK=units,
+        source_T=source_T,
+    )
