@@ -29,18 +29,22 @@ from moesim.config.scenario import (
     TraceRouting,
     WorkloadSpec,
 )
+from moesim.config.serving import MAX_REQUESTS, ArrivalSpec, LengthSpec, RequestsSpec, SloSpec
 
 __all__ = [
     "CACHE",
     "DTYPE_BYTES",
     "GATING",
     "LINK_KINDS",
+    "MAX_REQUESTS",
     "PLACEMENT",
     "SCHEDULER",
+    "ArrivalSpec",
     "AttentionCurves",
     "ClusterSpec",
     "GemmTable",
     "HardwareProfile",
+    "LengthSpec",
     "LinkSpec",
     "MeasuredCurve",
     "ModelSpec",
@@ -48,7 +52,9 @@ __all__ = [
     "Policy",
     "PolicyParams",
     "Registry",
+    "RequestsSpec",
     "Scenario",
+    "SloSpec",
     "SyntheticRouting",
     "TraceRouting",
     "WorkloadSpec",

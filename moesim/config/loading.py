@@ -202,10 +202,12 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
                 None, f"--set {key}", f"{blocked} is a string, not a mapping with fields"
             )
     routing = _mapping(data.get("workload")).get("routing")
+    requests = _mapping(data.get("workload")).get("requests")
     placement = _mapping(data.get("policies")).get("placement")
     for section, field in (
         (routing, "workload.routing.path"),
         (routing, "workload.routing.fit"),
+        (requests, "workload.requests.trace"),
         (placement, "policies.placement.path"),
     ):
         key = field.rpartition(".")[2]

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from moesim.config.fields import Frozen
 from moesim.config.hardware import HardwareProfile
 from moesim.config.model import ModelSpec
 from moesim.config.registry import CACHE, GATING, PLACEMENT, SCHEDULER, PolicyParams, Registry
+from moesim.config.serving import RequestsSpec, SloSpec
 
 __all__ = [
     "MAX_GPUS",
@@ -85,11 +93,20 @@ Routing = Annotated[SyntheticRouting | TraceRouting, Field(discriminator="source
 
 
 class WorkloadSpec(Frozen):
-    """``batch_size`` sequences per step across the cluster; decode makes one token each."""
+    """``batch_size`` sequences per step across the cluster; decode makes one token each.
 
-    phase: Literal["prefill", "decode"] = "decode"
-    batch_size: int = Field(ge=1)
-    seq_len: int = Field(ge=1, description="prompt length (prefill) / context length (decode)")
+    ``serving``: ``requests`` arrive and a scheduler plans each step, so ``batch_size`` and
+    ``seq_len`` are optional (a scheduler may read them) and ``steps`` is ignored.
+    """
+
+    phase: Literal["prefill", "decode", "serving"] = "decode"
+    batch_size: int | None = Field(default=None, ge=1, validate_default=True)
+    seq_len: int | None = Field(
+        default=None,
+        ge=1,
+        validate_default=True,
+        description="prompt length (prefill) / context length (decode)",
+    )
     steps: int = Field(default=100, ge=1)
     routing: Routing = Field(default_factory=lambda: SyntheticRouting(source="synthetic"))
     logits: Literal["last", "all"] = Field(
@@ -97,6 +114,14 @@ class WorkloadSpec(Frozen):
         description="prefill: logits of each prompt's last position (serving) or of every "
         "position (scoring, as fairseq's eval_lm)",
     )
+    requests: RequestsSpec | None = Field(default=None, validate_default=True)
+
+    @field_validator("batch_size", "seq_len")
+    @classmethod
+    def _fixed_batch(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is None and info.data.get("phase", "serving") != "serving":
+            raise PydanticCustomError("missing", "Field required")
+        return value
 
     @field_validator("steps")
     @classmethod
@@ -109,8 +134,21 @@ class WorkloadSpec(Frozen):
             )
         return steps
 
+    @field_validator("requests")
+    @classmethod
+    def _requests(cls, requests: RequestsSpec | None, info: ValidationInfo) -> RequestsSpec | None:
+        phase = info.data.get("phase")
+        if phase == "serving" and requests is None:
+            raise ValueError("required for phase serving")
+        if phase in ("prefill", "decode") and requests is not None:
+            raise ValueError(f"applies to phase serving only, not {phase}")
+        return requests
+
     @property
     def tokens_per_step(self) -> int:
+        """Tokens of one fixed-batch step; a serving step's tokens follow its plan instead."""
+        if self.batch_size is None or self.seq_len is None:
+            raise ValueError("a serving step's tokens follow its plan: pass them explicitly")
         return self.batch_size * (self.seq_len if self.phase == "prefill" else 1)
 
 
@@ -168,6 +206,15 @@ class Scenario(Frozen):
     cluster: ClusterSpec
     workload: WorkloadSpec
     policies: PoliciesSpec = Field(default_factory=PoliciesSpec)
+    slo: SloSpec | None = None
+
+    @field_validator("slo")
+    @classmethod
+    def _slo(cls, slo: SloSpec | None, info: ValidationInfo) -> SloSpec | None:
+        workload = info.data.get("workload")
+        if slo is not None and workload is not None and workload.phase != "serving":
+            raise ValueError(f"applies to workload.phase serving only, not {workload.phase}")
+        return slo
 
     @model_validator(mode="after")
     def _fits(self) -> Scenario:
@@ -188,6 +235,8 @@ class Scenario(Frozen):
                 f"policies.cache.layers is {cache.layers}, but {self.model.name} has no "
                 f"{cache.layers} (it is a {self.model.architecture} model)"
             )
+        if self.workload.phase == "serving":  # the serving loop sizes each step from its plan
+            return self
         layers = max(self.model.moe_layers(self.stack()), 1)
         assignments = layers * self.workload.tokens_per_step * self.model.top_k
         if self.routing_resolution() == "tokens" and assignments > MAX_ASSIGNMENTS_PER_STEP:
@@ -199,16 +248,18 @@ class Scenario(Frozen):
             )
         return self
 
-    def routing_resolution(self) -> Literal["tokens", "counts"]:
-        """How the routing is drawn: per token (traces always), or as counts per source GPU
-        and expert; ``auto`` compares the work, ``T x K`` draws against ``G x E x K`` cells,
-        and keeps tokens for small steps."""
+    def routing_resolution(self, tokens: int | None = None) -> Literal["tokens", "counts"]:
+        """How the routing of a step of ``tokens`` tokens (by default the fixed batch's; a
+        serving step passes its own) is drawn: per token (traces always), or as counts per
+        source GPU and expert; ``auto`` compares the work, ``T x K`` draws against
+        ``G x E x K`` cells, and keeps tokens for small steps."""
         routing = self.workload.routing
         if not isinstance(routing, SyntheticRouting):
             return "tokens"
         if routing.resolution != "auto":
             return routing.resolution
-        token_draws = self.workload.tokens_per_step * self.model.top_k
+        tokens = self.workload.tokens_per_step if tokens is None else tokens
+        token_draws = tokens * self.model.top_k
         count_cells = self.cluster.gpus * self.model.num_experts * self.model.top_k
         fewer = token_draws > max(COUNT_CELL_COST * count_cells, MIN_COUNT_LEVEL_DRAWS)
         return "counts" if fewer else "tokens"
