@@ -21,8 +21,17 @@ from moesim.policies.gating import (
     static_capacity,
 )
 from moesim.policies.history import plan_placement, warmup_steps
+from moesim.policies.kv_blocks import KVBlocks, KVOverflow
 from moesim.policies.placement import PlacementPlan, contiguous_plan, load_eplb, save_eplb
 from moesim.policies.planners import PlannerParams, balanced_slots, pearson
+from moesim.policies.scheduler import Scheduler, SchedulerParams
+from moesim.policies.scheduler_state import (
+    ServingState,
+    StepOutcome,
+    StepPlan,
+    advance,
+    decode_stretch,
+)
 
 __all__ = [
     "CacheCounters",
@@ -30,14 +39,23 @@ __all__ = [
     "DynamicGating",
     "ExpertCache",
     "GatingOutcome",
+    "KVBlocks",
+    "KVOverflow",
     "PlacementPlan",
     "PlannerParams",
+    "Scheduler",
+    "SchedulerParams",
+    "ServingState",
     "StaticGating",
     "StepAccess",
+    "StepOutcome",
+    "StepPlan",
+    "advance",
     "balanced_slots",
     "buffered_stacks",
     "build_caches",
     "contiguous_plan",
+    "decode_stretch",
     "expert_counts",
     "load_eplb",
     "pearson",
