@@ -132,9 +132,10 @@ class RequestsSpec(Frozen):
     @field_validator("prompt_tokens", "output_tokens")
     @classmethod
     def _lengths(cls, lengths: LengthSpec | None, info: ValidationInfo) -> LengthSpec | None:
-        if "trace" not in info.data:  # reported on its own field
+        if "trace" not in info.data or "arrival" not in info.data:  # reported on their fields
             return lengths
-        if info.data["trace"] is None and lengths is None:
+        timed = info.data["arrival"].process == "trace"  # without a trace: see _trace_arrivals
+        if info.data["trace"] is None and lengths is None and not timed:
             raise ValueError("required without a request trace (trace)")
         if info.data["trace"] is not None and lengths is not None:
             raise ValueError("the request trace (trace) gives the lengths: remove one of them")

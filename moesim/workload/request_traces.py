@@ -38,6 +38,7 @@ __all__ = ["MAX_TOKENS", "load_request_trace", "save_request_trace"]
 MAX_TOKENS = 1 << 24  # tokens in one prompt or output: above any model's context window
 _SPACE = re.compile(r"\s*")
 _NUMBER_TYPES = (int, float, str)
+_Check = tuple[str, np.ndarray, np.ndarray, str]  # column, values, bad rows, message of a value
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class _Format:
     arrival: str | None
     prompt: str
     output: str
-    seconds_per_unit: float | None  # None: a date and time
+    seconds_per_unit: float | None  # of the arrival column; None: ISO dates and times
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -59,7 +60,7 @@ _FORMATS = (
     _Format("Azure LLM inference", "TIMESTAMP", "ContextTokens", "GeneratedTokens", None),
     _Format("Mooncake", "timestamp", "input_length", "output_length", 1e-3),
     *(
-        _Format("ShareGPT-style", None, prompt, output, None)
+        _Format("ShareGPT-style", None, prompt, output, 1.0)
         for prompt in ("input_tokens", "prompt_tokens")
         for output in ("output_tokens", "completion_tokens")
     ),
@@ -233,9 +234,7 @@ def _datetimes(rows: _Rows, column: str, file: str) -> np.ndarray:
     return (values - values.min()) / 1e6
 
 
-def _first_problem(
-    checks: list[tuple[str, np.ndarray, np.ndarray, str]], rows: _Rows, file: str
-) -> None:
+def _first_problem(checks: list[_Check], rows: _Rows, file: str) -> None:
     """Raise for the earliest row failing a check ``(column, values, bad mask, message)``."""
     found = [
         (int(np.argmax(bad)), order) for order, (_, _, bad, _) in enumerate(checks) if bad.any()
@@ -246,38 +245,44 @@ def _first_problem(
         raise _bad(file, rows.lines[row], column, message.format(values[row]))
 
 
+def _length_checks(rows: _Rows, column: str, file: str) -> tuple[np.ndarray, list[_Check]]:
+    tokens = _numbers(rows, column, file)
+    finite = np.isfinite(tokens)
+    return tokens, [
+        (column, tokens, ~finite, "not a finite number: {}"),
+        (column, tokens, finite & (tokens < 1), "{:g} tokens; a length is at least 1"),
+        (column, tokens, finite & (tokens != np.round(tokens)), "{:g} is not a whole number"),
+        (column, tokens, finite & (tokens > MAX_TOKENS), f"{{:g}} tokens; at most {MAX_TOKENS:,}"),
+    ]
+
+
+def _arrival_checks(
+    rows: _Rows, column: str, file: str, form: _Format
+) -> tuple[np.ndarray, list[_Check]]:
+    if form.seconds_per_unit is None:
+        return _datetimes(rows, column, file), []
+    times = _numbers(rows, column, file)
+    finite = np.isfinite(times)
+    return times * form.seconds_per_unit, [
+        (column, times, ~finite, "not a finite number: {}"),
+        (column, times, finite & (times < 0), "negative time {:g}"),
+    ]
+
+
 def load_request_trace(
     path: str | Path, count: int | None = None, arrivals: bool = True
 ) -> Requests:
     """The first ``count`` requests (all by default) of a trace, sorted by arrival.
 
-    ``arrivals=False`` ignores the trace's arrival times (all zero: an arrival process gives
-    them); a trace without them, such as a ShareGPT-style list, needs it.
+    ``arrivals=False`` keeps the order but not the times of the trace's arrivals (all zero:
+    an arrival process gives them); a trace without any, such as a ShareGPT-style list, needs
+    it.
     """
-    path = Path(path)
     file = str(path)
-    rows = _read(path, count)
+    rows = _read(Path(path), count)
     form = rows.format
     if not rows.lines:
         raise ConfigError(file, None, "no requests (only a header)")
-    checks = []
-    lengths = []
-    for column in (form.prompt, form.output):
-        tokens = _numbers(rows, column, file)
-        finite = np.isfinite(tokens)
-        checks += [
-            (column, tokens, ~finite, "not a finite number: {}"),
-            (column, tokens, finite & (tokens < 1), "{:g} tokens; a length is at least 1"),
-            (column, tokens, finite & (tokens != np.round(tokens)), "{:g} is not a whole number"),
-            (
-                column,
-                tokens,
-                finite & (tokens > MAX_TOKENS),
-                f"{{:g}} tokens; at most {MAX_TOKENS:,}",
-            ),
-        ]
-        lengths.append(tokens)
-    arrival_s = np.zeros(len(rows.lines))
     if arrivals and form.arrival is None:
         raise ConfigError(
             file,
@@ -285,21 +290,15 @@ def load_request_trace(
             f"no arrival times ({form.name} format): give workload.requests.arrival "
             "a process (poisson, gamma, constant or offline)",
         )
-    if arrivals and form.seconds_per_unit is None:
-        arrival_s = _datetimes(rows, form.arrival, file)  # type: ignore[arg-type]
-    elif arrivals:
-        times = _numbers(rows, form.arrival, file)  # type: ignore[arg-type]
-        finite = np.isfinite(times)
-        checks = [
-            (form.arrival, times, ~finite, "not a finite number: {}"),
-            (form.arrival, times, finite & (times < 0), "negative time {:g}"),
-            *checks,
-        ]
-        arrival_s = times * form.seconds_per_unit
-    _first_problem(checks, rows, file)
+    arrival_s, checks = np.zeros(len(rows.lines)), []
+    if form.arrival is not None:
+        arrival_s, checks = _arrival_checks(rows, form.arrival, file, form)
+    prompt, prompt_checks = _length_checks(rows, form.prompt, file)
+    output, output_checks = _length_checks(rows, form.output, file)
+    _first_problem([*checks, *prompt_checks, *output_checks], rows, file)
     order = np.argsort(arrival_s, kind="stable")
-    prompt, output = (tokens[order].astype(np.int64) for tokens in lengths)
-    return Requests(arrival_s[order], prompt, output)
+    timed = arrival_s[order] if arrivals else np.zeros(len(order))
+    return Requests(timed, prompt[order].astype(np.int64), output[order].astype(np.int64))
 
 
 def save_request_trace(requests: Requests, path: str | Path) -> None:
