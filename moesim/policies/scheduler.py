@@ -1,8 +1,9 @@
 """Serving schedulers: from the queues and the KV blocks to the next step's plan.
 
 A scheduler sees a ``ServingState`` (queues, per-request progress, KV blocks), never the clock;
-the loop passes the head request's wait where a policy needs it. ``plan`` decides, ``advance``
-(in ``moesim.policies.serving_state``) applies.
+the loop passes the head request's wait where a policy needs it. ``plan`` decides,
+``scheduler_state.advance`` applies; ``check`` refuses, before serving, a request that no
+plan could ever admit.
 
 - ``static``: fixed batches (the seed paper): ``batch_size`` requests (fewer once the oldest
   has waited ``timeout_s``; never without one), prefilled together, decoded until all finish.

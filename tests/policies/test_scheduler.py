@@ -250,7 +250,8 @@ POLICIES = [
 
 
 def serve(name: str, params: dict, state: ServingState, arrivals: list, stretches: bool):
-    """Run to empty, arriving ``arrivals[i]`` before step ``i``; per-request tallies."""
+    """Run to empty, arriving ``arrivals[i]`` before step ``i``: the most sequences in a step
+    and each request's finishing step, after checking every invariant on the way."""
     policy = scheduler(name, block_tokens=state.kv.block_tokens, **params)
     policy.check(state)
     requests = state.prompt_tokens_R.size
@@ -265,13 +266,14 @@ def serve(name: str, params: dict, state: ServingState, arrivals: list, stretche
         if name != "static":
             assert plan.tokens <= params["max_batch_tokens"]
         repeat = decode_stretch(state, plan) if stretches and steps >= len(arrivals) else 1
+        sequences = np.setdiff1d(np.union1d(state.running, plan.request), plan.preempted)
+        max_running = max(max_running, sequences.size)
         outcome = advance(state, plan, steps=repeat)
         steps += repeat
         emitted_R[outcome.emitted] += repeat
         first_R[outcome.first_token] += 1
         finished_R[outcome.finished] += 1
         finish_step_R[outcome.finished] = steps
-        max_running = max(max_running, state.running.size)
         assert state.kv.used_blocks <= state.kv.total_blocks
         assert state.kv.used_blocks == state.kv.held(state.running).sum()
         assert steps < 100_000
