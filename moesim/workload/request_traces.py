@@ -215,7 +215,8 @@ def _numbers(rows: _Rows, column: str, file: str) -> np.ndarray:
         except (ValueError, OverflowError):
             pass
     line, value = next((n, v) for n, v in zip(rows.lines, raw, strict=True) if not _is_number(v))
-    raise _bad(file, line, column, f"not a number: {value!r}")
+    shown = repr(value) if isinstance(value, str) else json.dumps(value)
+    raise _bad(file, line, column, f"not a number: {shown}")
 
 
 def _datetimes(rows: _Rows, column: str, file: str) -> np.ndarray:
