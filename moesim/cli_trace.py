@@ -1,5 +1,5 @@
 """``moesim trace``: capture routing from a local Hugging Face model, convert published traces,
-and describe a trace (skew, locality, co-activation), with plots."""
+and describe a trace (skew, locality, co-activation), with plots; convert request traces."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from rich.text import Text
 from moesim.errors import MoesimError
 from moesim.files import json_text
 from moesim.progress import progress_bar
-from moesim.workload import Trace, check_ids, read_trace, save_trace
+from moesim.workload import (
+    Trace,
+    check_ids,
+    load_request_trace,
+    read_trace,
+    save_request_trace,
+    save_trace,
+)
 from moesim.workload.convert import FORMATS, convert
 from moesim.workload.trace_stats import layer_stats
 
@@ -50,6 +57,13 @@ def add_trace_parser(commands: argparse._SubParsersAction) -> None:
         default="prefill",
         help="the phase the trace recorded (metadata)",
     )
+    requests = actions.add_parser(
+        "convert-requests",
+        help="convert a request trace (Vidur/Splitwise, Azure, Mooncake, ...) to moesim's CSV",
+    )
+    requests.add_argument("input", help="request trace: CSV, JSON Lines or JSON")
+    requests.add_argument("output", help="CSV to write: arrival_s,prompt_tokens,output_tokens")
+    requests.add_argument("--count", type=int, help="convert only the first COUNT requests")
 
 
 def _positive(value: int | None, name: str) -> None:
@@ -170,9 +184,29 @@ def _stats(args: argparse.Namespace, console: Console) -> None:
             print(f"wrote {path}", file=sys.stderr)
 
 
+def _convert_requests(args: argparse.Namespace, console: Console) -> None:
+    _positive(args.count, "--count")
+    if Path(args.output).is_dir():
+        raise MoesimError(f"{args.output}: is a folder; expected a CSV file to write")
+    requests = load_request_trace(args.input, args.count)
+    try:
+        save_request_trace(requests, args.output)
+    except OSError as error:
+        raise MoesimError(f"{args.output}: cannot write: {error.strerror or error}") from None
+    span = float(requests.arrival_s[-1] - requests.arrival_s[0])
+    console.print(
+        f"{len(requests):,} requests over {span:,.3f} s, {int(requests.prompt_tokens.sum()):,} "
+        f"prompt and {int(requests.output_tokens.sum()):,} output tokens"
+    )
+    print(f"wrote {args.output}", file=sys.stderr)
+
+
 def run_trace(args: argparse.Namespace, console: Console) -> None:
     if args.action == "stats":
         _stats(args, console)
+        return
+    if args.action == "convert-requests":
+        _convert_requests(args, console)
         return
     written = _capture(args) if args.action == "capture" else _convert(args)
     trace = read_trace(written)

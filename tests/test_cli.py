@@ -173,3 +173,26 @@ def test_yaml_that_is_not_utf8(tmp_path, capsys) -> None:
     path.write_bytes(b"name: \xff\xfe\n")
     assert main(["run", str(path)]) == 2
     assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_trace_convert_requests_writes_the_native_csv(tmp_path, capsys) -> None:
+    source = ROOT / "scenarios" / "requests" / "mooncake.jsonl"
+    out = tmp_path / "r.csv"
+    assert main(["trace", "convert-requests", str(source), str(out), "--count", "3"]) == 0
+    assert out.read_text() == (
+        "arrival_s,prompt_tokens,output_tokens\n0.0,32,8\n0.25,48,12\n0.5,64,16\n"
+    )
+    captured = capsys.readouterr()
+    assert "3 requests over 0.500 s, 144 prompt and 36 output tokens" in captured.out
+    assert f"wrote {out}" in captured.err
+
+
+def test_trace_convert_requests_reports_a_bad_row_in_one_line(tmp_path, capsys) -> None:
+    source = tmp_path / "bad.csv"
+    source.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,5,1\n1,-5,1\n")
+    code = main(["trace", "convert-requests", str(source), str(tmp_path / "r.csv")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"moesim: error: {source}: line 3, num_prefill_tokens: -5 tokens; a length is at least 1"
+    )
+    assert not (tmp_path / "r.csv").exists()
