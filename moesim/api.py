@@ -14,6 +14,7 @@ from moesim.metrics import Result, RunRecords, chrome_trace
 from moesim.policies import PlacementPlan, save_eplb
 from moesim.sim import OutOfMemoryError, simulate
 from moesim.sim.engine import StepCallback
+from moesim.sim.serving import simulate_serving
 from moesim.workload import read_trace
 
 __all__ = [
@@ -53,6 +54,8 @@ def run(
                 "the reference executor needs torch: pip install 'moesim[torch]'"
             ) from None
         records = execute(scenario, device=device, on_step=on_step)
+    elif scenario.workload.phase == "serving":
+        records = simulate_serving(scenario, on_progress=on_step)
     else:
         records = simulate(scenario, trace_steps=trace_steps, on_step=on_step)
     return Result.from_records(records), records
@@ -69,6 +72,21 @@ def _write_json(path: Path, document: Any) -> None:
     try:
         with os.fdopen(handle, "w") as stream:
             stream.write(text + "\n")
+        publish(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _write_parquet(path: Path, columns: dict[str, Any]) -> None:
+    """Write a column table atomically, like ``_write_json``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        pq.write_table(pa.table(columns), temporary)
         publish(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -98,6 +116,11 @@ def write_outputs(
         _write_json(written[-1], chrome_trace(records.spans, scenario.name))
     else:
         (out / "trace.json").unlink(missing_ok=True)  # an older run's timeline is not this one
+    if records is not None and records.serving is not None:
+        written.append(out / "requests.parquet")
+        _write_parquet(written[-1], records.serving.requests.table())
+    else:
+        (out / "requests.parquet").unlink(missing_ok=True)
     if records is not None and records.phy2log_LU is not None and records.phy2log_LU.size:
         plan = PlacementPlan(
             records.phy2log_LU, records.owner_LU, records.gpus, scenario.model.num_experts

@@ -18,6 +18,7 @@ from rich.text import Text
 import moesim
 from moesim import api
 from moesim.cli_list import add_list_parser, run_list
+from moesim.cli_serving import print_serving
 from moesim.cli_sweep import add_sweep_parsers, run_plot, run_sweep_command
 from moesim.cli_trace import add_trace_parser, run_trace
 from moesim.cli_validate import (
@@ -89,17 +90,26 @@ def _profile_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _batching(scenario: Scenario) -> str:
+    workload = scenario.workload
+    if workload.phase == "serving":
+        return f"{workload.requests.count:,} requests, {scenario.policies.scheduler.name} scheduler"
+    return f"batch {workload.batch_size}"
+
+
 def _summary(console: Console, scenario: Scenario, result: Result) -> None:
     cluster = scenario.cluster
     console.print(
         Text.assemble(
             (scenario.name, "bold"),
             f": {scenario.model.name} on {cluster.nodes}x{cluster.gpus_per_node} "
-            f"{cluster.device.name}, {result.phase}, batch {scenario.workload.batch_size}, "
+            f"{cluster.device.name}, {result.phase}, {_batching(scenario)}, "
             f"gating {scenario.policies.gating.name}, routing drawn as "
             f"{result.routing_resolution}",
         )
     )
+    if result.serving is not None:
+        print_serving(console, result.serving)
     console.print(f"throughput  {result.throughput_tokens_per_s:,.0f} tokens/s")
     lat = result.latency_s
     console.print(
@@ -194,7 +204,16 @@ def _run(args: argparse.Namespace, console: Console) -> None:
         writable_dir(args.out, "--out")
     label = "simulating" if args.executor == "sim" else "running for real"
     with progress_bar(label) as progress:
-        task = progress.add_task("steps", total=scenario.workload.steps)
+        serving = scenario.workload.phase == "serving"
+        unit, total = (
+            ("requests", scenario.workload.requests.count)
+            if serving
+            else (
+                "steps",
+                scenario.workload.steps,
+            )
+        )
+        task = progress.add_task(unit, total=total)
         result, records = api.run(
             scenario,
             executor=args.executor,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from moesim.metrics.serving import ServingRecords
+
 __all__ = [
     "PHASES",
     "DeviceRecords",
@@ -129,3 +131,4 @@ class RunRecords:
     spans: SpanRecords = field(default_factory=SpanRecords.empty)
     wall_seconds: float = 0.0
     events: int = 0
+    serving: ServingRecords | None = None  # a serving run's requests and queues

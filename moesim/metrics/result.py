@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from moesim.config import LINK_KINDS
 from moesim.metrics.records import PHASES, RunRecords
+from moesim.metrics.serving import ServingRecords, ServingResult, serving_result
 
 __all__ = ["CacheStats", "Latency", "Memory", "PlacementStats", "Result", "TokenCounts"]
 
@@ -148,13 +149,17 @@ class Result(_Out):
     simulated_seconds: float
     wall_seconds: float
     events: int
+    serving: ServingResult | None = None
     per_step: dict[str, list[float | None]]
 
     @classmethod
     def from_records(cls, records: RunRecords) -> Result:
         steps, devices = records.steps, records.devices
         latency = steps.latency_s
-        simulated = float(latency.sum())
+        serving = records.serving
+        # serving: the time requests were served, idle stretches between arrivals included
+        simulated = serving.duration_s if serving is not None else float(latency.sum())
+        percentiles = np.percentile(latency, [50, 99]) if latency.size else np.zeros(2)
         peak = devices.weights_bytes + devices.kv_cache_bytes + devices.activation_peak_bytes
         imbalance = steps.load_imbalance[~np.isnan(steps.load_imbalance)]
         breakdown = steps.breakdown_NP.sum(axis=0)
@@ -168,9 +173,9 @@ class Result(_Out):
             steps=int(latency.size),
             throughput_tokens_per_s=float(steps.tokens.sum() / simulated) if simulated else 0.0,
             latency_s=Latency(
-                mean=float(latency.mean()),
-                p50=float(np.percentile(latency, 50)),
-                p99=float(np.percentile(latency, 99)),
+                mean=float(latency.mean()) if latency.size else 0.0,
+                p50=float(percentiles[0]),
+                p99=float(percentiles[1]),
             ),
             time_breakdown_s={name: float(breakdown[i]) for i, name in enumerate(PHASES)},
             tokens=TokenCounts(
@@ -199,6 +204,7 @@ class Result(_Out):
             simulated_seconds=simulated,
             wall_seconds=records.wall_seconds,
             events=records.events,
+            serving=serving_result(serving) if serving is not None else None,
             per_step={
                 "step": list(range(latency.size)),
                 "start_s": steps.start_s.tolist(),
@@ -207,6 +213,7 @@ class Result(_Out):
                 "padded": steps.padded.tolist(),
                 "alltoall_bytes": steps.alltoall_bytes_NK.sum(axis=1).tolist(),
                 "load_imbalance": [None if math.isnan(v) else v for v in steps.load_imbalance],
+                **({} if serving is None else _serving_steps(serving)),
                 **(
                     {}
                     if records.cache is None
@@ -218,3 +225,14 @@ class Result(_Out):
                 ),
             },
         )
+
+
+def _serving_steps(serving: ServingRecords) -> dict[str, list[float | None]]:
+    """The per-step columns a serving run adds: the step's tokens, queues and KV blocks."""
+    return {
+        "prefill_tokens": serving.prefill_tokens.tolist(),
+        "decode_tokens": serving.decode_tokens.tolist(),
+        "running": serving.running.tolist(),
+        "waiting": serving.waiting.tolist(),
+        "kv_blocks": serving.kv_blocks.tolist(),
+    }

@@ -37,9 +37,12 @@ MAX_TOKENS = 1 << 30  # a bound on any token count in a step, block or budget
 
 
 class SchedulerParams(PolicyParams):
-    """``block_tokens``: tokens per paged KV block (vLLM's default 16)."""
+    """``block_tokens``: tokens per paged KV block (vLLM's default 16); ``memory_fraction``:
+    the share of device memory for weights, activations and the KV cache, which gets what the
+    others leave (vLLM's ``gpu_memory_utilization``, default 0.9)."""
 
     block_tokens: int = Field(default=16, ge=1, le=MAX_TOKENS)
+    memory_fraction: float = Field(default=0.9, gt=0, le=1, allow_inf_nan=False)
 
 
 class BudgetParams(SchedulerParams):

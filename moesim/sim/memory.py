@@ -21,7 +21,9 @@ __all__ = [
     "activation_bytes",
     "dense_activation_bytes",
     "expert_weights_bytes",
+    "kv_bytes_per_token",
     "kv_cache_bytes",
+    "serving_kv_blocks",
     "weights_bytes",
 ]
 
@@ -101,3 +103,32 @@ def dense_activation_bytes(
     ffn = tokens_G * (model.ffn_matrices - 1) * (model.dense_d_ffn or model.d_ffn) * ab
     logits = logits_G * model.vocab_size * ab
     return (streams + np.maximum(np.maximum(attention, ffn), logits)).astype(np.float64)
+
+
+def kv_bytes_per_token(scenario: Scenario) -> float:
+    """KV-cache bytes one token of context holds on its GPU: K and V in every attention block."""
+    model = scenario.model
+    return float(model.kv_width * model.dtype_bytes * model.layers)
+
+
+def serving_kv_blocks(
+    scenario: Scenario,
+    weights_G: np.ndarray,
+    step_tokens: int,
+    block_tokens: int,
+    memory_fraction: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(blocks_G, activation_G)``: the KV blocks of ``block_tokens`` tokens each GPU can
+    hold in serving, and the activation peak they leave room for: ``memory_fraction`` of the
+    device, less the weights and the peak of the largest step (``step_tokens`` on the GPU,
+    receiving as many expert rows as it sends)."""
+    model = scenario.model
+    tokens_G = np.full(weights_G.shape, step_tokens)
+    rows_G = tokens_G * model.top_k
+    activation_G = np.maximum(
+        dense_activation_bytes(scenario, tokens_G, tokens_G),
+        activation_bytes(scenario, tokens_G, rows_G, rows_G, tokens_G, None, False),
+    )
+    free_G = scenario.cluster.device.memory.capacity * memory_fraction - weights_G - activation_G
+    per_block = kv_bytes_per_token(scenario) * block_tokens
+    return np.maximum(np.floor(free_G / per_block), 0).astype(np.int64), activation_G
