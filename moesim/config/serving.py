@@ -48,7 +48,7 @@ class ArrivalSpec(Frozen):
 
     process: Literal["poisson", "gamma", "constant", "offline", "trace"]
     rate: float | None = Field(default=None, gt=0, validate_default=True)
-    cv: float = Field(default=1.0, gt=0)
+    cv: float | None = Field(default=None, gt=0, description="gamma only; default 1")
 
     @field_validator("rate")
     @classmethod
@@ -61,7 +61,7 @@ class ArrivalSpec(Frozen):
 
     @model_validator(mode="after")
     def _cv(self) -> ArrivalSpec:
-        if "cv" in self.model_fields_set and self.process != "gamma":
+        if self.cv is not None and self.process != "gamma":
             raise ValueError(f"cv applies to process gamma only, not {self.process}")
         return self
 

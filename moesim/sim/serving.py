@@ -45,6 +45,7 @@ __all__ = ["simulate_serving"]
 ProgressCallback = Callable[[float, float], None]  # (requests done, requests in all)
 _SERVING_ROUTING = 5  # spawn key of the serving loop's routing stream
 _NAN = float("nan")
+_HAIR_S = 1e-9  # added to a scheduler's timeout wait
 
 
 def _refuse_unsupported(scenario: Scenario) -> None:
@@ -269,7 +270,9 @@ def simulate_serving(
                 soonest = min((a for a in admits if a is not None), default=None)
                 if wake[0].triggered:
                     wake[0] = env.event()
-                pending = [wake[0]] + ([env.timeout(soonest)] if soonest is not None else [])
+                # a hair past the timeout, so that rounding cannot leave the wait just short
+                later = [] if soonest is None else [env.timeout(max(soonest, 0.0) + _HAIR_S)]
+                pending = [wake[0], *later]
                 yield env.any_of(pending)
                 continue
             stretch = min(decode_stretch(s, p) for s, p in zip(states, plans, strict=True))

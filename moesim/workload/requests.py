@@ -44,7 +44,8 @@ def arrival_times(spec: ArrivalSpec, count: int, rng: np.random.Generator) -> np
     if spec.process == "poisson":
         gaps_R = rng.exponential(1.0 / spec.rate, size=count)
     else:  # gamma: mean shape x scale = 1/rate, cv = 1/sqrt(shape)
-        gaps_R = rng.gamma(1.0 / spec.cv**2, spec.cv**2 / spec.rate, size=count)
+        cv = 1.0 if spec.cv is None else spec.cv
+        gaps_R = rng.gamma(1.0 / cv**2, cv**2 / spec.rate, size=count)
     return np.cumsum(gaps_R)
 
 

@@ -1,0 +1,162 @@
+"""The serving loop: conservation, the low-load and high-load limits, Little's law,
+determinism, and what serving refuses."""
+
+import numpy as np
+import pytest
+
+from moesim.api import run
+from moesim.cli import main
+from tests.conftest import SIMPLE_PROFILE, TINY_MODEL, make_scenario, workload
+
+PROMPT, OUTPUT = 48, 5
+
+
+def _serving(
+    rate=None,
+    count=30,
+    gpus=2,
+    scheduler=None,
+    prompt=None,
+    output=None,
+    seed=3,
+    **changes,
+):
+    arrival = {"process": "offline"} if rate is None else {"process": "poisson", "rate": rate}
+    requests = {
+        "count": count,
+        "arrival": arrival,
+        "prompt_tokens": prompt or {"distribution": "fixed", "value": PROMPT},
+        "output_tokens": output or {"distribution": "fixed", "value": OUTPUT},
+    }
+    policies = {
+        "gating": {"name": "dynamic"},
+        "scheduler": scheduler or {"name": "continuous", "max_sequences": 8},
+    }
+    return make_scenario(
+        seed=seed,
+        cluster={"nodes": 1, "gpus_per_node": gpus, "device": SIMPLE_PROFILE},
+        workload={"phase": "serving", "requests": requests, "routing": {"source": "synthetic"}},
+        policies=policies,
+        **changes,
+    )
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        {"name": "continuous", "max_sequences": 4, "max_batch_tokens": 256},
+        {"name": "chunked", "max_sequences": 4, "max_batch_tokens": 64, "chunk_tokens": 32},
+        {"name": "static", "batch_size": 3, "timeout_s": 0.001},
+    ],
+    ids=["continuous", "chunked", "static"],
+)
+def test_every_request_completes_with_all_its_tokens(scheduler) -> None:
+    lengths = {"distribution": "uniform", "low": 1, "high": 9}
+    scenario = _serving(rate=2000.0, count=40, scheduler=scheduler, output=lengths)
+    result, records = run(scenario)
+    serving, requests = result.serving, records.serving.requests
+    assert (serving.arrived, serving.completed, serving.running, serving.waiting) == (40, 40, 0, 0)
+    # each token after a request's first has exactly one inter-token gap
+    assert records.serving.itl_s.size == int((requests.output_tokens - 1).sum())
+    assert np.all(requests.first_token_s >= requests.arrival_s)
+    assert np.all(requests.finish_s >= requests.first_token_s)
+    assert result.tokens.routed == result.tokens.processed  # dynamic gating drops nothing
+    # every prompt token is prefilled once (no preemption here), every other token decoded once
+    assert serving.preemptions == 0
+    prefilled = records.serving.prefill_tokens.sum()
+    decoded = records.serving.decode_tokens.sum()
+    assert prefilled == requests.prompt_tokens.sum()
+    assert decoded == (requests.output_tokens - 1).sum()
+    assert serving.max_running <= 2 * scheduler.get("max_sequences", scheduler.get("batch_size"))
+
+
+def _fixed_latency(phase: str, seq_len: int) -> float:
+    scenario = make_scenario(
+        model=dict(TINY_MODEL),
+        cluster={"nodes": 1, "gpus_per_node": 1, "device": SIMPLE_PROFILE},
+        workload=workload(phase=phase, batch_size=1, seq_len=seq_len, steps=1),
+    )
+    result, _ = run(scenario)
+    return result.latency_s.p50
+
+
+def test_at_low_load_ttft_is_one_prefill_and_tpot_one_sequence_decoding() -> None:
+    # one GPU, requests 100 s apart: each runs alone
+    _, records = run(_serving(rate=None, count=1, gpus=1))
+    lone = records.serving.requests
+    assert lone.ttft_s[0] == pytest.approx(_fixed_latency("prefill", PROMPT))
+    # decodes attend over PROMPT + 1 .. PROMPT + OUTPUT - 1 positions
+    decodes = [_fixed_latency("decode", PROMPT + k) for k in range(1, OUTPUT)]
+    assert lone.tpot_s[0] == pytest.approx(np.mean(decodes))
+    spaced = _serving(rate=None, count=4, gpus=1)
+    spaced_requests = spaced.workload.requests.model_copy(
+        update={
+            "arrival": spaced.workload.requests.arrival.model_copy(
+                update={"process": "constant", "rate": 0.01}
+            )
+        }
+    )
+    apart = spaced.model_copy(
+        update={"workload": spaced.workload.model_copy(update={"requests": spaced_requests})}
+    )
+    result, _ = run(apart)
+    assert result.serving.ttft_s.p99 == pytest.approx(lone.ttft_s[0])
+    assert result.serving.tpot_s.p99 == pytest.approx(lone.tpot_s[0])
+    assert result.serving.queue_s.p99 == 0.0
+
+
+def test_at_high_load_throughput_saturates_and_queueing_grows() -> None:
+    results = {}
+    for rate in (2e6, 8e6):  # above the capacity of the test profile (~6e5 requests/s)
+        results[rate], _ = run(_serving(rate=rate, count=60))
+    offline, _ = run(_serving(rate=None, count=60))
+    saturated = offline.serving.output_tokens_per_s
+    for result in results.values():
+        assert result.serving.output_tokens_per_s == pytest.approx(saturated, rel=0.15)
+    assert results[8e6].serving.queue_s.mean > results[2e6].serving.queue_s.mean
+    assert offline.serving.queue_s.mean > results[8e6].serving.queue_s.mean
+
+
+def test_littles_law_holds_on_the_per_request_records() -> None:
+    _, records = run(_serving(rate=3000.0, count=200))
+    serving = records.serving
+    # time-average of requests in the system, from the per-step queue rows
+    starts = records.steps.start_s
+    latency = records.steps.latency_s
+    in_system = serving.running + serving.waiting
+    busy = float((in_system * latency).sum())
+    mean_in_system = busy / serving.duration_s
+    arrival_rate = 200 / serving.duration_s
+    e2e = serving.requests.e2e_s
+    assert np.all(np.isfinite(e2e))
+    assert mean_in_system == pytest.approx(arrival_rate * e2e.mean(), rel=0.1)
+    assert starts.size == latency.size
+
+
+def test_same_seed_same_serving_run_other_seed_other() -> None:
+    a, _ = run(_serving(rate=2000.0, seed=5))
+    b, _ = run(_serving(rate=2000.0, seed=5))
+    c, _ = run(_serving(rate=2000.0, seed=6))
+    assert a.serving == b.serving and a.per_step == b.per_step
+    assert a.serving != c.serving
+
+
+def test_a_serving_scenario_reloads_from_its_resolved_config() -> None:
+    from moesim.config import Scenario
+
+    for scenario in (_serving(rate=100.0), _serving(rate=None)):
+        again = Scenario.model_validate(scenario.model_dump(mode="json"))
+        assert again == scenario  # result.json's config runs again as it is
+
+
+def test_what_serving_does_not_model_is_refused_in_one_line(tmp_path, capsys) -> None:
+    import yaml
+
+    scenario = _serving(rate=100.0).model_dump(mode="json")
+    scenario["policies"]["cache"] = {"name": "lru", "slots_per_layer": 2}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "moesim: error: policies.cache: expert buffering is not simulated in serving yet"
+    )
