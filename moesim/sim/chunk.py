@@ -64,10 +64,12 @@ def time_chunk(
     units_NLTK: np.ndarray | None = None,
     counts_NLGU: np.ndarray | None = None,
     source_T: np.ndarray | None = None,
+    attention_NG: np.ndarray | None = None,
 ) -> ChunkTiming:
     """Durations of a chunk from its gating outcome and its routing in placement slots, at
     token level (``units_NLTK`` with each token's GPU ``source_T``) or count level
-    (``counts_NLGU``)."""
+    (``counts_NLGU``); ``attention_NG``: each step's attention block seconds per GPU, where
+    they differ from ``local``'s (a serving stretch, whose contexts grow)."""
     model = scenario.model
     n, layers, _units = outcome.tokens_NLE.shape
     row_bytes = model.d_model * model.dtype_bytes
@@ -104,27 +106,38 @@ def time_chunk(
             np.arange(len(KINDS)) > 0
         )
 
-    pre_LG = local.pre_LG
-    critical_L = pre_LG.argmax(axis=1) if layers else np.zeros(0, dtype=np.int64)
+    # Local work per step: the chunk's attention (``attention_NG``, steps whose contexts
+    # differ) or the run's; the critical GPU of each layer is the one that arrives last.
+    attention_XG = local.attention_G[None] if attention_NG is None else attention_NG
+    pre_attention_XLG = local.blocks_L[None, :, None] * attention_XG[:, None, :]
+    pre_XLG = pre_attention_XLG + (local.pre_dense_LG + local.gate_G[None])[None]
+    critical_XL1 = pre_XLG.argmax(axis=-1)[..., None]
     expert_max_NL = expert_NLG.max(axis=-1) if layers else np.zeros((n, 0))
-    tail_G = local.tail_G
-    tail_gpu = int(tail_G.argmax())
+    tail_XG = local.tail_blocks * attention_XG + local.tail_dense * local.dense_G + local.lm_head_G
+    tail_X1 = tail_XG.argmax(axis=-1)[:, None]
     collectives_N = (count_NL + dispatch_NL + combine_NL).sum(axis=1)
+
+    def critical(values_XLG: np.ndarray) -> np.ndarray:
+        """The critical GPUs' ``values`` summed over layers, per step."""
+        return np.take_along_axis(values_XLG, critical_XL1, axis=-1).sum(axis=(1, 2))
+
+    def at_tail(values_XG: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(np.broadcast_to(values_XG, tail_XG.shape), tail_X1, axis=-1)[:, 0]
 
     breakdown_NP = np.zeros((n, len(PHASES)))
     column = {name: i for i, name in enumerate(PHASES)}
-    layer_ids = np.arange(layers)
-    breakdown_NP[:, column["attention"]] = (
-        local.pre_attention_LG[layer_ids, critical_L].sum()
-        + local.tail_blocks * local.attention_G[tail_gpu]
+    dense_XLG = np.broadcast_to(local.pre_dense_LG[None], pre_XLG.shape)
+    gate_XLG = np.broadcast_to(local.gate_G[None, None], pre_XLG.shape)
+    breakdown_NP[:, column["attention"]] = critical(
+        pre_attention_XLG
+    ) + local.tail_blocks * at_tail(attention_XG)
+    breakdown_NP[:, column["dense_ffn"]] = critical(dense_XLG) + local.tail_dense * at_tail(
+        local.dense_G[None]
     )
-    breakdown_NP[:, column["dense_ffn"]] = (
-        local.pre_dense_LG[layer_ids, critical_L].sum() + local.tail_dense * local.dense_G[tail_gpu]
-    )
-    breakdown_NP[:, column["gate"]] = local.gate_G[critical_L].sum()
+    breakdown_NP[:, column["gate"]] = critical(gate_XLG)
     breakdown_NP[:, column["alltoall"]] = collectives_N
     breakdown_NP[:, column["expert"]] = expert_max_NL.sum(axis=1)
-    breakdown_NP[:, column["other"]] = local.lm_head_G[tail_gpu]
+    breakdown_NP[:, column["other"]] = at_tail(local.lm_head_G[None])
     latency_N = breakdown_NP.sum(axis=1)
 
     sent_NLG = egress.sum(axis=0)

@@ -31,6 +31,7 @@ from moesim.policies import (
     decode_stretch,
     plan_placement,
 )
+from moesim.sim.local_work import expert_table
 from moesim.sim.memory import (
     expert_weights_bytes,
     kv_bytes_per_token,
@@ -142,15 +143,17 @@ class _Stepper:
             np.random.default_rng(seed),
         )
         self.expert_tokens_LG = np.zeros((self.layers, self.gpus))
-        self.expert_by_rows: np.ndarray | None = None
+        # one expert's seconds by rows, for as many rows as a step can give it
+        most = cluster.gpus * step_tokens(scenario)
+        self.expert_by_rows = expert_table(scenario, self.costs, np.array([most]), None)
 
-    def time(self, plans: list[StepPlan], offset: int) -> StepRecords:
-        """The step ``offset`` steps into a decode stretch of ``plans`` (0: the plans' own)."""
+    def time(self, plans: list[StepPlan], steps: int, offset: int = 0) -> StepRecords:
+        """``steps`` steps of ``plans``, ``offset`` steps into its decode stretch: each step's
+        contexts one longer than the last's."""
         groups, model = self.groups, self.scenario.model
         states = groups.states
         request = np.concatenate([p.request for p in plans])
         new_tokens = np.concatenate([p.new_tokens for p in plans])
-        context = np.concatenate([p.context for p in plans]) + offset
         is_prefill = np.concatenate([p.is_prefill for p in plans])
         # a prefill samples its first token in the step that completes what it must prefill
         completes = np.concatenate(
@@ -162,13 +165,13 @@ class _Stepper:
         shape = step_shape(
             groups.group_R[request],
             new_tokens,
-            context,
+            np.concatenate([p.context for p in plans]) + offset,
             is_prefill,
             ~is_prefill | completes,
             self.gpus,
         )
         tokens = int(shape.tokens_G.sum())
-        ids = self.router.draw(1, tokens)
+        ids = self.router.draw(steps, tokens)
         timing = time_step(
             self.scenario,
             self.costs,
@@ -179,13 +182,14 @@ class _Stepper:
             ids,
             self.expert_by_rows,
         )
-        self.expert_tokens_LG += timing.tokens_NLG[0]
+        self.expert_tokens_LG += timing.tokens_NLG.sum(axis=0)
         routed = self.layers * tokens * model.top_k
+        zeros = np.zeros(steps, np.int64)
         return StepRecords(
-            start_s=np.zeros(1),
+            start_s=np.zeros(steps),
             latency_s=timing.latency_N,
-            tokens=np.array([tokens]),
-            routed=np.array([routed]),
+            tokens=np.full(steps, tokens),
+            routed=np.full(steps, routed),
             processed=timing.processed_N,
             dropped=routed - timing.processed_N,
             padded=timing.padded_N,
@@ -194,23 +198,52 @@ class _Stepper:
             breakdown_NP=timing.breakdown_NP,
             busiest_tokens_NL=timing.tokens_NLG.max(axis=-1, initial=0),
             expert_tokens_NL=timing.tokens_NLG.sum(axis=-1),
-            cache_hits=np.zeros(1, np.int64),
-            cache_misses=np.zeros(1, np.int64),
-            cache_evictions=np.zeros(1, np.int64),
-            host_to_device_bytes=np.zeros(1),
+            cache_hits=zeros,
+            cache_misses=zeros,
+            cache_evictions=zeros,
+            host_to_device_bytes=np.zeros(steps),
         )
+
+
+def _up_to(stepper: _Stepper, plans: list[StepPlan], stretch: int, until: float) -> StepRecords:
+    """The steps of a decode stretch of at most ``stretch`` steps that start before ``until``
+    seconds from now (the next arrival, which may change the plans), timed in as few chunks
+    as the first step's latency predicts."""
+    parts = [stepper.time(plans, 1)]
+    elapsed, done = float(parts[0].latency_s[0]), 1
+    while done < stretch and elapsed < until:
+        left = (until - elapsed) / max(float(parts[-1].latency_s[-1]), 1e-12)
+        more = stretch - done if left >= stretch else min(stretch - done, int(np.ceil(left)) + 1)
+        parts.append(stepper.time(plans, more, done))
+        elapsed += float(parts[-1].latency_s.sum())
+        done += more
+    records = StepRecords.concat(parts) if len(parts) > 1 else parts[0]
+    ends = np.cumsum(records.latency_s)
+    keep = min(int(np.searchsorted(ends, until, side="left")) + 1, ends.size)
+    return _first(records, keep)
+
+
+def _first(records: StepRecords, steps: int) -> StepRecords:
+    names = StepRecords.__dataclass_fields__
+    return StepRecords(**{name: getattr(records, name)[:steps] for name in names})
+
+
+def step_tokens(scenario: Scenario) -> int:
+    """The most tokens one attention group's step can hold: the scheduler's budget, or for
+    static batches a batch of the longest prompts."""
+    params = scenario.policies.scheduler
+    budget = getattr(params, "max_batch_tokens", None)
+    if budget is None:
+        budget = params.batch_size * int(request_table(scenario).prompt_tokens.max())
+    return int(budget)
 
 
 def _kv_cache(scenario: Scenario) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(weights_G, blocks_G, activation_G)``; refuses a GPU with no room for a KV block."""
     params, cluster = scenario.policies.scheduler, scenario.cluster
     weights_G = weights_bytes(scenario, plan_placement(scenario))
-    step_tokens = getattr(params, "max_batch_tokens", None)
-    if step_tokens is None:  # static batches: the largest prompts of a batch, all at once
-        step_tokens = params.batch_size * int(request_table(scenario).prompt_tokens.max())
-    step_tokens = -(-step_tokens // cluster.gpus)
     blocks_G, activation_G = serving_kv_blocks(
-        scenario, weights_G, step_tokens, params.block_tokens, params.memory_fraction
+        scenario, weights_G, step_tokens(scenario), params.block_tokens, params.memory_fraction
     )
     if blocks_G.min() < 1:
         worst = int(np.argmin(blocks_G))
@@ -276,17 +309,11 @@ def simulate_serving(
                 yield env.any_of(pending)
                 continue
             stretch = min(decode_stretch(s, p) for s, p in zip(states, plans, strict=True))
-            start, arrival = env.now, next_arrival()
-            timed: list[StepRecords] = []
-            for offset in range(stretch):  # up to the next arrival: it may change the plans
-                timed.append(stepper.time(plans, offset))
-                if start + sum(float(t.latency_s[0]) for t in timed) >= arrival:
-                    break
-            latency_n = np.concatenate([t.latency_s for t in timed])
-            starts = start + np.concatenate([[0.0], np.cumsum(latency_n)[:-1]])
-            for record, at in zip(timed, starts, strict=True):
-                record.start_s[0] = at
-            steps.extend(timed)
+            start, until = env.now, next_arrival() - env.now
+            timed = _up_to(stepper, plans, stretch, until)
+            latency_n = timed.latency_s
+            timed.start_s[:] = start + np.concatenate([[0.0], np.cumsum(latency_n)[:-1]])
+            steps.append(timed)
             for step_plan in plans:
                 fresh = step_plan.request[np.isnan(groups.scheduled_s[step_plan.request])]
                 groups.scheduled_s[fresh] = start

@@ -88,19 +88,23 @@ def time_step(
     plan: PlacementPlan,
     gating: StaticGating | DynamicGating,
     shape: StepShape,
-    expert_ids_1LTK: np.ndarray,
+    expert_ids_NLTK: np.ndarray,
     expert_by_rows: np.ndarray | None = None,
 ) -> ChunkTiming:
-    """The timing of one step of ``shape`` whose tokens route to ``expert_ids_1LTK`` (one
-    step, tokens GPU by GPU as ``shape.source_T``), gated by ``gating``."""
+    """The timing of ``N`` steps of ``shape`` whose tokens (GPU by GPU, as ``shape.source_T``)
+    route to ``expert_ids_NLTK``, gated by ``gating``: step ``n`` is the shape ``n`` decodes
+    later, every decode's context ``n`` tokens longer (a decode stretch; ``N = 1``: the
+    shape itself)."""
     model = scenario.model
     tokens_G = shape.tokens_G
-    source_T = shape.source_T
-    attention_G = attention_time(
-        model, costs, shape.prefill_G, shape.prefill_context_G, False
-    ) + attention_time(model, costs, shape.decode_G, shape.decode_context_G, True)
-    units = plan.to_units(expert_ids_1LTK)
-    outcome = gating.gate(units, source_T, plan.gpus, plan.units)
+    later_N1 = np.arange(expert_ids_NLTK.shape[0])[:, None]
+    attention_NG = attention_time(
+        model, costs, shape.prefill_G[None], shape.prefill_context_G[None], False
+    ) + attention_time(
+        model, costs, shape.decode_G[None], shape.decode_context_G[None] + later_N1, True
+    )
+    units = plan.to_units(expert_ids_NLTK)
+    outcome = gating.gate(units, shape.source_T, plan.gpus, plan.units)
     static = outcome.capacity_G is not None
     needed = max(int(tokens_G.sum()), int(outcome.capacity_G.sum()) if static else 0)
     if expert_by_rows is None or expert_by_rows.size <= needed:
@@ -109,7 +113,7 @@ def time_step(
         scenario,
         costs,
         tokens_G,
-        attention_G,
+        attention_NG[0],
         shape.logits_G,
         outcome.capacity_G,
         outcome.einsum_dispatch,
@@ -125,5 +129,6 @@ def time_step(
         outcome,
         tokens_G,
         units_NLTK=units,
-        source_T=source_T,
+        source_T=shape.source_T,
+        attention_NG=attention_NG,
     )
