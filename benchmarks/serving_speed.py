@@ -1,0 +1,113 @@
+"""Serving simulation speed: x real time, events per second and peak memory.
+
+Targets (issue #14, 2-core machine), each case in a fresh process:
+
+    Mixtral-8x7B, 8 H100, 2000 requests, 64-256 running         >= 200x real time
+    DeepSeek-V3, 64 H100, 20000 requests                          >= 50x real time
+
+    python benchmarks/serving_speed.py [--scale 0.1]
+
+``--scale`` multiplies the request counts (and keeps the rates), for a quick look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _serving(model: str, nodes: int, rate: float) -> dict:
+    """Lognormal prompts (mean 1024), 256 output tokens, Poisson arrivals, continuous batching."""
+    return {
+        "name": f"{model}-serving",
+        "seed": 0,
+        "model": model,
+        "cluster": {"nodes": nodes, "gpus_per_node": 8, "device": "h100-sxm5-80gb"},
+        "workload": {
+            "phase": "serving",
+            "requests": {
+                "count": 1,
+                "arrival": {"process": "poisson", "rate": rate},
+                "prompt_tokens": {
+                    "distribution": "lognormal",
+                    "mean": 1024,
+                    "sigma": 0.8,
+                    "max": 7000,
+                },
+                "output_tokens": {"distribution": "fixed", "value": 256},
+            },
+            "routing": {"source": "synthetic", "distribution": "zipf", "skew": 1.0},
+        },
+        "policies": {
+            "gating": {"name": "dynamic"},
+            "scheduler": {"name": "continuous", "max_sequences": 256, "max_batch_tokens": 8192},
+        },
+    }
+
+
+# name, scenario, requests, target x real time; rates that keep 64-256 requests running
+CASES = [
+    ("Mixtral-8x7B, 8 H100, continuous", _serving("mixtral-8x7b", 1, 16.0), 2000, 200.0),
+    ("DeepSeek-V3, 64 H100, continuous", _serving("deepseek-v3", 8, 64.0), 20000, 50.0),
+]
+
+
+def measure_once(scenario: dict, count: int) -> dict[str, float]:
+    import tempfile
+
+    import yaml
+
+    import moesim
+
+    scenario["workload"]["requests"]["count"] = count
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
+        yaml.safe_dump(scenario, file)
+    result, _ = moesim.run(moesim.load_scenario(file.name))
+    Path(file.name).unlink()
+    return {
+        "wall_s": result.wall_seconds,
+        "simulated_s": result.simulated_seconds,
+        "events": result.events,
+        "steps": result.steps,
+        "max_running": result.serving.max_running,
+        "completed": result.serving.completed,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="share of the request counts")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure_once(*json.loads(args.child))))
+        return
+    header = f"{'case':36s} {'requests':>8s} {'steps':>7s} {'events':>7s} {'x real':>8s}"
+    print(f"{header} {'target':>7s} {'events/s':>9s} {'running':>8s} {'RSS GiB':>8s}")
+    for name, scenario, count, target in CASES:
+        count = max(1, int(count * args.scale))
+        child = json.dumps([scenario, count])
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", child], capture_output=True, text=True
+        )
+        if done.returncode:
+            print(f"{name:36s} failed: {done.stderr.strip().splitlines()[-1]}")
+            continue
+        m = json.loads(done.stdout)
+        speed = m["simulated_s"] / m["wall_s"]
+        print(
+            f"{name:36s} {count:8d} {m['steps']:7d} {m['events']:7d} {speed:7.1f}x"
+            f" {target:6.0f}x {m['events'] / m['wall_s']:9.0f} {m['max_running']:8d}"
+            f" {m['peak_rss_gib']:8.2f} {'ok' if speed >= target else 'MISS'}"
+        )
+
+
+if __name__ == "__main__":
+    main()
