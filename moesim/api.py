@@ -55,7 +55,7 @@ def run(
             ) from None
         records = execute(scenario, device=device, on_step=on_step)
     elif scenario.workload.phase == "serving":
-        records = simulate_serving(scenario, on_progress=on_step)
+        records = simulate_serving(scenario, trace_steps=trace_steps, on_progress=on_step)
     else:
         records = simulate(scenario, trace_steps=trace_steps, on_step=on_step)
     return Result.from_records(records), records
@@ -113,7 +113,10 @@ def write_outputs(
     _write_json(written[0], document)
     if records is not None and records.spans.device.size:
         written.append(out / "trace.json")
-        _write_json(written[-1], chrome_trace(records.spans, scenario.name))
+        spans, serving = records.spans, records.serving
+        until = float((spans.start_s + spans.duration_s).max())
+        requests = serving.requests if serving is not None else None
+        _write_json(written[-1], chrome_trace(spans, scenario.name, requests, until))
     else:
         (out / "trace.json").unlink(missing_ok=True)  # an older run's timeline is not this one
     if records is not None and records.serving is not None:

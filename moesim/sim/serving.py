@@ -20,7 +20,7 @@ import simpy
 from moesim.config import GATING, PLACEMENT, SCHEDULER, Scenario, SyntheticRouting
 from moesim.errors import ConfigError
 from moesim.hardware import KINDS, DeviceCosts, build_topology
-from moesim.metrics import PHASES, DeviceRecords, RunRecords, StepRecords
+from moesim.metrics import PHASES, DeviceRecords, RunRecords, SpanRecords, StepRecords
 from moesim.metrics.serving import RequestRecords, ServingRecords
 from moesim.policies import (
     KVBlocks,
@@ -259,9 +259,10 @@ def _kv_cache(scenario: Scenario) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def simulate_serving(
-    scenario: Scenario, *, on_progress: ProgressCallback | None = None
+    scenario: Scenario, *, trace_steps: int = 0, on_progress: ProgressCallback | None = None
 ) -> RunRecords:
-    """Serve the scenario's requests; ``on_progress(finished, requests)`` reports progress."""
+    """Serve the scenario's requests; ``on_progress(finished, requests)`` reports progress;
+    the first ``trace_steps`` steps become spans (each step on every GPU's compute stream)."""
     wall_start = time.perf_counter()
     _refuse_unsupported(scenario)
     params = scenario.policies.scheduler
@@ -339,6 +340,7 @@ def simulate_serving(
         blocks_G,
         activation_G,
         env.now,
+        trace_steps,
     )
 
 
@@ -353,6 +355,7 @@ def _records(
     blocks_G: np.ndarray,
     activation_G: np.ndarray,
     duration_s: float,
+    trace_steps: int,
 ) -> RunRecords:
     """The run's records: the steps, the devices (the KV cache as reserved) and serving's."""
     cluster, slo = scenario.cluster, scenario.slo
@@ -389,13 +392,15 @@ def _records(
         expert_tokens_LG=stepper.expert_tokens_LG,
         expert_weights_bytes=expert_weights_bytes(scenario, plan),
     )
+    all_steps = StepRecords.concat(steps) if steps else _no_steps(stepper.layers)
     return RunRecords(
         scenario=scenario.name,
         executor="sim",
         device=cluster.device.name,
         gpus=cluster.gpus,
         phase="serving",
-        steps=StepRecords.concat(steps) if steps else _no_steps(stepper.layers),
+        steps=all_steps,
+        spans=_step_spans(all_steps, serving, cluster.gpus, trace_steps),
         devices=devices,
         placement=scenario.policies.placement.name,
         routing_resolution="tokens",
@@ -404,6 +409,29 @@ def _records(
         wall_seconds=time.perf_counter() - wall_start,
         events=events,
         serving=serving,
+    )
+
+
+def _step_spans(steps: StepRecords, serving: ServingRecords, gpus: int, traced: int) -> SpanRecords:
+    """The first ``traced`` steps as spans on every GPU's compute stream, named by what they
+    run (the layers inside a serving step are not traced)."""
+    n = min(traced, steps.latency_s.size)
+    if n == 0:
+        return SpanRecords.empty()
+    names = np.array(
+        [
+            f"step: {p} prefill + {d} decode tokens"
+            for p, d in zip(serving.prefill_tokens[:n], serving.decode_tokens[:n], strict=True)
+        ]
+    )
+    return SpanRecords(
+        device=np.repeat(np.arange(gpus), n),
+        stream=np.full(gpus * n, "compute"),
+        name=np.tile(names, gpus),
+        step=np.tile(np.arange(n), gpus),
+        layer=np.full(gpus * n, -1),
+        start_s=np.tile(steps.start_s[:n], gpus),
+        duration_s=np.tile(steps.latency_s[:n], gpus),
     )
 
 

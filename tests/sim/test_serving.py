@@ -160,3 +160,28 @@ def test_what_serving_does_not_model_is_refused_in_one_line(tmp_path, capsys) ->
     assert capsys.readouterr().err.strip() == (
         "moesim: error: policies.cache: expert buffering is not simulated in serving yet"
     )
+
+
+def test_the_chrome_trace_shows_steps_and_requests_as_async_slices(tmp_path) -> None:
+    import json
+
+    from moesim.api import write_outputs
+
+    scenario = _serving(rate=20000.0, count=12)
+    result, records = run(scenario, trace_steps=6)
+    write_outputs(tmp_path, scenario, result, records)
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    steps = [e for e in events if e["ph"] == "X"]
+    assert len(steps) == 2 * 6  # every GPU's compute stream, each traced step
+    begins = {(e["id"], e["name"]): e["ts"] for e in events if e["ph"] == "b"}
+    ends = {(e["id"], e["name"]): e["ts"] for e in events if e["ph"] == "e"}
+    assert begins.keys() == ends.keys() and begins
+    assert all(begins[key] < ends[key] for key in begins)
+    requests = records.serving.requests
+    for (request, name), ts in begins.items():
+        expected = {"queue": requests.arrival_s, "prefill": requests.scheduled_s}.get(
+            name, requests.first_token_s
+        )[request]
+        assert ts == pytest.approx(expected * 1e6)
+    window_end = max(e["ts"] + e["dur"] for e in steps) / 1e6
+    assert {r for r, _ in begins} == set(np.flatnonzero(requests.arrival_s < window_end))
