@@ -70,11 +70,11 @@ class ServingRecords:
 
     requests: RequestRecords
     itl_s: np.ndarray
-    prefill_tokens: np.ndarray  # per step
+    prefill_tokens: np.ndarray  # per step: its prefill and decode tokens,
     decode_tokens: np.ndarray
-    running: np.ndarray
-    waiting: np.ndarray
-    kv_blocks: np.ndarray
+    running: np.ndarray  # the sequences it runs,
+    waiting: np.ndarray  # the requests left waiting and
+    kv_blocks: np.ndarray  # the KV blocks held after it
     kv_capacity_blocks: int
     duration_s: float
     slo_ttft_s: float | None = None

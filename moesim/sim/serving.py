@@ -93,12 +93,14 @@ class _Groups:
         return float(now - self.arrival_s[state.waiting[0]]) if state.waiting.size else 0.0
 
     def record_queue(self, plans: list[StepPlan], steps: int) -> None:
-        """The queue rows of a stretch of ``steps`` steps, as it starts."""
+        """The rows of a stretch of ``steps`` steps, once its plans are applied: the steps'
+        prefill and decode tokens and sequences, the requests left waiting, the KV blocks
+        held at the stretch's end."""
         states = self.states
         row = [
             sum(p.prefill_tokens for p in plans),
             sum(p.decode_tokens for p in plans),
-            sum(s.running.size for s in states),
+            sum(p.request.size for p in plans),
             sum(s.waiting.size for s in states),
             sum(s.kv.used_blocks for s in states),
         ]
@@ -318,8 +320,8 @@ def simulate_serving(
             for step_plan in plans:
                 fresh = step_plan.request[np.isnan(groups.scheduled_s[step_plan.request])]
                 groups.scheduled_s[fresh] = start
-            groups.record_queue(plans, latency_n.size)
             outcomes = [advance(s, p, latency_n.size) for s, p in zip(states, plans, strict=True)]
+            groups.record_queue(plans, latency_n.size)
             yield env.timeout(float(latency_n.sum()))
             events += 1
             groups.emit(start, latency_n, outcomes)
