@@ -15,7 +15,7 @@ import numpy as np
 
 from moesim.config import Scenario
 from moesim.hardware import KINDS, DeviceCosts, Topology
-from moesim.metrics import PHASES, load_imbalance
+from moesim.metrics import PHASES, StepRecords, load_imbalance
 from moesim.policies import GatingOutcome, PlacementPlan
 from moesim.sim.local_work import LocalWork
 from moesim.sim.memory import activation_bytes
@@ -50,6 +50,41 @@ class ChunkTiming:
     tokens_NLG: np.ndarray
     load_imbalance_N: np.ndarray
     activation_NG: np.ndarray
+
+    def records(
+        self,
+        start_N: np.ndarray,
+        tokens: int,
+        routed: int,
+        *,
+        latency_N: np.ndarray | None = None,
+        breakdown_NP: np.ndarray | None = None,
+        cache_NC: np.ndarray | None = None,
+        expert_bytes: float = 0.0,
+    ) -> StepRecords:
+        """The chunk's step rows, each of ``tokens`` sequence tokens and ``routed`` token-
+        expert assignments; latency and breakdown where a cache changed them, cache counters
+        (hits, misses, evictions, copies of ``expert_bytes`` each) where there is one."""
+        n = self.latency_N.size
+        cache_NC = np.zeros((n, 4), dtype=np.int64) if cache_NC is None else cache_NC
+        return StepRecords(
+            start_s=start_N,
+            latency_s=self.latency_N if latency_N is None else latency_N,
+            tokens=np.full(n, tokens),
+            routed=np.full(n, routed),
+            processed=self.processed_N,
+            dropped=routed - self.processed_N,
+            padded=self.padded_N,
+            alltoall_bytes_NK=self.alltoall_bytes_NK,
+            load_imbalance=self.load_imbalance_N,
+            breakdown_NP=self.breakdown_NP if breakdown_NP is None else breakdown_NP,
+            busiest_tokens_NL=self.tokens_NLG.max(axis=-1, initial=0),
+            expert_tokens_NL=self.tokens_NLG.sum(axis=-1),
+            cache_hits=cache_NC[:, 0],
+            cache_misses=cache_NC[:, 1],
+            cache_evictions=cache_NC[:, 2],
+            host_to_device_bytes=cache_NC[:, 3] * float(expert_bytes),
+        )
 
 
 def time_chunk(

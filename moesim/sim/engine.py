@@ -202,23 +202,14 @@ def simulate(
             routed = layers * workload.tokens_per_step * model.top_k
             expert_bytes = model.expert_params * model.dtype_bytes
             collected.steps.append(
-                StepRecords(
-                    start_s=start_N,
-                    latency_s=latency_N,
-                    tokens=np.full(n, workload.tokens_per_step),
-                    routed=np.full(n, routed),
-                    processed=timing.processed_N,
-                    dropped=routed - timing.processed_N,
-                    padded=timing.padded_N,
-                    alltoall_bytes_NK=timing.alltoall_bytes_NK,
-                    load_imbalance=timing.load_imbalance_N,
+                timing.records(
+                    start_N,
+                    workload.tokens_per_step,
+                    routed,
+                    latency_N=latency_N,
                     breakdown_NP=breakdown_NP,
-                    busiest_tokens_NL=timing.tokens_NLG.max(axis=-1, initial=0),
-                    expert_tokens_NL=timing.tokens_NLG.sum(axis=-1),
-                    cache_hits=cache_NC[:, 0],
-                    cache_misses=cache_NC[:, 1],
-                    cache_evictions=cache_NC[:, 2],
-                    host_to_device_bytes=cache_NC[:, 3] * float(expert_bytes),
+                    cache_NC=cache_NC,
+                    expert_bytes=float(expert_bytes),
                 )
             )
             collected.expert_tokens_LG += timing.tokens_NLG.sum(axis=0)

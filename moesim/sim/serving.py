@@ -186,25 +186,7 @@ class _Stepper:
         )
         self.expert_tokens_LG += timing.tokens_NLG.sum(axis=0)
         routed = self.layers * tokens * model.top_k
-        zeros = np.zeros(steps, np.int64)
-        return StepRecords(
-            start_s=np.zeros(steps),
-            latency_s=timing.latency_N,
-            tokens=np.full(steps, tokens),
-            routed=np.full(steps, routed),
-            processed=timing.processed_N,
-            dropped=routed - timing.processed_N,
-            padded=timing.padded_N,
-            alltoall_bytes_NK=timing.alltoall_bytes_NK,
-            load_imbalance=timing.load_imbalance_N,
-            breakdown_NP=timing.breakdown_NP,
-            busiest_tokens_NL=timing.tokens_NLG.max(axis=-1, initial=0),
-            expert_tokens_NL=timing.tokens_NLG.sum(axis=-1),
-            cache_hits=zeros,
-            cache_misses=zeros,
-            cache_evictions=zeros,
-            host_to_device_bytes=np.zeros(steps),
-        )
+        return timing.records(np.zeros(steps), tokens, routed)
 
 
 def _up_to(stepper: _Stepper, plans: list[StepPlan], stretch: int, until: float) -> StepRecords:
