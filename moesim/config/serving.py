@@ -12,12 +12,28 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from moesim.config.fields import Frozen
 
-__all__ = ["MAX_REQUESTS", "ArrivalSpec", "LengthSpec", "RequestsSpec", "SloSpec"]
+__all__ = [
+    "MAX_REQUESTS",
+    "MAX_REQUEST_TOKENS",
+    "ArrivalSpec",
+    "LengthSpec",
+    "RequestsSpec",
+    "SloSpec",
+]
 
 # Each request is a row of requests.parquet and of the serving loop's per-request state (its
 # timestamps, KV blocks, queue position); a million is hours of traffic at a busy deployment's
 # rate and already seconds of table work per run.
 MAX_REQUESTS = 1_000_000
+# Tokens in one prompt or output, drawn or read from a trace: above any model's context window
+# (and small enough that a draw is exact in float64 and int64).
+MAX_REQUEST_TOKENS = 1 << 24
+# A lognormal's sigma: exp(10 sigma) is already 10^43, past any length; a larger one only
+# overflows the draw. A gamma process's cv: outside [1e-3, 1e3] its shape (1 / cv^2) leaves
+# float64 (cv^2 under- or overflows) long before it means anything different from constant
+# arrivals or one burst.
+MAX_SIGMA = 10.0
+CV_RANGE = (1e-3, 1e3)
 
 _RATE_PROCESSES = ("poisson", "gamma", "constant")
 _LENGTH_PARAMETERS = {
@@ -48,7 +64,9 @@ class ArrivalSpec(Frozen):
 
     process: Literal["poisson", "gamma", "constant", "offline", "trace"]
     rate: float | None = Field(default=None, gt=0, validate_default=True)
-    cv: float | None = Field(default=None, gt=0, description="gamma only; default 1")
+    cv: float | None = Field(
+        default=None, ge=CV_RANGE[0], le=CV_RANGE[1], description="gamma only; default 1"
+    )
 
     @field_validator("rate")
     @classmethod
@@ -70,17 +88,18 @@ class LengthSpec(Frozen):
     """A token count per request: ``fixed`` (``value``), ``uniform`` (``low`` to ``high``, both
     included) or ``lognormal`` (``mean`` of the count, ``sigma`` of the underlying normal).
 
-    Draws are rounded to integers and clipped to ``[min, max]``.
+    Draws are rounded to integers and clipped to ``[min, max]`` (``max`` by default
+    ``MAX_REQUEST_TOKENS``, 2^24, as for a trace's lengths).
     """
 
     distribution: Literal["fixed", "uniform", "lognormal"]
-    value: int | None = Field(default=None, ge=1, validate_default=True)
-    low: int | None = Field(default=None, ge=1, validate_default=True)
-    high: int | None = Field(default=None, ge=1, validate_default=True)
-    mean: float | None = Field(default=None, gt=0, validate_default=True)
-    sigma: float | None = Field(default=None, ge=0, validate_default=True)
-    min: int = Field(default=1, ge=1)
-    max: int | None = Field(default=None, ge=1)
+    value: int | None = Field(default=None, ge=1, le=MAX_REQUEST_TOKENS, validate_default=True)
+    low: int | None = Field(default=None, ge=1, le=MAX_REQUEST_TOKENS, validate_default=True)
+    high: int | None = Field(default=None, ge=1, le=MAX_REQUEST_TOKENS, validate_default=True)
+    mean: float | None = Field(default=None, gt=0, le=MAX_REQUEST_TOKENS, validate_default=True)
+    sigma: float | None = Field(default=None, ge=0, le=MAX_SIGMA, validate_default=True)
+    min: int = Field(default=1, ge=1, le=MAX_REQUEST_TOKENS)
+    max: int | None = Field(default=None, ge=1, le=MAX_REQUEST_TOKENS)
 
     @field_validator("value", "low", "high", "mean", "sigma")
     @classmethod

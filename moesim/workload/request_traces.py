@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from moesim.config.serving import MAX_REQUEST_TOKENS
 from moesim.errors import ConfigError
 from moesim.workload.requests import Requests
 
 __all__ = ["MAX_TOKENS", "load_request_trace", "save_request_trace"]
 
-MAX_TOKENS = 1 << 24  # tokens in one prompt or output: above any model's context window
+MAX_TOKENS = MAX_REQUEST_TOKENS  # tokens in one prompt or output: as a drawn length's
 _SPACE = re.compile(r"\s*")
 _NUMBER_TYPES = (int, float, str)
 _Check = tuple[str, np.ndarray, np.ndarray, str]  # column, values, bad rows, message of a value

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.config import Scenario
-from moesim.config.serving import ArrivalSpec, LengthSpec
+from moesim.config.serving import MAX_REQUEST_TOKENS, ArrivalSpec, LengthSpec
 
 __all__ = ["REQUEST_STREAM", "Requests", "arrival_times", "draw_lengths", "request_table"]
 
@@ -50,7 +50,8 @@ def arrival_times(spec: ArrivalSpec, count: int, rng: np.random.Generator) -> np
 
 
 def draw_lengths(spec: LengthSpec, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` token counts (int64), rounded and clipped to ``[spec.min, spec.max]``."""
+    """``count`` token counts (int64), rounded and clipped to ``[spec.min, spec.max]``
+    (``MAX_REQUEST_TOKENS`` where ``max`` is not set)."""
     if spec.distribution == "fixed":
         lengths_R = np.full(count, float(spec.value or 1))
     elif spec.distribution == "uniform":
@@ -59,7 +60,9 @@ def draw_lengths(spec: LengthSpec, count: int, rng: np.random.Generator) -> np.n
         sigma = spec.sigma or 0.0
         mu = np.log(spec.mean or 1.0) - sigma**2 / 2
         lengths_R = rng.lognormal(mu, sigma, size=count)
-    return np.clip(np.rint(lengths_R), spec.min, spec.max).astype(np.int64)
+    # clipped before the cast: a long tail's draw may be past int64, even infinite
+    high = MAX_REQUEST_TOKENS if spec.max is None else spec.max
+    return np.clip(np.rint(lengths_R), spec.min, high).astype(np.int64)
 
 
 def request_table(scenario: Scenario) -> Requests:
