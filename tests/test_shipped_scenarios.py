@@ -9,6 +9,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -16,11 +17,20 @@ from moesim.api import load_scenario, run
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
-SHIPPED = sorted(
+SCENARIOS = sorted(
     p
     for p in (ROOT / "scenarios").rglob("*.yaml")
     if not {"models", "paper", "sweeps"} & set(p.parts)
 )
+
+
+def _serves(path: Path) -> bool:
+    return yaml.safe_load(path.read_text())["workload"].get("phase") == "serving"
+
+
+SHIPPED = [p for p in SCENARIOS if not _serves(p)]
+SERVING = [p for p in SCENARIOS if _serves(p)]
+SERVING_REQUESTS = 12  # per shipped serving scenario: a second or two each
 SWEEPS = sorted((ROOT / "scenarios" / "paper").glob("*.yaml"))
 TINY = sorted((ROOT / "scenarios" / "tiny").glob("*.yaml"))
 
@@ -44,6 +54,61 @@ def test_every_shipped_scenario_runs(path: Path) -> None:
         local = model.total_moe_layers * model.num_experts // gpus
         weights = (model.non_expert_params + local * model.expert_params) * model.dtype_bytes
         assert result.memory.weights_bytes_per_device == [pytest.approx(weights)] * gpus
+
+
+def test_the_serving_scenarios_are_shipped() -> None:
+    names = {p.stem for p in SERVING}
+    assert {"serving-continuous", "serving-chunked", "serving-static", "serving-trace"} <= names
+
+
+@pytest.mark.parametrize("path", SERVING, ids=lambda p: p.stem)
+def test_every_shipped_serving_scenario_serves_all_its_requests(path: Path) -> None:
+    """A few of the scenario's requests (serving ignores ``steps``): every one completes with
+    all its tokens, in order, within the KV cache and the device memory."""
+    scenario = load_scenario(path, [f"workload.requests.count={SERVING_REQUESTS}"])
+    result, records = run(scenario)
+    serving, requests = result.serving, records.serving.requests
+    assert serving is not None and records.serving is not None
+    done = (serving.arrived, serving.completed, serving.running, serving.waiting)
+    assert done == (SERVING_REQUESTS, SERVING_REQUESTS, 0, 0)
+    assert np.all(requests.arrival_s <= requests.first_token_s)
+    assert np.all(requests.ttft_s <= requests.e2e_s)
+    assert np.all(requests.first_token_s <= requests.finish_s)
+    assert serving.ttft_s.p99 <= serving.e2e_s.p99
+    # no preemption at this load: each prompt token is prefilled once, each later token
+    # decoded once and emitted after one inter-token gap
+    assert serving.preemptions == 0
+    assert records.serving.prefill_tokens.sum() == requests.prompt_tokens.sum()
+    assert records.serving.decode_tokens.sum() == (requests.output_tokens - 1).sum()
+    assert records.serving.itl_s.size == (requests.output_tokens - 1).sum()
+    assert serving.output_tokens_per_s * result.simulated_seconds == pytest.approx(
+        requests.output_tokens.sum()
+    )
+    tokens = records.steps.tokens.sum()
+    assert tokens == requests.prompt_tokens.sum() + (requests.output_tokens - 1).sum()
+    model = scenario.model
+    assert result.tokens.routed == model.moe_layers(scenario.stack()) * tokens * model.top_k
+    assert result.tokens.routed == result.tokens.processed  # dynamic gating drops nothing
+    # the engine is busy for the steps' latencies; the run also covers the idle gaps
+    busy = sum(result.time_breakdown_s.values())
+    assert busy == pytest.approx(records.steps.latency_s.sum())
+    assert busy <= result.simulated_seconds * (1 + 1e-9)
+    assert 0 < serving.kv_cache.peak_blocks <= serving.kv_cache.capacity_blocks
+    assert serving.max_running <= SERVING_REQUESTS
+    assert not result.memory.out_of_memory
+    assert max(result.memory.peak_bytes_per_device) <= result.memory.capacity_bytes
+
+
+def test_the_serving_rate_sweep_expands_to_serving_scenarios() -> None:
+    from moesim.sweep import load_sweep
+
+    sweep = load_sweep(ROOT / "scenarios" / "sweeps" / "serving-rate.yaml")
+    rates = []
+    for point in sweep.points:
+        requests = load_scenario(sweep.base, point.overrides).workload.requests
+        assert requests is not None and requests.arrival.process == "poisson"
+        rates.append(requests.arrival.rate)
+    assert len(rates) >= 6 and rates == sorted(set(rates))
 
 
 def _close(a, b, path="") -> list[str]:

@@ -19,7 +19,7 @@ def test_every_shipped_scenario_loads(path: Path) -> None:
     scenario = load_scenario(path)
     assert scenario.name == raw["name"]
     assert scenario.cluster.gpus == raw["cluster"]["nodes"] * raw["cluster"]["gpus_per_node"]
-    assert scenario.workload.batch_size == raw["workload"]["batch_size"]
+    assert scenario.workload.batch_size == raw["workload"].get("batch_size")  # serving: None
     card = raw["model"] if isinstance(raw["model"], str) else raw["model"]["name"]
     assert scenario.model.name == card
     device = raw["cluster"]["device"]
