@@ -46,6 +46,11 @@ def run(
 ) -> tuple[Result, RunRecords]:
     """Simulate ``scenario`` (or, with ``executor="reference"``, run it for real with torch on
     ``device``); returns the ``Result`` and the records it was computed from."""
+    if executor == "reference" and scenario.workload.phase == "serving":
+        raise MoesimError(
+            "--executor reference: the reference executor runs fixed batches; serving is "
+            "simulated only (--executor sim)"
+        )
     if executor == "reference":
         try:
             from moesim.reference import execute

@@ -61,7 +61,7 @@ def _refuse_unsupported(scenario: Scenario) -> None:
             None,
             "policies.placement",
             f"{policies.placement.name} learns from a fixed batch's routing; in serving use "
-            "none or a plan file",
+            "contiguous, round_robin or file",
         )
     if not isinstance(workload.routing, SyntheticRouting):
         raise ConfigError(None, "workload.routing", "serving draws synthetic routing only")

@@ -185,3 +185,15 @@ def test_the_chrome_trace_shows_steps_and_requests_as_async_slices(tmp_path) -> 
         assert ts == pytest.approx(expected * 1e6)
     window_end = max(e["ts"] + e["dur"] for e in steps) / 1e6
     assert {r for r, _ in begins} == set(np.flatnonzero(requests.arrival_s < window_end))
+
+
+def test_the_reference_executor_refuses_serving_in_one_line(tmp_path, capsys) -> None:
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_serving(rate=100.0).model_dump(mode="json")))
+    assert main(["run", str(path), "--executor", "reference"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "moesim: error: --executor reference: the reference executor runs fixed batches; "
+        "serving is simulated only (--executor sim)"
+    )
