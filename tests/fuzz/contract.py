@@ -11,16 +11,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hypothesis import event
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 
 from moesim.cli import main
 
+ROOT = Path(__file__).resolve().parents[2]
+SCALE = int(os.environ.get("MOESIM_FUZZ_EXAMPLES", "1"))  # multiplies every test's examples
 BOUND_S = 60  # the slowest accepted fuzz input runs in seconds; past this it is a hang
 DELETE = object()  # a mutation that removes the key
 
@@ -70,6 +73,16 @@ VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True, width=64),
     st.text(alphabet="ab[]/.:\\{}'\"#&*!|>-_ 0123456789", max_size=12),
 )
+
+
+def fuzz_settings(examples: int) -> settings:
+    """``examples`` derandomised examples (times ``MOESIM_FUZZ_EXAMPLES``), no deadline."""
+    return settings(
+        max_examples=examples * SCALE,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
 
 
 def paths(tree: Any, prefix: tuple = ()) -> list[tuple]:

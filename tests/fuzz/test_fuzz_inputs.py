@@ -5,27 +5,24 @@ every run; ``MOESIM_FUZZ_EXAMPLES`` multiplies them for a longer search."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.contract import VALUES, check, mutated, mutations, paths, plausible, value_at
-
-ROOT = Path(__file__).resolve().parents[2]
-SCALE = int(os.environ.get("MOESIM_FUZZ_EXAMPLES", "1"))
-
-
-def _settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples * SCALE,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
+from tests.fuzz.contract import (
+    ROOT,
+    VALUES,
+    check,
+    fuzz_settings,
+    mutated,
+    mutations,
+    paths,
+    plausible,
+    value_at,
+)
 
 
 def _base() -> dict:
@@ -51,7 +48,7 @@ def _sandbox(tmp_path_factory, monkeypatch, scenario: dict) -> tuple[Path, Path,
     return sandbox, sandbox / "out", path
 
 
-@_settings(200)
+@fuzz_settings(200)
 @given(changes=mutations(BASE))
 def test_any_scenario_profile_or_card_runs_or_is_refused_in_one_line(
     changes, tmp_path_factory, capsys, monkeypatch
@@ -85,7 +82,7 @@ _EDITS = st.sampled_from(
 )
 
 
-@_settings(60)
+@fuzz_settings(60)
 @given(
     edit=st.one_of(_EDITS, st.text(max_size=20)),
     at=st.integers(0, len(_TEXT)),
@@ -107,7 +104,7 @@ _ID_DTYPES = st.sampled_from(["int8", "int16", "int64", "uint8", "float32", "boo
 _FITTING = st.tuples(st.integers(1, 4), st.just(2), st.integers(1, 64), st.just(2)).map(list)
 
 
-@_settings(60)
+@fuzz_settings(60)
 @given(
     shape=st.one_of(_FITTING, st.lists(st.integers(0, 5), min_size=1, max_size=5)),
     dtype=st.one_of(st.just("int16"), _ID_DTYPES),
@@ -148,7 +145,7 @@ _SWEEP = {
 }
 
 
-@_settings(25)
+@fuzz_settings(25)
 @given(changes=mutations(_SWEEP, most=2))
 def test_any_sweep_runs_or_is_refused_in_one_line(
     changes, tmp_path_factory, capsys, monkeypatch
@@ -178,7 +175,7 @@ _HOSTILE_SET = st.tuples(
 )
 
 
-@_settings(60)
+@fuzz_settings(60)
 @given(sets=st.lists(st.one_of(_NEARBY_SET, _NEARBY_SET, _HOSTILE_SET), min_size=1, max_size=3))
 def test_any_override_runs_or_is_refused_in_one_line(
     sets, tmp_path_factory, capsys, monkeypatch

@@ -7,32 +7,20 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from moesim.cli import main
 from moesim.config.serving import MAX_REQUEST_TOKENS, LengthSpec
 from moesim.workload.requests import draw_lengths
-from tests.fuzz.contract import VALUES, check, mutated, mutations
+from tests.fuzz.contract import ROOT, VALUES, check, fuzz_settings, mutated, mutations
 
-ROOT = Path(__file__).resolve().parents[2]
-SCALE = int(os.environ.get("MOESIM_FUZZ_EXAMPLES", "1"))
 REQUESTS = 10
-
-
-def _settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples * SCALE,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
 
 
 def _base() -> dict:
@@ -139,7 +127,7 @@ def _served(stdout: str, out: Path) -> None:
             assert 0.0 <= ttft <= e2e
 
 
-@_settings(40)
+@fuzz_settings(40)
 @given(
     section=st.sampled_from(sorted(SECTIONS)),
     data=st.data(),
@@ -192,7 +180,7 @@ def _rows(draw) -> list[list[str]]:
     return rows
 
 
-@_settings(30)
+@fuzz_settings(30)
 @given(
     header=_HEADERS,
     rows=_rows(),
