@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from moesim.config import LINK_KINDS
 from moesim.metrics.serving import ServingRecords
 
 __all__ = [
@@ -71,6 +72,23 @@ class StepRecords:
         return StepRecords(
             **{name: np.concatenate([getattr(p, name) for p in parts]) for name in names}
         )
+
+    @staticmethod
+    def empty(layers: int) -> StepRecords:
+        """No steps (a run in which nothing ran), for a model of ``layers`` MoE layers."""
+        widths = {"alltoall_bytes_NK": len(LINK_KINDS), "breakdown_NP": len(PHASES)}
+        widths |= {"busiest_tokens_NL": layers, "expert_tokens_NL": layers}
+        return StepRecords(
+            **{
+                name: np.zeros((0, widths[name]) if name in widths else 0)
+                for name in StepRecords.__dataclass_fields__
+            }
+        )
+
+    def head(self, steps: int) -> StepRecords:
+        """The first ``steps`` steps."""
+        names = StepRecords.__dataclass_fields__
+        return StepRecords(**{name: getattr(self, name)[:steps] for name in names})
 
 
 @dataclass(frozen=True)

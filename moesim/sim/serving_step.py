@@ -15,14 +15,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.config import Scenario
-from moesim.hardware import DeviceCosts, Topology
-from moesim.policies import DynamicGating, PlacementPlan, StaticGating
+from moesim.config import GATING, Scenario
+from moesim.hardware import DeviceCosts, Topology, build_topology
+from moesim.metrics import StepRecords
+from moesim.policies import DynamicGating, PlacementPlan, StaticGating, StepPlan
 from moesim.sim.chunk import ChunkTiming, time_chunk
 from moesim.sim.layer_costs import attention_time
 from moesim.sim.local_work import expert_table, work_around
+from moesim.sim.serving_groups import Groups
+from moesim.workload import SyntheticRouter
 
-__all__ = ["StepShape", "step_shape", "time_step"]
+_SERVING_ROUTING = 5  # spawn key of the serving loop's routing stream
+
+__all__ = ["StepShape", "Stepper", "step_shape", "stretch", "time_step"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +137,87 @@ def time_step(
         source_T=shape.source_T,
         attention_NG=attention_NG,
     )
+
+
+class Stepper:
+    """Times one step of the groups' plans: the plans' tokens and contexts, routed afresh."""
+
+    def __init__(
+        self, scenario: Scenario, groups: Groups, plan: PlacementPlan, most_rows: int
+    ) -> None:
+        """``most_rows``: the most rows one expert can get in a step (its time is tabulated)."""
+        model, cluster = scenario.model, scenario.cluster
+        self.scenario, self.groups = scenario, groups
+        self.gpus = cluster.gpus
+        self.costs = DeviceCosts.from_profile(cluster.device, model.dtype)
+        self.topology = build_topology(cluster)
+        self.plan = plan
+        self.gating = GATING.build(scenario.policies.gating)
+        self.layers = model.moe_layers(scenario.stack())
+        seed = np.random.SeedSequence(scenario.seed, spawn_key=(_SERVING_ROUTING,))
+        self.router = SyntheticRouter(
+            scenario.workload.routing,
+            model.num_experts,
+            model.top_k,
+            self.layers,
+            np.random.default_rng(seed),
+        )
+        self.expert_tokens_LG = np.zeros((self.layers, self.gpus))
+        self.expert_by_rows = expert_table(scenario, self.costs, np.array([most_rows]), None)
+
+    def time(self, plans: list[StepPlan], steps: int, offset: int = 0) -> StepRecords:
+        """``steps`` steps of ``plans``, ``offset`` steps into its decode stretch: each step's
+        contexts one longer than the last's."""
+        groups, model = self.groups, self.scenario.model
+        states = groups.states
+        request = np.concatenate([p.request for p in plans])
+        new_tokens = np.concatenate([p.new_tokens for p in plans])
+        is_prefill = np.concatenate([p.is_prefill for p in plans])
+        # a prefill samples its first token in the step that completes what it must prefill
+        completes = np.concatenate(
+            [
+                p.context + p.new_tokens >= s.prefill_tokens_R[p.request]
+                for s, p in zip(states, plans, strict=True)
+            ]
+        )
+        shape = step_shape(
+            groups.group_R[request],
+            new_tokens,
+            np.concatenate([p.context for p in plans]) + offset,
+            is_prefill,
+            ~is_prefill | completes,
+            self.gpus,
+        )
+        tokens = int(shape.tokens_G.sum())
+        ids = self.router.draw(steps, tokens)
+        timing = time_step(
+            self.scenario,
+            self.costs,
+            self.topology,
+            self.plan,
+            self.gating,
+            shape,
+            ids,
+            self.expert_by_rows,
+        )
+        self.expert_tokens_LG += timing.tokens_NLG.sum(axis=0)
+        routed = self.layers * tokens * model.top_k
+        return timing.records(np.zeros(steps), tokens, routed)
+
+
+def stretch(stepper: Stepper, plans: list[StepPlan], stretch: int, until: float) -> StepRecords:
+    """The steps of a decode stretch of at most ``stretch`` steps that start before ``until``
+    seconds from now (the next arrival, which may change the plans), timed in as few chunks
+    as the first step's latency predicts."""
+    parts = [stepper.time(plans, 1)]
+    elapsed, done = float(parts[0].latency_s[0]), 1
+    while done < stretch and elapsed < until:
+        left = (until - elapsed) / max(float(parts[-1].latency_s[-1]), 1e-12)
+        more = stretch - done if left >= stretch else min(stretch - done, int(np.ceil(left)) + 1)
+        parts.append(stepper.time(plans, more, done))
+        elapsed += float(parts[-1].latency_s.sum())
+        done += more
+    records = StepRecords.concat(parts) if len(parts) > 1 else parts[0]
+    ends = np.cumsum(records.latency_s)
+    keep = min(int(np.searchsorted(ends, until, side="left")) + 1, ends.size)
+    return records.head(keep)

@@ -197,3 +197,14 @@ def test_the_reference_executor_refuses_serving_in_one_line(tmp_path, capsys) ->
         "moesim: error: --executor reference: the reference executor runs fixed batches; "
         "serving is simulated only (--executor sim)"
     )
+
+
+def test_a_static_batch_that_never_fills_leaves_its_requests_waiting() -> None:
+    # 2 requests, batches of 4 and no timeout: nothing ever runs, and the run says so
+    result, records = run(
+        _serving(rate=100.0, count=2, scheduler={"name": "static", "batch_size": 4})
+    )
+    assert result.steps == 0 and records.steps.breakdown_NP.shape == (0, 7)
+    serving = result.serving
+    assert (serving.arrived, serving.completed, serving.running, serving.waiting) == (2, 0, 0, 2)
+    assert serving.ttft_s.mean is None and serving.output_tokens_per_s == 0.0

@@ -1,0 +1,145 @@
+"""The requests of a serving run, held by the data-parallel attention groups (one per GPU)
+that serve them, and the paged KV cache each group gets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.config import Scenario, SloSpec
+from moesim.errors import ConfigError
+from moesim.metrics.serving import RequestRecords, ServingRecords
+from moesim.policies import KVBlocks, PlacementPlan, ServingState, StepOutcome, StepPlan
+from moesim.sim.memory import serving_kv_blocks, weights_bytes
+from moesim.workload import Requests
+
+__all__ = ["Groups", "KVCache", "kv_cache", "step_tokens"]
+
+_NAN = float("nan")
+_GIB = 2.0**30
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Per GPU: weight bytes, the KV blocks left for the cache and the activation peak of
+    the largest step they leave room for."""
+
+    weights_G: np.ndarray
+    blocks_G: np.ndarray
+    activation_G: np.ndarray
+
+
+def step_tokens(scenario: Scenario, requests: Requests) -> int:
+    """The most tokens one attention group's step can hold: the scheduler's budget, or for
+    static batches a batch of the longest prompts."""
+    params = scenario.policies.scheduler
+    budget = getattr(params, "max_batch_tokens", None)
+    if budget is None:
+        budget = params.batch_size * int(requests.prompt_tokens.max())
+    return int(budget)
+
+
+def kv_cache(scenario: Scenario, plan: PlacementPlan, requests: Requests) -> KVCache:
+    """Each GPU's KV cache; refuses a GPU with no room for one block."""
+    params, cluster = scenario.policies.scheduler, scenario.cluster
+    weights_G = weights_bytes(scenario, plan)
+    blocks_G, activation_G = serving_kv_blocks(
+        scenario,
+        weights_G,
+        step_tokens(scenario, requests),
+        params.block_tokens,
+        params.memory_fraction,
+    )
+    if blocks_G.min() < 1:
+        worst = int(np.argmin(blocks_G))
+        raise ConfigError(
+            None,
+            "cluster.device",
+            f"no room for a KV cache on GPU {worst}: its weights and a step's activations take "
+            f"{(weights_G[worst] + activation_G[worst]) / _GIB:.2f} GiB of "
+            f"{params.memory_fraction:g} x {cluster.device.memory.capacity / _GIB:.2f} GiB",
+        )
+    return KVCache(weights_G, blocks_G, activation_G)
+
+
+class Groups:
+    """Every attention group's state, the per-request timestamps and the per-step rows."""
+
+    def __init__(self, requests: Requests, blocks_G: np.ndarray, block_tokens: int) -> None:
+        self.arrival_s = requests.arrival_s
+        self.prompt, self.output = requests.prompt_tokens, requests.output_tokens
+        size = len(requests)
+        self.group_R = np.arange(size) % blocks_G.size
+        self.states = [
+            ServingState(self.prompt, self.output, KVBlocks(int(b), block_tokens)) for b in blocks_G
+        ]
+        self.scheduled_s = np.full(size, _NAN)
+        self.first_token_s = np.full(size, _NAN)
+        self.finish_s = np.full(size, _NAN)
+        self.last_token_s = np.full(size, _NAN)
+        self.itl: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []  # per step: prefill, decode tokens, running, waiting, KV
+        self.done = 0
+
+    def oldest_wait(self, state: ServingState, now: float) -> float:
+        return float(now - self.arrival_s[state.waiting[0]]) if state.waiting.size else 0.0
+
+    def record_queue(self, plans: list[StepPlan], steps: int) -> None:
+        """The rows of a stretch of ``steps`` steps, once its plans are applied: the steps'
+        prefill and decode tokens and sequences, the requests left waiting, the KV blocks
+        held at the stretch's end."""
+        states = self.states
+        row = [
+            sum(p.prefill_tokens for p in plans),
+            sum(p.decode_tokens for p in plans),
+            sum(p.request.size for p in plans),
+            sum(s.waiting.size for s in states),
+            sum(s.kv.used_blocks for s in states),
+        ]
+        self.rows.append(np.repeat(np.array(row, dtype=np.int64)[:, None], steps, axis=1))
+
+    def emit(self, start: float, latency_n: np.ndarray, outcomes: list[StepOutcome]) -> None:
+        """Timestamp what a stretch's steps (``latency_n`` each, from ``start``) emitted: each
+        emitting request one token per step."""
+        ends = start + np.cumsum(latency_n)
+        for outcome in outcomes:
+            emitted = outcome.emitted
+            if not emitted.size:
+                continue
+            later = ~np.isin(emitted, outcome.first_token)
+            self.itl.append(ends[0] - self.last_token_s[emitted[later]])
+            if latency_n.size > 1:  # a decode stretch: the gap before each further token
+                self.itl.append(np.repeat(latency_n[1:], emitted.size))
+            self.first_token_s[outcome.first_token] = ends[0]
+            self.last_token_s[emitted] = ends[-1]
+            self.finish_s[outcome.finished] = ends[-1]
+            self.done += outcome.finished.size
+
+    def records(
+        self, kv_capacity_blocks: int, duration_s: float, slo: SloSpec | None
+    ) -> ServingRecords:
+        """What the run's requests and steps went through, for ``serving_result``."""
+        rows = np.concatenate(self.rows, axis=1) if self.rows else np.zeros((5, 0), np.int64)
+        return ServingRecords(
+            requests=RequestRecords(
+                arrival_s=self.arrival_s,
+                scheduled_s=self.scheduled_s,
+                first_token_s=self.first_token_s,
+                finish_s=self.finish_s,
+                prompt_tokens=self.prompt,
+                output_tokens=self.output,
+                preemptions=np.sum([s.preemptions_R for s in self.states], axis=0),
+            ),
+            itl_s=np.concatenate(self.itl) if self.itl else np.zeros(0),
+            prefill_tokens=rows[0],
+            decode_tokens=rows[1],
+            running=rows[2],
+            waiting=rows[3],
+            kv_blocks=rows[4],
+            kv_capacity_blocks=kv_capacity_blocks,
+            duration_s=float(duration_s),
+            slo_ttft_s=slo.ttft_s if slo else None,
+            slo_tpot_s=slo.tpot_s if slo else None,
+            slo_percentile=slo.percentile if slo else 99.0,
+        )
