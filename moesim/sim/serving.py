@@ -21,15 +21,18 @@ from moesim.config import PLACEMENT, SCHEDULER, Scenario, SyntheticRouting
 from moesim.errors import ConfigError
 from moesim.metrics import DeviceRecords, RunRecords, SpanRecords, StepRecords
 from moesim.metrics.serving import ServingRecords
-from moesim.policies import advance, decode_stretch, plan_placement
+from moesim.policies import StepPlan, advance, decode_stretch, plan_placement
 from moesim.sim.memory import expert_weights_bytes, kv_bytes_per_token
 from moesim.sim.serving_groups import Groups, KVCache, kv_cache, step_tokens
 from moesim.sim.serving_step import Stepper, stretch
 from moesim.workload import request_table
 
-__all__ = ["simulate_serving"]
+__all__ = ["PlanCallback", "simulate_serving"]
 
 ProgressCallback = Callable[[float, float], None]  # (requests done, requests in all)
+# (each group's plan, steps it runs): a plan of decodes runs ``steps`` times, contexts one
+# longer each time; replaying these in order repeats the run's work exactly
+PlanCallback = Callable[[list[StepPlan], int], None]
 _HAIR_S = 1e-9  # added to a scheduler's timeout wait
 
 
@@ -54,10 +57,15 @@ def _refuse_unsupported(scenario: Scenario) -> None:
 
 
 def simulate_serving(
-    scenario: Scenario, *, trace_steps: int = 0, on_progress: ProgressCallback | None = None
+    scenario: Scenario,
+    *,
+    trace_steps: int = 0,
+    on_progress: ProgressCallback | None = None,
+    on_plans: PlanCallback | None = None,
 ) -> RunRecords:
-    """Serve the scenario's requests; ``on_progress(finished, requests)`` reports progress;
-    the first ``trace_steps`` steps become spans (each step on every GPU's compute stream)."""
+    """Serve the scenario's requests; ``on_progress(finished, requests)`` reports progress,
+    ``on_plans(plans, steps)`` each step's plans as they run (``PlanCallback``); the first
+    ``trace_steps`` steps become spans (each step on every GPU's compute stream)."""
     wall_start = time.perf_counter()
     _refuse_unsupported(scenario)
     params = scenario.policies.scheduler
@@ -113,6 +121,8 @@ def simulate_serving(
             latency_n = timed.latency_s
             timed.start_s[:] = start + np.concatenate([[0.0], np.cumsum(latency_n)[:-1]])
             steps.append(timed)
+            if on_plans is not None:
+                on_plans(plans, latency_n.size)
             for step_plan in plans:
                 fresh = step_plan.request[np.isnan(groups.scheduled_s[step_plan.request])]
                 groups.scheduled_s[fresh] = start

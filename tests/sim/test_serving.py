@@ -208,3 +208,22 @@ def test_a_static_batch_that_never_fills_leaves_its_requests_waiting() -> None:
     serving = result.serving
     assert (serving.arrived, serving.completed, serving.running, serving.waiting) == (2, 0, 0, 2)
     assert serving.ttft_s.mean is None and serving.output_tokens_per_s == 0.0
+
+
+def test_the_plans_it_reports_are_the_steps_it_ran() -> None:
+    from moesim.sim.serving import simulate_serving
+
+    reported = []
+    records = simulate_serving(
+        _serving(rate=2000.0, count=20), on_plans=lambda plans, n: reported.append((plans, n))
+    )
+    serving = records.serving
+    assert sum(n for _, n in reported) == records.steps.latency_s.size
+    # each plan's tokens, repeated over its steps, are the per-step rows in order
+    prefill = np.concatenate([np.full(n, sum(p.prefill_tokens for p in ps)) for ps, n in reported])
+    decode = np.concatenate([np.full(n, sum(p.decode_tokens for p in ps)) for ps, n in reported])
+    np.testing.assert_array_equal(prefill, serving.prefill_tokens)
+    np.testing.assert_array_equal(decode, serving.decode_tokens)
+    # every prompt token is prefilled once (no preemption at this load), every other once decoded
+    assert prefill.sum() == 20 * PROMPT
+    assert decode.sum() == 20 * (OUTPUT - 1)
