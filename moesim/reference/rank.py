@@ -10,14 +10,15 @@ processes); phases are timed on each rank.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from moesim.config import LINK_KINDS
-from moesim.policies import CacheCounters, build_caches
+from moesim.config import LINK_KINDS, Scenario
+from moesim.policies import CacheCounters, PlacementPlan, build_caches
 from moesim.reference.blocks import TORCH_DTYPES, AttentionBlock, FfnWeights, ffn, random_weight
 from moesim.reference.comm import Comm
 from moesim.reference.experts import ExpertStore
@@ -25,7 +26,15 @@ from moesim.reference.moe import LayerRoute, MoeAccount, MoeLayer
 from moesim.reference.timer import PhaseTimer
 from moesim.reference.workplan import Workplan
 
-__all__ = ["run_rank"]
+__all__ = [
+    "account",
+    "build_layers",
+    "link_kinds",
+    "rank_session",
+    "run_rank",
+    "synchronize",
+    "weight_bytes",
+]
 
 
 def _store(work: Workplan, layer: int, rank: int, caches, gen, dtype, device) -> ExpertStore:
@@ -57,7 +66,80 @@ def _pinned(w: FfnWeights) -> FfnWeights:
     return FfnWeights(w.w_in.pin_memory(), w.w_out.pin_memory(), gate)
 
 
-def _kinds(rank: int, gpus: int, per_node: int) -> np.ndarray:
+def build_layers(
+    scenario: Scenario,
+    plan: PlacementPlan,
+    store_of: Callable[[int], ExpertStore],
+    capacity_G: np.ndarray | None,
+    einsum: bool,
+    gen: torch.Generator,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> list[MoeLayer | FfnWeights]:
+    """Each block's FFN with real weights: an MoE layer (router, ``store_of(moe_index)``'s
+    experts, shared experts) or a dense FFN."""
+    model = scenario.model
+    dense_ffn = model.dense_d_ffn or model.d_ffn
+    layers: list[MoeLayer | FfnWeights] = []
+    for index in range(model.stacks()[scenario.stack()]):
+        if not model.is_moe_layer(index):
+            layers.append(FfnWeights.random(model, dense_ffn, (), gen, dtype, device))
+            continue
+        shared = [
+            FfnWeights.random(model, model.d_ffn, (), gen, dtype, device)
+            for _ in range(model.shared_experts)
+        ]
+        gate = random_weight((model.d_model, model.num_experts), model.d_model, gen, dtype, device)
+        moe = sum(isinstance(layer, MoeLayer) for layer in layers)
+        layers.append(
+            MoeLayer(
+                gate=gate,
+                owner_U=plan.owner_LU[moe],
+                store=store_of(moe),
+                capacity_G=capacity_G,
+                einsum=einsum,
+                gpus=plan.gpus,
+                shared=shared,
+            )
+        )
+    return layers
+
+
+def weight_bytes(attention: list[AttentionBlock], layers: list, lm_head: torch.Tensor) -> float:
+    """Bytes of the weights a rank holds on its device (for buffered layers, the slots)."""
+    tensors = [t for a in attention for t in (a.qkv, a.out, a.norm_weight, a.norm_bias)]
+    tensors.append(lm_head)
+    for layer in layers:
+        if isinstance(layer, FfnWeights):
+            tensors += layer.tensors()
+            continue
+        tensors.append(layer.gate)
+        store = layer.store
+        tensors += (store.resident or store.slots).tensors()
+        tensors += [t for w in layer.shared or [] for t in w.tensors()]
+    return float(sum(t.numel() * t.element_size() for t in tensors))
+
+
+def account(
+    layers: list[MoeAccount], counters: CacheCounters, kinds: np.ndarray, head_bytes: float
+) -> dict:
+    """One step's accounting on one rank: what its MoE layers kept, padded, received and sent
+    (bytes per link kind), its activation peak and its cache counters."""
+    sent_K = np.zeros(len(LINK_KINDS))
+    for layer in layers:
+        np.add.at(sent_K, kinds, layer.sent_bytes_G)
+    sent_K[LINK_KINDS.index("local")] = 0.0
+    return {
+        "processed": sum(layer.processed for layer in layers),
+        "padded": sum(layer.padded for layer in layers),
+        "received_L": [layer.received for layer in layers],
+        "sent_K": sent_K,
+        "activation": max([layer.activation_bytes for layer in layers] + [head_bytes]),
+        "cache": [counters.hits, counters.misses, counters.evictions, counters.copies],
+    }
+
+
+def link_kinds(rank: int, gpus: int, per_node: int) -> np.ndarray:
     """Link kind (index into ``LINK_KINDS``) from this rank to each rank."""
     same_node = np.arange(gpus) // per_node == rank // per_node
     kinds = np.where(same_node, LINK_KINDS.index("nvlink"), LINK_KINDS.index("network"))
@@ -84,33 +166,18 @@ class _Rank:
             else a.prompt_cache(self.tokens, dtype, device)
             for a in self.attention
         ]
-        dense_ffn = model.dense_d_ffn or model.d_ffn
         caches = build_caches(scenario, work.plan, work.future) if work.buffered else None
         self.caches = caches
-        self.layers: list[MoeLayer | FfnWeights] = []
-        moe = 0
-        for index in range(blocks):
-            if model.is_moe_layer(index):
-                shared = [
-                    FfnWeights.random(model, model.d_ffn, (), gen, dtype, device)
-                    for _ in range(model.shared_experts)
-                ]
-                self.layers.append(
-                    MoeLayer(
-                        gate=random_weight(
-                            (model.d_model, model.num_experts), model.d_model, gen, dtype, device
-                        ),
-                        owner_U=work.plan.owner_LU[moe],
-                        store=_store(work, moe, rank, caches, gen, dtype, device),
-                        capacity_G=work.capacity_G,
-                        einsum=work.einsum_dispatch,
-                        gpus=work.plan.gpus,
-                        shared=shared,
-                    )
-                )
-                moe += 1
-            else:
-                self.layers.append(FfnWeights.random(model, dense_ffn, (), gen, dtype, device))
+        self.layers = build_layers(
+            scenario,
+            work.plan,
+            lambda moe: _store(work, moe, rank, caches, gen, dtype, device),
+            work.capacity_G,
+            work.einsum_dispatch,
+            gen,
+            dtype,
+            device,
+        )
         self.lm_head = random_weight(
             (model.d_model, model.vocab_size), model.d_model, gen, dtype, device
         )
@@ -119,23 +186,12 @@ class _Rank:
         else:
             self.lm_rows = torch.arange(self.seq_len - 1, self.tokens, self.seq_len, device=device)
         self.x = torch.randn((self.tokens, model.d_model), generator=gen).to(device, dtype)
-        self.kinds = _kinds(rank, work.plan.gpus, scenario.cluster.gpus_per_node)
+        self.kinds = link_kinds(rank, work.plan.gpus, scenario.cluster.gpus_per_node)
 
     def resident_bytes(self) -> tuple[float, float]:
         """Bytes of weights on the device and of KV cache."""
-        tensors = [t for a in self.attention for t in (a.qkv, a.out, a.norm_weight, a.norm_bias)]
-        tensors.append(self.lm_head)
-        for layer in self.layers:
-            if isinstance(layer, FfnWeights):
-                tensors += layer.tensors()
-                continue
-            tensors.append(layer.gate)
-            store = layer.store
-            tensors += (store.resident or store.slots).tensors()
-            tensors += [t for w in layer.shared or [] for t in w.tensors()]
-        weights = sum(t.numel() * t.element_size() for t in tensors)
         kv = sum(c.numel() * c.element_size() for c in self.kv)
-        return float(weights), float(kv)
+        return weight_bytes(self.attention, self.layers, self.lm_head), float(kv)
 
     def routes(self, step: int) -> list[LayerRoute]:
         """This rank's tokens' routing in each MoE layer of measured step ``step``."""
@@ -177,33 +233,35 @@ class _Rank:
         return accounts, counters
 
     def record(self, layers: list[MoeAccount], counters: CacheCounters) -> dict:
-        sent_K = np.zeros(len(LINK_KINDS))
-        for layer in layers:
-            np.add.at(sent_K, self.kinds, layer.sent_bytes_G)
-        sent_K[LINK_KINDS.index("local")] = 0.0
-        return {
-            "processed": sum(layer.processed for layer in layers),
-            "padded": sum(layer.padded for layer in layers),
-            "received_L": [layer.received for layer in layers],
-            "sent_K": sent_K,
-            "activation": max([layer.activation_bytes for layer in layers] + [self.head_bytes]),
-            "cache": [counters.hits, counters.misses, counters.evictions, counters.copies],
-        }
+        return account(layers, counters, self.kinds, self.head_bytes)
 
 
 def _index(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(array.astype(np.int64), device=device)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_rank(
     rank: int, world: int, work: Workplan, device_name: str, out_dir: str, warmup: int
 ) -> None:
-    """Entry point of a rank process (``torch.multiprocessing.spawn``) or of a one-rank run.
+    """Entry point of a rank process (``torch.multiprocessing.spawn``) or of a one-rank run."""
+    rank_session(
+        rank,
+        world,
+        device_name,
+        out_dir,
+        lambda device: _measure(rank, world, work, device, Path(out_dir), warmup),
+    )
+
+
+def rank_session(
+    rank: int,
+    world: int,
+    device_name: str,
+    out_dir: str,
+    body: Callable[[torch.device], None],
+) -> None:
+    """Run ``body(device)`` as rank ``rank`` of ``world``: one thread per rank on CPU, its GPU
+    on CUDA, in the process group (rendezvous through a file in ``out_dir``) when ``world > 1``.
 
     A failure is written to ``out_dir/error<rank>`` with the time it happened, so that the
     parent reports the first cause rather than the other ranks' broken connections.
@@ -224,7 +282,7 @@ def run_rank(
                 world_size=world,
                 device_id=device if cuda else None,
             )
-        _measure(rank, world, work, device, Path(out_dir), warmup)
+        body(device)
     except BaseException as error:
         message = f"{type(error).__name__}: {error}".splitlines()[0]
         (Path(out_dir) / f"error{rank}").write_text(f"{time.time()}\n{message}")
@@ -233,6 +291,12 @@ def run_rank(
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
         torch.set_num_threads(threads)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU, where ops run when called)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _measure(
@@ -254,10 +318,10 @@ def _measure(
             step = (index - warmup) % steps
             routes = me.routes(step)
             comm.barrier()
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             accounts, counters = me.step(routes, comm, timer)
-            _synchronize(device)
+            synchronize(device)
             end = time.perf_counter()
             comm.barrier()
             phases = timer.collect()
