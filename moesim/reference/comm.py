@@ -9,7 +9,8 @@ __all__ = ["Comm"]
 
 
 class Comm:
-    """``all_to_all_single`` with explicit splits, and barriers, over the default group."""
+    """``all_to_all_single`` with explicit splits, barriers and rank 0's values shared, over the
+    default group."""
 
     def __init__(self, rank: int, world: int) -> None:
         self.rank = rank
@@ -26,3 +27,12 @@ class Comm:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def share(self, values: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``values`` (non-negative) on every rank, once every rank has come: a
+        barrier that carries them (an all-reduce of max, the others contributing zeros)."""
+        if self.world > 1:
+            if self.rank != 0:
+                values.zero_()
+            dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return values

@@ -23,7 +23,13 @@ from moesim.policies import (
 )
 from moesim.workload import routing_chunks, tokens_per_gpu
 
-__all__ = ["UnsupportedScenarioError", "Workplan", "make_workplan", "resident_bytes"]
+__all__ = [
+    "UnsupportedScenarioError",
+    "Workplan",
+    "check_model",
+    "make_workplan",
+    "resident_bytes",
+]
 
 _MEMORY_SHARE = 0.5  # of the machine's RAM (or the GPU's memory) the executor may fill
 _HOST = "half of this machine's memory"
@@ -101,8 +107,9 @@ def _memory_check(scenario: Scenario, plan: PlacementPlan, device: str) -> None:
             )
 
 
-def _check(scenario: Scenario, plan: PlacementPlan, device: str) -> None:
-    model, workload = scenario.model, scenario.workload
+def check_model(scenario: Scenario) -> None:
+    """Refuse in one line a model the executor does not build."""
+    model = scenario.model
     if model.architecture != "decoder":
         raise UnsupportedScenarioError(
             f"{scenario.name}: model.architecture: the reference executor runs decoder models, "
@@ -113,6 +120,11 @@ def _check(scenario: Scenario, plan: PlacementPlan, device: str) -> None:
             f"{scenario.name}: model: the reference executor builds standard multi-head "
             "attention; attention_params/kv_dim overrides are not supported"
         )
+
+
+def _check(scenario: Scenario, plan: PlacementPlan, device: str) -> None:
+    check_model(scenario)
+    workload = scenario.workload
     if scenario.policies.cache.prefetch != "none":
         raise UnsupportedScenarioError(
             f"{scenario.name}: policies.cache.prefetch: the reference executor copies on "
