@@ -21,9 +21,10 @@ from moesim.config import PLACEMENT, SCHEDULER, Scenario, SyntheticRouting
 from moesim.errors import ConfigError
 from moesim.metrics import DeviceRecords, RunRecords, SpanRecords, StepRecords
 from moesim.metrics.serving import ServingRecords
-from moesim.policies import StepPlan, advance, decode_stretch, plan_placement
+from moesim.policies import StepPlan, advance, plan_placement
 from moesim.sim.memory import expert_weights_bytes, kv_bytes_per_token
 from moesim.sim.serving_groups import Groups, KVCache, kv_cache, step_tokens
+from moesim.sim.serving_plans import Planner
 from moesim.sim.serving_step import Stepper, stretch
 from moesim.workload import request_table
 
@@ -77,6 +78,7 @@ def simulate_serving(
         scheduler.check(state)
     most_rows = scenario.cluster.gpus * step_tokens(scenario, requests)
     stepper = Stepper(scenario, groups, plan, most_rows)
+    planner = Planner(scheduler, groups.states)
     total = groups.arrival_s.size
     steps: list[StepRecords] = []
     events = 0
@@ -92,6 +94,7 @@ def simulate_serving(
             arrived = np.arange(lo, hi)  # in arrival order, each group's in one append
             for group in np.unique(groups.group_R[arrived]):
                 groups.states[group].arrive(arrived[groups.group_R[arrived] == group])
+                planner.arrived(int(group))
             if not wake[0].triggered:
                 wake[0].succeed()
 
@@ -103,9 +106,9 @@ def simulate_serving(
         nonlocal events
         states = groups.states
         while groups.done < total:
-            waits = [groups.oldest_wait(s, env.now) for s in states]
-            plans = [scheduler.plan(s, w) for s, w in zip(states, waits, strict=True)]
+            plans, repeats = planner.plans(lambda state: groups.oldest_wait(state, env.now))
             if all(p.empty for p in plans):
+                waits = [groups.oldest_wait(s, env.now) for s in states]
                 admits = [scheduler.admit_in_s(s, w) for s, w in zip(states, waits, strict=True)]
                 soonest = min((a for a in admits if a is not None), default=None)
                 if wake[0].triggered:
@@ -115,19 +118,23 @@ def simulate_serving(
                 pending = [wake[0], *later]
                 yield env.any_of(pending)
                 continue
-            repeats = min(decode_stretch(s, p) for s, p in zip(states, plans, strict=True))
             start, until = env.now, next_arrival() - env.now
-            timed = stretch(stepper, plans, repeats, until)
+            shape = stepper.shape(plans)
+            timed = stretch(stepper, shape, repeats, until).records
             latency_n = timed.latency_s
             timed.start_s[:] = start + np.concatenate([[0.0], np.cumsum(latency_n)[:-1]])
             steps.append(timed)
             if on_plans is not None:
                 on_plans(plans, latency_n.size)
-            for step_plan in plans:
-                fresh = step_plan.request[np.isnan(groups.scheduled_s[step_plan.request])]
-                groups.scheduled_s[fresh] = start
-            outcomes = [advance(s, p, latency_n.size) for s, p in zip(states, plans, strict=True)]
-            groups.record_queue(plans, latency_n.size)
+            groups.schedule(plans, start)
+            outcomes = [
+                advance(s, p, latency_n.size)
+                for s, p in zip(states, plans, strict=True)
+                if not p.empty or p.preempted.size
+            ]
+            planner.ran(latency_n.size)
+            prefill, decode = int(shape.prefill_G.sum()), int(shape.decode_G.sum())
+            groups.record_queue(prefill, decode, plans, latency_n.size)
             yield env.timeout(float(latency_n.sum()))
             events += 1
             groups.emit(start, latency_n, outcomes)
@@ -149,7 +156,7 @@ def simulate_serving(
         spans=_step_spans(all_steps, serving, scenario.cluster.gpus, trace_steps),
         devices=_devices(scenario, kv, stepper),
         placement=scenario.policies.placement.name,
-        routing_resolution="tokens",
+        routing_resolution=stepper.routing.resolution,
         phy2log_LU=plan.phy2log_LU,
         owner_LU=plan.owner_LU,
         wall_seconds=time.perf_counter() - wall_start,

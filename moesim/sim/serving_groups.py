@@ -17,6 +17,7 @@ from moesim.workload import Requests
 __all__ = ["Groups", "KVCache", "kv_cache", "step_tokens"]
 
 _NAN = float("nan")
+_NONE = np.zeros(0, dtype=np.int64)
 _GIB = 2.0**30
 
 
@@ -85,14 +86,22 @@ class Groups:
     def oldest_wait(self, state: ServingState, now: float) -> float:
         return float(now - self.arrival_s[state.waiting[0]]) if state.waiting.size else 0.0
 
-    def record_queue(self, plans: list[StepPlan], steps: int) -> None:
-        """The rows of a stretch of ``steps`` steps, once its plans are applied: the steps'
-        prefill and decode tokens and sequences, the requests left waiting, the KV blocks
-        held at the stretch's end."""
+    def schedule(self, plans: list[StepPlan], start: float) -> None:
+        """Stamp the requests that ``plans`` schedule for the first time at ``start``."""
+        request = np.concatenate([p.request for p in plans if p.is_prefill.any()] or [_NONE])
+        fresh = request[np.isnan(self.scheduled_s[request])]
+        self.scheduled_s[fresh] = start
+
+    def record_queue(
+        self, prefill_tokens: int, decode_tokens: int, plans: list[StepPlan], steps: int
+    ) -> None:
+        """The rows of a stretch of ``steps`` steps of ``plans``, once they are applied: the
+        steps' prefill and decode tokens and sequences, the requests left waiting, the KV
+        blocks held at the stretch's end."""
         states = self.states
         row = [
-            sum(p.prefill_tokens for p in plans),
-            sum(p.decode_tokens for p in plans),
+            prefill_tokens,
+            decode_tokens,
             sum(p.request.size for p in plans),
             sum(s.waiting.size for s in states),
             sum(s.kv.used_blocks for s in states),
@@ -102,19 +111,22 @@ class Groups:
     def emit(self, start: float, latency_n: np.ndarray, outcomes: list[StepOutcome]) -> None:
         """Timestamp what a stretch's steps (``latency_n`` each, from ``start``) emitted: each
         emitting request one token per step."""
+        emitted = np.concatenate([o.emitted for o in outcomes] or [_NONE])
+        if not emitted.size:
+            return
+        first = np.concatenate([o.first_token for o in outcomes])
+        finished = np.concatenate([o.finished for o in outcomes])
         ends = start + np.cumsum(latency_n)
-        for outcome in outcomes:
-            emitted = outcome.emitted
-            if not emitted.size:
-                continue
-            later = ~np.isin(emitted, outcome.first_token)
-            self.itl.append(ends[0] - self.last_token_s[emitted[later]])
-            if latency_n.size > 1:  # a decode stretch: the gap before each further token
-                self.itl.append(np.repeat(latency_n[1:], emitted.size))
-            self.first_token_s[outcome.first_token] = ends[0]
-            self.last_token_s[emitted] = ends[-1]
-            self.finish_s[outcome.finished] = ends[-1]
-            self.done += outcome.finished.size
+        later = emitted  # those that emitted before: a token gap
+        if first.size:
+            self.first_token_s[first] = ends[0]
+            later = emitted[~np.isnan(self.last_token_s[emitted])]
+        self.itl.append(ends[0] - self.last_token_s[later])
+        if latency_n.size > 1:  # a decode stretch: the gap before each further token
+            self.itl.append(np.repeat(latency_n[1:], emitted.size))
+        self.last_token_s[emitted] = ends[-1]
+        self.finish_s[finished] = ends[-1]
+        self.done += finished.size
 
     def records(
         self, kv_capacity_blocks: int, duration_s: float, slo: SloSpec | None

@@ -11,7 +11,7 @@ step's tokens, routed by the scenario's synthetic router.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,11 +23,12 @@ from moesim.sim.chunk import ChunkTiming, time_chunk
 from moesim.sim.layer_costs import attention_time
 from moesim.sim.local_work import expert_table, work_around
 from moesim.sim.serving_groups import Groups
-from moesim.workload import SyntheticRouter
+from moesim.sim.serving_routing import ServingRouting
 
-_SERVING_ROUTING = 5  # spawn key of the serving loop's routing stream
+__all__ = ["StepShape", "Stepper", "Timed", "step_shape", "stretch", "time_step"]
 
-__all__ = ["StepShape", "Stepper", "step_shape", "stretch", "time_step"]
+_CALL_CELLS = 1 << 22  # (step, layer, GPU, expert) counts timed in one call at most
+_GUESS_MARGIN = 1.05  # steps timed past those the last latency predicts, as a share
 
 
 @dataclass(frozen=True)
@@ -93,23 +94,33 @@ def time_step(
     plan: PlacementPlan,
     gating: StaticGating | DynamicGating,
     shape: StepShape,
-    expert_ids_NLTK: np.ndarray,
+    expert_ids_NLTK: np.ndarray | None = None,
     expert_by_rows: np.ndarray | None = None,
+    *,
+    counts_NLGE: np.ndarray | None = None,
+    replica_rng: np.random.Generator | None = None,
 ) -> ChunkTiming:
-    """The timing of ``N`` steps of ``shape`` whose tokens (GPU by GPU, as ``shape.source_T``)
-    route to ``expert_ids_NLTK``, gated by ``gating``: step ``n`` is the shape ``n`` decodes
-    later, every decode's context ``n`` tokens longer (a decode stretch; ``N = 1``: the
-    shape itself)."""
+    """The timing of ``N`` steps of ``shape`` whose tokens route to ``expert_ids_NLTK`` (GPU
+    by GPU, as ``shape.source_T``) or, at count level, ``counts_NLGE`` (tokens each source
+    GPU sends each expert; ``replica_rng`` splits them over replicas), gated by ``gating``:
+    step ``n`` is the shape ``n`` decodes later, every decode's context ``n`` tokens longer
+    (a decode stretch; ``N = 1``: the shape itself)."""
     model = scenario.model
     tokens_G = shape.tokens_G
-    later_N1 = np.arange(expert_ids_NLTK.shape[0])[:, None]
+    routing = expert_ids_NLTK if counts_NLGE is None else counts_NLGE
+    later_N1 = np.arange(routing.shape[0])[:, None]
     attention_NG = attention_time(
         model, costs, shape.prefill_G[None], shape.prefill_context_G[None], False
     ) + attention_time(
         model, costs, shape.decode_G[None], shape.decode_context_G[None] + later_N1, True
     )
-    units = plan.to_units(expert_ids_NLTK)
-    outcome = gating.gate(units, shape.source_T, plan.gpus, plan.units)
+    units = counts = None
+    if counts_NLGE is None:
+        units = plan.to_units(expert_ids_NLTK)
+        outcome = gating.gate(units, shape.source_T, plan.gpus, plan.units)
+    else:
+        counts = plan.to_unit_counts(counts_NLGE, replica_rng)
+        outcome = gating.gate_counts(counts, tokens_G, model.top_k)
     static = outcome.capacity_G is not None
     needed = max(int(tokens_G.sum()), int(outcome.capacity_G.sum()) if static else 0)
     if expert_by_rows is None or expert_by_rows.size <= needed:
@@ -134,13 +145,33 @@ def time_step(
         outcome,
         tokens_G,
         units_NLTK=units,
-        source_T=shape.source_T,
+        counts_NLGU=counts,
+        source_T=None if units is None else shape.source_T,
         attention_NG=attention_NG,
     )
 
 
+@dataclass(frozen=True)
+class Timed:
+    """Steps timed together: their rows and the expert tokens each GPU got (``tokens_NLG``)."""
+
+    records: StepRecords
+    tokens_NLG: np.ndarray
+
+    @staticmethod
+    def concat(parts: list[Timed]) -> Timed:
+        if len(parts) == 1:
+            return parts[0]
+        records = StepRecords.concat([p.records for p in parts])
+        return Timed(records, np.concatenate([p.tokens_NLG for p in parts]))
+
+    def head(self, steps: int) -> Timed:
+        return Timed(self.records.head(steps), self.tokens_NLG[:steps])
+
+
 class Stepper:
-    """Times one step of the groups' plans: the plans' tokens and contexts, routed afresh."""
+    """Times steps of the groups' plans: the plans' tokens and contexts, on the serving
+    routing stream."""
 
     def __init__(
         self, scenario: Scenario, groups: Groups, plan: PlacementPlan, most_rows: int
@@ -154,42 +185,49 @@ class Stepper:
         self.plan = plan
         self.gating = GATING.build(scenario.policies.gating)
         self.layers = model.moe_layers(scenario.stack())
-        seed = np.random.SeedSequence(scenario.seed, spawn_key=(_SERVING_ROUTING,))
-        self.router = SyntheticRouter(
-            scenario.workload.routing,
-            model.num_experts,
-            model.top_k,
-            self.layers,
-            np.random.default_rng(seed),
-        )
+        self.routing = ServingRouting(scenario, self.layers)
         self.expert_tokens_LG = np.zeros((self.layers, self.gpus))
         self.expert_by_rows = expert_table(scenario, self.costs, np.array([most_rows]), None)
+        self.decode_latency_s: float | None = None  # of the last decode step timed
+        cells = max(1, self.layers * self.gpus * model.num_experts)
+        self.most_steps = max(1, _CALL_CELLS // cells)  # steps timed in one call
 
-    def time(self, plans: list[StepPlan], steps: int, offset: int = 0) -> StepRecords:
-        """``steps`` steps of ``plans``, ``offset`` steps into its decode stretch: each step's
-        contexts one longer than the last's."""
-        groups, model = self.groups, self.scenario.model
-        states = groups.states
+    def shape(self, plans: list[StepPlan]) -> StepShape:
+        """The shape of a step of every group's plan."""
+        groups = self.groups
         request = np.concatenate([p.request for p in plans])
         new_tokens = np.concatenate([p.new_tokens for p in plans])
         is_prefill = np.concatenate([p.is_prefill for p in plans])
         # a prefill samples its first token in the step that completes what it must prefill
-        completes = np.concatenate(
-            [
-                p.context + p.new_tokens >= s.prefill_tokens_R[p.request]
-                for s, p in zip(states, plans, strict=True)
-            ]
-        )
-        shape = step_shape(
+        logits = ~is_prefill
+        if is_prefill.any():
+            logits = logits | np.concatenate(
+                [
+                    p.context + p.new_tokens >= s.prefill_tokens_R[p.request]
+                    for s, p in zip(groups.states, plans, strict=True)
+                ]
+            )
+        return step_shape(
             groups.group_R[request],
             new_tokens,
-            np.concatenate([p.context for p in plans]) + offset,
+            np.concatenate([p.context for p in plans]),
             is_prefill,
-            ~is_prefill | completes,
+            logits,
             self.gpus,
         )
-        tokens = int(shape.tokens_G.sum())
-        ids = self.router.draw(steps, tokens)
+
+    def time(self, shape: StepShape, steps: int, ahead: int = 0) -> Timed:
+        """``steps`` steps of ``shape``, ``ahead`` steps into its decode stretch (each step's
+        decode contexts one longer than the last's), on routing drawn ``ahead`` steps past
+        the committed ones."""
+        if ahead:
+            shape = replace(shape, decode_context_G=shape.decode_context_G + ahead)
+        tokens_G = shape.tokens_G
+        tokens = int(tokens_G.sum())
+        counts = self.routing.draw(tokens_G, steps, ahead)
+        replicas = None
+        if self.plan.units != self.plan.num_experts:
+            replicas = self.routing.replica_rng(self.routing.step + ahead)
         timing = time_step(
             self.scenario,
             self.costs,
@@ -197,27 +235,41 @@ class Stepper:
             self.plan,
             self.gating,
             shape,
-            ids,
-            self.expert_by_rows,
+            expert_by_rows=self.expert_by_rows,
+            counts_NLGE=counts,
+            replica_rng=replicas,
         )
-        self.expert_tokens_LG += timing.tokens_NLG.sum(axis=0)
-        routed = self.layers * tokens * model.top_k
-        return timing.records(np.zeros(steps), tokens, routed)
+        if not shape.prefill_G.any():
+            self.decode_latency_s = float(timing.latency_N[-1])
+        routed = self.layers * tokens * self.scenario.model.top_k
+        return Timed(timing.records(np.zeros(steps), tokens, routed), timing.tokens_NLG)
+
+    def keep(self, timed: Timed, shape: StepShape) -> None:
+        """Commit the steps of ``timed`` (the first ones drawn) as run."""
+        self.routing.commit(timed.tokens_NLG.shape[0], int(shape.tokens_G.sum()))
+        self.expert_tokens_LG += timed.tokens_NLG.sum(axis=0)
 
 
-def stretch(stepper: Stepper, plans: list[StepPlan], stretch: int, until: float) -> StepRecords:
-    """The steps of a decode stretch of at most ``stretch`` steps that start before ``until``
-    seconds from now (the next arrival, which may change the plans), timed in as few chunks
-    as the first step's latency predicts."""
-    parts = [stepper.time(plans, 1)]
-    elapsed, done = float(parts[0].latency_s[0]), 1
+def stretch(stepper: Stepper, shape: StepShape, stretch: int, until: float) -> Timed:
+    """The steps of a decode stretch of at most ``stretch`` steps of ``shape`` that start
+    before ``until`` seconds from now (the next arrival, which may change the plans), timed
+    in as few calls as the last decode step's latency predicts; they are committed."""
+    parts: list[Timed] = []
+    elapsed, done = 0.0, 0
+    guess_s = stepper.decode_latency_s if stretch > 1 else None
     while done < stretch and elapsed < until:
-        left = (until - elapsed) / max(float(parts[-1].latency_s[-1]), 1e-12)
-        more = stretch - done if left >= stretch else min(stretch - done, int(np.ceil(left)) + 1)
-        parts.append(stepper.time(plans, more, done))
-        elapsed += float(parts[-1].latency_s.sum())
+        more = 1
+        if guess_s is not None:  # a few steps past the guess, rather than one call more
+            ahead = (until - elapsed) / max(guess_s, 1e-12) * _GUESS_MARGIN
+            more = int(min(stretch - done, stepper.most_steps, ahead + 2))
+        parts.append(stepper.time(shape, more, done))
+        latency = parts[-1].records.latency_s
+        elapsed += float(latency.sum())
         done += more
-    records = StepRecords.concat(parts) if len(parts) > 1 else parts[0]
-    ends = np.cumsum(records.latency_s)
+        guess_s = float(latency[-1])
+    timed = Timed.concat(parts)
+    ends = np.cumsum(timed.records.latency_s)
     keep = min(int(np.searchsorted(ends, until, side="left")) + 1, ends.size)
-    return records.head(keep)
+    timed = timed.head(keep)
+    stepper.keep(timed, shape)
+    return timed

@@ -141,10 +141,18 @@ class CountRouter:
         return np.minimum(drawn, room)
 
     def draw(self, steps: int) -> np.ndarray:
+        return self.counts(*self.router.rankings(steps), self.tokens_G)
+
+    def counts(
+        self, ranking_XE: np.ndarray, row_NL: np.ndarray, tokens_G: np.ndarray
+    ) -> np.ndarray:
+        """``counts_NLGE`` for rankings drawn by the caller (as ``SyntheticRouter.rankings``)
+        and ``tokens_G`` tokens per GPU (the calibration does not depend on them: the mean
+        field scales with the tokens)."""
         router = self.router
-        rng, layers, gpus = router.rng, router.layers, self.tokens_G.size
-        ranking_XE, row_NL = router.rankings(steps)
-        tokens_NLG = np.broadcast_to(self.tokens_G, (steps, layers, gpus))
+        rng, layers, gpus = router.rng, router.layers, tokens_G.size
+        steps = row_NL.shape[0]
+        tokens_NLG = np.broadcast_to(np.asarray(tokens_G, dtype=np.int64), (steps, layers, gpus))
         picked = np.zeros((steps, layers, gpus, router.num_experts), dtype=np.int64)
         for k in range(router.top_k):
             q = self._choice(k, picked, tokens_NLG, self.factor_LKE[:, k])

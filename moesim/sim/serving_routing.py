@@ -1,0 +1,152 @@
+"""The routing of serving steps, drawn in bulk: ``counts_NLGE``, each source GPU's tokens per
+expert, for consecutive steps of a given ``tokens_G``.
+
+Shapes: ``N`` steps, ``L`` MoE layers, ``T`` tokens of a step (GPU by GPU), ``K`` top-k, ``G``
+GPUs, ``E`` experts. The law is the scenario's synthetic one (``SyntheticRouter``): each
+(step, layer) has a ranking of the experts, kept with the locality's chance from one step to
+the next; each token picks ``K`` distinct popularity ranks, i.i.d. across tokens. Both are drawn
+in blocks, each block with its own generator: rankings ``_RANKING_BLOCK`` steps at a time, rank
+rows ``_RANK_BLOCK`` rows at a time, consumed in order. A step whose tokens
+``Scenario.routing_resolution`` gives to counts draws them with ``CountRouter`` on the same
+rankings, with a generator of its own.
+
+Steps are peeked (``draw`` from ``ahead`` steps past the cursor) and then ``commit``-ed: a step
+timed past the end of a stretch and dropped gives its rows back, so the routing of the run's
+steps does not depend on how its stretches were cut into timing calls.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from moesim.config import Scenario
+from moesim.workload import SyntheticRouter
+from moesim.workload.counts import CountRouter, choice_law
+
+__all__ = ["ServingRouting"]
+
+SERVING_ROUTING_STREAM = 5  # spawn key of the serving routing streams (the reference's too)
+_RANKS, _RANKINGS, _COUNTS, _LAW, _REPLICAS = 2, 3, 4, 5, 6  # sub-keys: a generator each
+_RANK_BLOCK = 1 << 16  # token-layer rows of ranks per block
+_RANKING_BLOCK = 64  # steps of rankings per block
+
+
+class ServingRouting:
+    """The serving run's routing stream: rankings per step, rank rows per token, in order."""
+
+    def __init__(self, scenario: Scenario, layers: int) -> None:
+        model = scenario.model
+        self.scenario, self.layers = scenario, layers
+        self.experts, self.top_k = model.num_experts, model.top_k
+        self.gpus = scenario.cluster.gpus
+        self._router = SyntheticRouter(
+            scenario.workload.routing, model.num_experts, model.top_k, layers, self._rng(_RANKS)
+        )
+        self._counts: CountRouter | None = None
+        # "counts" once a step was drawn at count level
+        self.resolution: Literal["tokens", "counts"] = "tokens"
+        # committed steps and rank rows; the drawn rankings and rank rows beyond a base
+        self.step, self._row = 0, 0
+        self._ranking_blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._next_ranking_block = 0
+        self._ranks_KR: np.ndarray | None = None  # rank rows from ``_rank_base`` on
+        self._rank_base = 0
+        self._rank_blocks = 0
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        seed = np.random.SeedSequence(self.scenario.seed, spawn_key=(SERVING_ROUTING_STREAM, *key))
+        return np.random.default_rng(seed)
+
+    def draw(self, tokens_G: np.ndarray, steps: int, ahead: int = 0) -> np.ndarray:
+        """``counts_NLGE`` of ``steps`` steps of ``tokens_G`` tokens per GPU, the first
+        ``ahead`` steps past the committed ones (those before it drawn with the same
+        ``tokens_G``)."""
+        first = self.step + ahead
+        ranking_XE, row_NL = self._rankings(first, steps)
+        tokens = int(tokens_G.sum())
+        if self.scenario.routing_resolution(tokens) == "counts":
+            return self._count_level(tokens_G, ranking_XE, row_NL, first)
+        per_step = self.layers * tokens
+        ranks_KR = self._rank_rows(self._row + ahead * per_step, steps * per_step)
+        ranks_NLX = ranks_KR.T.reshape(steps, self.layers, tokens * self.top_k)
+        experts = ranking_XE.ravel()[ranks_NLX + (row_NL * self.experts)[..., None]]
+        source_X = np.repeat(np.arange(self.gpus), tokens_G * self.top_k) * self.experts
+        cells = self.gpus * self.experts
+        rows_NL1 = (np.arange(steps * self.layers) * cells).reshape(steps, self.layers, 1)
+        keys = (experts + source_X + rows_NL1).ravel()
+        counts = np.bincount(keys, minlength=steps * self.layers * cells)
+        return counts.reshape(steps, self.layers, self.gpus, self.experts)
+
+    def replica_rng(self, step: int) -> np.random.Generator:
+        """The generator that splits step ``step``'s counts (and the next ones timed with
+        it) over expert replicas."""
+        return self._rng(_REPLICAS, step)
+
+    def commit(self, steps: int, tokens: int) -> None:
+        """Consume ``steps`` steps of ``tokens`` tokens each (the first ones drawn)."""
+        self.step += steps
+        if self.scenario.routing_resolution(tokens) == "tokens":
+            self._row += steps * self.layers * tokens
+
+    def _rankings(self, first: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ranking_XE, row_NL)`` of steps ``first ..``, as ``SyntheticRouter.rankings``."""
+        rankings, rows, offset = [], [], 0
+        for block in range(first // _RANKING_BLOCK, (first + steps - 1) // _RANKING_BLOCK + 1):
+            ranking_XE, row_NL = self._ranking_block(block)
+            low = max(first - block * _RANKING_BLOCK, 0)
+            high = min(first + steps - block * _RANKING_BLOCK, _RANKING_BLOCK)
+            rankings.append(ranking_XE)
+            rows.append(row_NL[low:high] + offset)
+            offset += ranking_XE.shape[0]
+        if len(rankings) == 1:
+            return rankings[0], rows[0]
+        return np.concatenate(rankings), np.concatenate(rows)
+
+    def _ranking_block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """Block ``block`` of rankings; blocks are drawn in order (the ranking carries over),
+        and dropped once every step in them is committed."""
+        for done in [b for b in self._ranking_blocks if b < self.step // _RANKING_BLOCK]:
+            del self._ranking_blocks[done]
+        while self._next_ranking_block <= block:
+            self._router.reseed(self._rng(_RANKINGS, self._next_ranking_block))
+            drawn = self._router.rankings(_RANKING_BLOCK)
+            self._ranking_blocks[self._next_ranking_block] = drawn
+            self._next_ranking_block += 1
+        return self._ranking_blocks[block]
+
+    def _rank_rows(self, start: int, size: int) -> np.ndarray:
+        """Rank rows ``start .. start + size - 1`` (``ranks_KR``) of the pool."""
+        held, base = (0 if self._ranks_KR is None else self._ranks_KR.shape[1]), self._rank_base
+        end = start + size - base
+        if end > held:
+            fresh = []
+            for _ in range(-(-(end - held) // _RANK_BLOCK)):
+                self._router.reseed(self._rng(_RANKS, self._rank_blocks))
+                fresh.append(self._router.ranks(_RANK_BLOCK))
+                self._rank_blocks += 1
+            # rows before the cursor are never read again
+            kept = (
+                [] if self._ranks_KR is None else [self._ranks_KR[:, self._row - self._rank_base :]]
+            )
+            self._ranks_KR = np.concatenate([*kept, *fresh], axis=1)
+            self._rank_base = self._row
+        return self._ranks_KR[:, start - self._rank_base : start - self._rank_base + size]
+
+    def _count_level(
+        self, tokens_G: np.ndarray, ranking_XE: np.ndarray, row_NL: np.ndarray, first: int
+    ) -> np.ndarray:
+        """Count-level draws, step by step, each with the generator of its step index."""
+        if self._counts is None:
+            model, routing = self.scenario.model, self.scenario.workload.routing
+            law_router = SyntheticRouter(
+                routing, model.num_experts, model.top_k, self.layers, self._rng(_LAW)
+            )
+            self._counts = CountRouter(self._router, tokens_G, choice_law(law_router))
+            self.resolution = "counts"
+        parts = []
+        for n in range(row_NL.shape[0]):
+            self._router.reseed(self._rng(_COUNTS, first + n))
+            parts.append(self._counts.counts(ranking_XE, row_NL[n : n + 1], tokens_G))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
