@@ -7,15 +7,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from moesim.config import Scenario, load_scenario
 from moesim.errors import MoesimError
 from moesim.files import json_text, publish
 from moesim.metrics import Result, RunRecords, chrome_trace
-from moesim.policies import PlacementPlan, save_eplb
+from moesim.policies import PlacementPlan, plan_placement, save_eplb
 from moesim.sim import OutOfMemoryError, simulate
 from moesim.sim.engine import StepCallback
 from moesim.sim.serving import simulate_serving
-from moesim.workload import read_trace
+from moesim.sim.serving_groups import kv_cache
+from moesim.workload import read_trace, request_table
 
 __all__ = [
     "OutOfMemoryError",
@@ -23,6 +26,7 @@ __all__ = [
     "check_trace_files",
     "load_scenario",
     "run",
+    "serving_kv_blocks",
     "write_outputs",
 ]
 
@@ -36,6 +40,12 @@ def check_trace_files(scenario: Scenario) -> None:
             read_trace(path)
 
 
+def serving_kv_blocks(scenario: Scenario) -> np.ndarray:
+    """The KV blocks of each attention group (GPU) of a serving scenario, as the simulator
+    sizes them from the profile: the reference executor serves with the same cache."""
+    return kv_cache(scenario, plan_placement(scenario), request_table(scenario)).blocks_G
+
+
 def run(
     scenario: Scenario,
     *,
@@ -45,21 +55,23 @@ def run(
     on_step: StepCallback | None = None,
 ) -> tuple[Result, RunRecords]:
     """Simulate ``scenario`` (or, with ``executor="reference"``, run it for real with torch on
-    ``device``); returns the ``Result`` and the records it was computed from."""
-    if executor == "reference" and scenario.workload.phase == "serving":
-        raise MoesimError(
-            "--executor reference: the reference executor runs fixed batches; serving is "
-            "simulated only (--executor sim)"
-        )
+    ``device``: a serving scenario's requests arrive in real time); returns the ``Result`` and
+    the records it was computed from."""
+    serving = scenario.workload.phase == "serving"
     if executor == "reference":
         try:
-            from moesim.reference import execute
+            from moesim.reference import execute, serve
         except ImportError:
             raise MoesimError(
                 "the reference executor needs torch: pip install 'moesim[torch]'"
             ) from None
-        records = execute(scenario, device=device, on_step=on_step)
-    elif scenario.workload.phase == "serving":
+        if serving:
+            records = serve(
+                scenario, serving_kv_blocks(scenario), device=device, on_progress=on_step
+            )
+        else:
+            records = execute(scenario, device=device, on_step=on_step)
+    elif serving:
         records = simulate_serving(scenario, trace_steps=trace_steps, on_progress=on_step)
     else:
         records = simulate(scenario, trace_steps=trace_steps, on_step=on_step)
