@@ -54,16 +54,19 @@ class KVBlocks:
         """Let each request hold ``tokens`` of context (allocates its first blocks too); a
         request never shrinks. Distinct ids; raises ``KVOverflow`` beyond the free blocks."""
         ids = np.atleast_1d(np.asarray(requests, dtype=np.int64))
-        extra = np.broadcast_to(self.needed(ids, tokens), ids.shape)
-        total = int(extra.sum())
-        if total > self.free_blocks:
-            raise KVOverflow(f"{total} KV blocks asked for, {self.free_blocks} free")
         if ids.size and ids.max() >= self._held_R.size:
             grown = np.zeros(max(int(ids.max()) + 1, 2 * self._held_R.size), dtype=np.int64)
             grown[: self._held_R.size] = self._held_R
             self._held_R = grown
-        self._held_R[ids] += extra
-        self.used_blocks += total
+        held = self._held_R[ids]
+        extra = np.maximum(self.blocks_for(np.asarray(tokens)) - held, 0)
+        extra = np.broadcast_to(extra, ids.shape)
+        total = int(extra.sum())
+        if total > self.free_blocks:
+            raise KVOverflow(f"{total} KV blocks asked for, {self.free_blocks} free")
+        if total:
+            self._held_R[ids] = held + extra
+            self.used_blocks += total
 
     def allocate(self, requests: ArrayLike, tokens: ArrayLike) -> None:
         """First blocks of requests that hold none (``grow`` with that checked)."""

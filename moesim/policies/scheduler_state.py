@@ -100,9 +100,11 @@ class ServingState:
 def advance(state: ServingState, plan: StepPlan, steps: int = 1) -> StepOutcome:
     """Apply ``plan`` (``steps`` times for a decode stretch, see ``decode_stretch``): preempt,
     admit, allocate KV, make progress, emit tokens, finish and free."""
-    if not np.array_equal(state.context_R[plan.request], plan.context):
+    request = plan.request
+    if not np.array_equal(state.context_R[request], plan.context):
         raise RuntimeError("step plan applied to a state it was not planned from")
-    if steps > 1 and (plan.is_prefill.any() or plan.preempted.size):
+    prefills = bool(plan.is_prefill.any())
+    if steps > 1 and (prefills or plan.preempted.size):
         raise RuntimeError("only a plan of decodes without preemptions repeats")
     preempted = plan.preempted
     if preempted.size:
@@ -114,20 +116,22 @@ def advance(state: ServingState, plan: StepPlan, steps: int = 1) -> StepOutcome:
         state.context_R[preempted] = 0
         state.preemptions_R[preempted] += 1
         state.waiting = np.concatenate([preempted, state.waiting])
-    request = plan.request
-    admitted = request[np.isin(request, state.waiting)]
-    if admitted.size:
-        state.waiting = state.waiting[~np.isin(state.waiting, admitted)]
-        state.running = np.concatenate([state.running, admitted])
+    if prefills:  # only a prefill admits a request
+        admitted = request[np.isin(request, state.waiting)]
+        if admitted.size:
+            state.waiting = state.waiting[~np.isin(state.waiting, admitted)]
+            state.running = np.concatenate([state.running, admitted])
     new_tokens = plan.new_tokens * steps
     state.kv.grow(request, plan.context + new_tokens)
     state.context_R[request] += new_tokens
-    emits = ~plan.is_prefill | ~state.prefilling(request)
-    emitted = request[emits]
-    first_token = emitted[state.generated_R[emitted] == 0]
-    state.generated_R[emitted] += steps
-    finished = emitted[state.generated_R[emitted] >= state.output_tokens_R[emitted]]
-    if np.any(state.generated_R[finished] > state.output_tokens_R[finished]):
+    emitted = request[~plan.is_prefill | ~state.prefilling(request)] if prefills else request
+    generated = state.generated_R[emitted]
+    first_token = emitted[generated == 0]
+    generated += steps
+    state.generated_R[emitted] = generated
+    over = generated - state.output_tokens_R[emitted]
+    finished = emitted[over >= 0]
+    if over.size and over.max() > 0:
         raise RuntimeError("a decode stretch ran past a request's last token")
     if finished.size:
         state.kv.free(finished)

@@ -6,9 +6,12 @@ GPUs, ``E`` experts. The law is the scenario's synthetic one (``SyntheticRouter`
 (step, layer) has a ranking of the experts, kept with the locality's chance from one step to
 the next; each token picks ``K`` distinct popularity ranks, i.i.d. across tokens. Both are drawn
 in blocks, each block with its own generator: rankings ``_RANKING_BLOCK`` steps at a time, rank
-rows ``_RANK_BLOCK`` rows at a time, consumed in order. A step whose tokens
+rows ``_RANK_BLOCK`` rows at a time, consumed in order. Where a token has few sets of ``K``
+ranks to pick from (Mixtral: 28 pairs of 8), a big step's GPU with ``S`` tokens picks them as
+``Multinomial(S, p_J)``, ``p_J`` each set's exact chance under the token-level draw: the same
+law as token by token, at a cost that does not grow with ``S``. A step whose tokens
 ``Scenario.routing_resolution`` gives to counts draws them with ``CountRouter`` on the same
-rankings, with a generator of its own.
+rankings. Both draw each step with a generator of its own.
 
 Steps are peeked (``draw`` from ``ahead`` steps past the cursor) and then ``commit``-ed: a step
 timed past the end of a stretch and dropped gives its rows back, so the routing of the run's
@@ -17,6 +20,8 @@ steps does not depend on how its stretches were cut into timing calls.
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Literal
 
 import numpy as np
@@ -25,11 +30,14 @@ from moesim.config import Scenario
 from moesim.workload import SyntheticRouter
 from moesim.workload.counts import CountRouter, choice_law
 
-__all__ = ["ServingRouting"]
+__all__ = ["ServingRouting", "rank_sets"]
 
 SERVING_ROUTING_STREAM = 5  # spawn key of the serving routing streams (the reference's too)
-_RANKS, _RANKINGS, _COUNTS, _LAW, _REPLICAS = 2, 3, 4, 5, 6  # sub-keys: a generator each
+_RANKS, _RANKINGS, _COUNTS, _LAW, _REPLICAS, _SETS = 2, 3, 4, 5, 6, 7  # a generator each
 _RANK_BLOCK = 1 << 16  # token-layer rows of ranks per block
+_MOST_SETS = 256  # rank sets a token can pick, at most, to draw them per GPU as a multinomial
+_MOST_ORDERS = 4096  # ordered choices summed up to find the sets' chances
+_SET_COST = 2.5  # a multinomial's category against one token draw (measured, numpy 2)
 _RANKING_BLOCK = 64  # steps of rankings per block
 
 
@@ -45,6 +53,7 @@ class ServingRouting:
             scenario.workload.routing, model.num_experts, model.top_k, layers, self._rng(_RANKS)
         )
         self._counts: CountRouter | None = None
+        self._sets = rank_sets(self._router)
         # "counts" once a step was drawn at count level
         self.resolution: Literal["tokens", "counts"] = "tokens"
         # committed steps and rank rows; the drawn rankings and rank rows beyond a base
@@ -68,6 +77,8 @@ class ServingRouting:
         tokens = int(tokens_G.sum())
         if self.scenario.routing_resolution(tokens) == "counts":
             return self._count_level(tokens_G, ranking_XE, row_NL, first)
+        if self._by_sets(tokens):
+            return self._set_level(tokens_G, ranking_XE, row_NL, first)
         per_step = self.layers * tokens
         ranks_KR = self._rank_rows(self._row + ahead * per_step, steps * per_step)
         ranks_NLX = ranks_KR.T.reshape(steps, self.layers, tokens * self.top_k)
@@ -87,8 +98,16 @@ class ServingRouting:
     def commit(self, steps: int, tokens: int) -> None:
         """Consume ``steps`` steps of ``tokens`` tokens each (the first ones drawn)."""
         self.step += steps
-        if self.scenario.routing_resolution(tokens) == "tokens":
+        if not self._by_sets(tokens) and self.scenario.routing_resolution(tokens) == "tokens":
             self._row += steps * self.layers * tokens
+
+    def _by_sets(self, tokens: int) -> bool:
+        """Whether a step of ``tokens`` tokens draws rank sets per GPU: where there are few,
+        and the step's token draws cost more than the multinomials' categories."""
+        if self._sets is None:
+            return False
+        sets = self._sets[1].size
+        return tokens * self.top_k > _SET_COST * self.gpus * sets
 
     def _rankings(self, first: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """``(ranking_XE, row_NL)`` of steps ``first ..``, as ``SyntheticRouter.rankings``."""
@@ -150,3 +169,39 @@ class ServingRouting:
             self._router.reseed(self._rng(_COUNTS, first + n))
             parts.append(self._counts.counts(ranking_XE, row_NL[n : n + 1], tokens_G))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _set_level(
+        self, tokens_G: np.ndarray, ranking_XE: np.ndarray, row_NL: np.ndarray, first: int
+    ) -> np.ndarray:
+        """Each GPU's tokens over the rank sets, a multinomial per (step, layer, GPU)."""
+        sets_JE, p_J = self._sets
+        trials_LG = np.broadcast_to(tokens_G, (self.layers, self.gpus))
+        picks = [
+            self._rng(_SETS, first + n).multinomial(trials_LG, p_J) for n in range(len(row_NL))
+        ]
+        ranks_NLGE = np.stack(picks) @ sets_JE
+        counts = np.empty_like(ranks_NLGE)
+        experts_NL1E = ranking_XE[row_NL][:, :, None, :]
+        np.put_along_axis(counts, np.broadcast_to(experts_NL1E, counts.shape), ranks_NLGE, axis=-1)
+        return counts
+
+
+def rank_sets(router: SyntheticRouter) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(sets_JE, p_J)``: every set of ``K`` distinct ranks (as 0/1 rows) and its chance when
+    each next choice is drawn from the rank weights as drawn (``rank_weights_LE``) restricted
+    to the ranks not yet chosen, summed over the orders; None where there are too many sets
+    (or per-layer weights)."""
+    experts, top_k = router.num_experts, router.top_k
+    if router.per_layer or math.comb(experts, top_k) > _MOST_SETS:
+        return None
+    if math.perm(experts, top_k) > _MOST_ORDERS:
+        return None
+    w_E = np.asarray(router.rank_weights_LE[0], dtype=np.float64)
+    orders_XK = np.array(list(itertools.permutations(range(experts), top_k)), dtype=np.int64)
+    chosen_XK = np.cumsum(w_E[orders_XK], axis=1) - w_E[orders_XK]  # weight chosen before
+    p_X = np.prod(w_E[orders_XK] / (1.0 - chosen_XK), axis=1)
+    sets_XE = np.zeros((orders_XK.shape[0], experts), dtype=np.int64)
+    np.put_along_axis(sets_XE, orders_XK, 1, axis=1)
+    sets_JE, which_X = np.unique(sets_XE, axis=0, return_inverse=True)
+    p_J = np.bincount(which_X.ravel(), weights=p_X, minlength=sets_JE.shape[0])
+    return sets_JE, p_J / p_J.sum()
