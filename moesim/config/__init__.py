@@ -11,7 +11,8 @@ from moesim.config.loading import (
     shipped_names,
 )
 from moesim.config.measured import AttentionCurves, GemmTable, MeasuredCurve
-from moesim.config.model import DTYPE_BYTES, ModelSpec
+from moesim.config.model import DTYPE_BYTES, MlaSpec, ModelSpec
+from moesim.config.parallel import ParallelSpec
 from moesim.config.registry import (
     CACHE,
     GATING,
@@ -47,7 +48,9 @@ __all__ = [
     "LengthSpec",
     "LinkSpec",
     "MeasuredCurve",
+    "MlaSpec",
     "ModelSpec",
+    "ParallelSpec",
     "PoliciesSpec",
     "Policy",
     "PolicyParams",

@@ -13,9 +13,23 @@ from pydantic import Field, model_validator
 
 from moesim.config.fields import Frozen
 
-__all__ = ["DTYPE_BYTES", "ModelSpec"]
+__all__ = ["DTYPE_BYTES", "MlaSpec", "ModelSpec"]
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
+Dtype = Literal["fp32", "fp16", "bf16", "fp8"]
+
+
+class MlaSpec(Frozen):
+    """Multi-head latent attention (DeepSeek-V2/V3): queries through a rank-``q_lora_rank``
+    bottleneck, keys and values from a cached latent of ``kv_lora_rank`` values plus one
+    shared rotary key of ``rope_dim``; per head a ``nope_dim + rope_dim`` query-key width and
+    a ``v_dim`` value width."""
+
+    q_lora_rank: int = Field(ge=1)
+    kv_lora_rank: int = Field(ge=1)
+    rope_dim: int = Field(ge=1)
+    nope_dim: int = Field(ge=1)
+    v_dim: int = Field(ge=1)
 
 
 class ModelSpec(Frozen):
@@ -42,7 +56,12 @@ class ModelSpec(Frozen):
     attention_params: int | None = Field(default=None, ge=1, description="per layer, override")
     vocab_size: int = Field(ge=1)
     tied_embeddings: bool = True
-    dtype: Literal["fp32", "fp16", "bf16", "fp8"] = "fp16"
+    mla: MlaSpec | None = None
+    dtype: Dtype = Field(default="fp16", description="weights and GEMMs of experts and FFNs")
+    attention_dtype: Dtype | None = Field(default=None, description="attention; default dtype")
+    kv_cache_dtype: Dtype | None = Field(default=None, description="KV cache; default dtype")
+    dispatch_dtype: Dtype | None = Field(default=None, description="dispatch rows; default dtype")
+    combine_dtype: Dtype | None = Field(default=None, description="combine rows; default dtype")
     sources: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -62,6 +81,8 @@ class ModelSpec(Frozen):
                 f"heads = {self.heads} exceeds d_model = {self.d_model}: a head would have "
                 "d_model // heads = 0 dimensions (give head_dim, or fewer heads)"
             )
+        if self.mla is not None and (self.kv_dim is not None or self.attention_params is not None):
+            raise ValueError("mla derives kv_dim and attention_params: give one or the other")
         if self.moe_every > 0:
             if self.num_experts < 1:
                 raise ValueError("an MoE model (moe_every > 0) needs num_experts >= 1")
@@ -75,16 +96,42 @@ class ModelSpec(Frozen):
     def dtype_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
 
+    def part_bytes(self, part: Literal["attention", "kv_cache", "dispatch", "combine"]) -> int:
+        """Bytes per element of one part's precision (the model's ``dtype`` unless set)."""
+        return DTYPE_BYTES[self.part_dtype(part)]
+
+    def part_dtype(self, part: Literal["attention", "kv_cache", "dispatch", "combine"]) -> str:
+        return getattr(self, f"{part}_dtype") or self.dtype
+
     @property
     def q_dim(self) -> int:
+        """Query-key width over all heads (MLA: ``nope_dim + rope_dim`` per head)."""
+        if self.mla is not None:
+            return self.heads * (self.mla.nope_dim + self.mla.rope_dim)
         return self.heads * (self.head_dim or self.d_model // self.heads)
 
     @property
+    def v_dim(self) -> int:
+        """Value width over all heads."""
+        if self.mla is not None:
+            return self.heads * self.mla.v_dim
+        return self.q_dim
+
+    @property
     def kv_width(self) -> int:
-        """Elements of K and V cached per token per attention block."""
+        """Elements of K and V cached per token per attention block (MLA: the latent and the
+        rotary key)."""
+        if self.mla is not None:
+            return self.mla.kv_lora_rank + self.mla.rope_dim
         if self.kv_dim is not None:
             return self.kv_dim
         return 2 * (self.kv_heads or self.heads) * (self.head_dim or self.d_model // self.heads)
+
+    @property
+    def kv_splits(self) -> int:
+        """Ways tensor parallelism can split the KV cache: by KV head (MLA's latent is shared
+        by all heads, so it cannot split)."""
+        return 1 if self.mla is not None else (self.kv_heads or self.heads)
 
     @property
     def ffn_matrices(self) -> int:
@@ -117,6 +164,11 @@ class ModelSpec(Frozen):
     def attention_params_per_block(self) -> int:
         if self.attention_params is not None:
             return self.attention_params
+        if (mla := self.mla) is not None:
+            d, h = self.d_model, self.heads
+            q = d * mla.q_lora_rank + mla.q_lora_rank * self.q_dim
+            kv = d * self.kv_width + mla.kv_lora_rank * h * (mla.nope_dim + mla.v_dim)
+            return q + kv + self.v_dim * d
         kv_proj = self.kv_width  # K and V projections together
         return self.d_model * self.q_dim + self.d_model * kv_proj + self.q_dim * self.d_model
 
@@ -132,20 +184,23 @@ class ModelSpec(Frozen):
     def embedding_params(self) -> int:
         return self.vocab_size * self.d_model * (1 if self.tied_embeddings else 2)
 
-    @property
-    def non_expert_params(self) -> int:
-        """Parameters on every GPU: embeddings, attention, dense FFNs, routers, shared experts."""
+    def non_expert_parts(self) -> dict[str, int]:
+        """Parameters on every GPU by part (what tensor parallelism splits differs)."""
         stacks = self.stacks()
         attention_blocks = self.layers + (stacks["decoder"] if "encoder" in stacks else 0)
         moe = self.total_moe_layers
-        dense = self.layers - moe
-        per_moe_layer = self.d_model * self.num_experts + self.shared_experts * self.expert_params
-        return (
-            self.embedding_params
-            + attention_blocks * self.attention_params_per_block
-            + dense * self.dense_ffn_params
-            + moe * per_moe_layer
-        )
+        return {
+            "embedding": self.embedding_params,
+            "attention": attention_blocks * self.attention_params_per_block,
+            "dense": (self.layers - moe) * self.dense_ffn_params,
+            "router": moe * self.d_model * self.num_experts,
+            "shared": moe * self.shared_experts * self.expert_params,
+        }
+
+    @property
+    def non_expert_params(self) -> int:
+        """Parameters on every GPU: embeddings, attention, dense FFNs, routers, shared experts."""
+        return sum(self.non_expert_parts().values())
 
     @property
     def total_params(self) -> int:

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 from moesim.config.fields import Frozen
 from moesim.config.hardware import HardwareProfile
 from moesim.config.model import ModelSpec
+from moesim.config.parallel import ParallelSpec
 from moesim.config.registry import CACHE, GATING, PLACEMENT, SCHEDULER, PolicyParams, Registry
 from moesim.config.serving import RequestsSpec, SloSpec
 
@@ -46,19 +47,43 @@ MIN_COUNT_LEVEL_DRAWS = 1 << 14
 
 
 class ClusterSpec(Frozen):
+    """``nodes`` of ``gpus_per_node`` GPUs; ``nvlink_domain`` GPUs share NVLink (default a
+    node; 72 for a GB200 NVL72 rack of 18 four-GPU trays); ``parallel``: the layout."""
+
     nodes: int = Field(default=1, ge=1)
     gpus_per_node: int = Field(default=8, ge=1)
     device: HardwareProfile
+    nvlink_domain: int | None = Field(default=None, ge=1)
+    parallel: ParallelSpec = Field(default_factory=ParallelSpec)
 
     @model_validator(mode="after")
     def _size(self) -> ClusterSpec:
         if self.gpus > MAX_GPUS:
             raise ValueError(f"{self.gpus} GPUs; moesim models at most {MAX_GPUS}")
+        domain = self.domain
+        if domain > self.gpus:
+            raise ValueError(f"nvlink_domain is {domain} GPUs, more than the cluster's {self.gpus}")
+        if domain % self.gpus_per_node or self.gpus % domain:
+            raise ValueError(
+                f"nvlink_domain ({domain}) must be a whole number of nodes "
+                f"({self.gpus_per_node} GPUs each) and divide the cluster's {self.gpus} GPUs"
+            )
+        for name in ("attention_tp", "expert_tp"):
+            tp = getattr(self.parallel, name)
+            if self.gpus % tp:
+                raise ValueError(
+                    f"parallel.{name} ({tp}) does not divide the cluster's {self.gpus} GPUs"
+                )
         return self
 
     @property
     def gpus(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    @property
+    def domain(self) -> int:
+        """GPUs per NVLink domain."""
+        return self.nvlink_domain or self.gpus_per_node
 
 
 class SyntheticRouting(Frozen):
@@ -218,17 +243,27 @@ class Scenario(Frozen):
 
     @model_validator(mode="after")
     def _fits(self) -> Scenario:
-        dtype = self.model.dtype
-        if dtype not in self.cluster.device.compute.peak_flops:
-            known = ", ".join(sorted(self.cluster.device.compute.peak_flops))
+        peaks = self.cluster.device.compute.peak_flops
+        for field, dtype in (
+            ("dtype", self.model.dtype),
+            ("attention_dtype", self.model.part_dtype("attention")),
+        ):
+            if dtype not in peaks:
+                raise ValueError(
+                    f"device {self.cluster.device.name} has no peak_flops for the model's "
+                    f"{field} {dtype} (it lists {', '.join(sorted(peaks))})"
+                )
+        cluster = self.cluster
+        if cluster.gpus > cluster.domain and cluster.device.links.network is None:
             raise ValueError(
-                f"device {self.cluster.device.name} has no peak_flops for the model's dtype "
-                f"{dtype} (it lists {known})"
+                f"{cluster.gpus // cluster.domain} NVLink domains need links.network in the "
+                "device profile"
             )
-        if self.cluster.nodes > 1 and self.cluster.device.links.network is None:
-            raise ValueError(f"{self.cluster.nodes} nodes need links.network in the device profile")
-        if self.cluster.gpus_per_node > 1 and self.cluster.device.links.nvlink is None:
-            raise ValueError("several GPUs per node need links.nvlink in the device profile")
+        if cluster.domain > 1 and cluster.device.links.nvlink is None:
+            raise ValueError(
+                "several GPUs per NVLink domain need links.nvlink in the device profile"
+            )
+        self._check_layout()
         cache = self.policies.cache
         if cache.name != "none" and cache.layers not in ("all", *self.model.stacks()):
             raise ValueError(
@@ -247,6 +282,32 @@ class Scenario(Frozen):
                 "routing at workload.routing.resolution: counts has no such limit)"
             )
         return self
+
+    def _check_layout(self) -> None:
+        """A layout the model cannot take: TP that does not divide the heads (or the FFNs),
+        expert ranks that do not split the experts, TP groups that straddle NVLink domains."""
+        model, cluster = self.model, self.cluster
+        attention_tp, expert_tp = cluster.parallel.attention_tp, cluster.parallel.expert_tp
+        if model.heads % attention_tp:
+            raise ValueError(
+                f"cluster.parallel.attention_tp ({attention_tp}) does not divide the "
+                f"{model.heads} attention heads of {model.name}"
+            )
+        widths = {"d_ffn": model.d_ffn, "dense_d_ffn": model.dense_d_ffn or model.d_ffn}
+        for name, tp in (("attention_tp", attention_tp), ("expert_tp", expert_tp)):
+            if tp > 1 and (cluster.domain % tp and tp % cluster.domain):
+                raise ValueError(
+                    f"cluster.parallel.{name} ({tp}): its groups would straddle NVLink domains "
+                    f"of {cluster.domain} GPUs (make one a multiple of the other)"
+                )
+            field = "d_ffn" if name == "expert_tp" else "dense_d_ffn"
+            if widths[field] % tp:
+                raise ValueError(
+                    f"cluster.parallel.{name} ({tp}) does not divide {model.name}'s "
+                    f"{field} ({widths[field]})"
+                )
+        if expert_tp > 1 and self.policies.cache.name != "none":
+            raise ValueError("cluster.parallel.expert_tp > 1 with expert buffering is not modelled")
 
     def routing_resolution(self, tokens: int | None = None) -> Literal["tokens", "counts"]:
         """How the routing of a step of ``tokens`` tokens (by default the fixed batch's; a

@@ -2,6 +2,7 @@
 
 from moesim.hardware.costs import (
     DeviceCosts,
+    allreduce_time,
     alltoall_port_time,
     port_time_is_monotone,
     transfer_time,
@@ -12,6 +13,7 @@ __all__ = [
     "KINDS",
     "DeviceCosts",
     "Topology",
+    "allreduce_time",
     "alltoall_port_time",
     "build_topology",
     "port_time_is_monotone",

@@ -22,7 +22,13 @@ from moesim.config import (
 )
 from moesim.hardware.tables import attention_core_time, curve_time, gemm_time
 
-__all__ = ["DeviceCosts", "alltoall_port_time", "port_time_is_monotone", "transfer_time"]
+__all__ = [
+    "DeviceCosts",
+    "allreduce_time",
+    "alltoall_port_time",
+    "port_time_is_monotone",
+    "transfer_time",
+]
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,14 @@ class DeviceCosts:
     dtype_bytes: int = 2
     gemm: GemmTable | None = None
     attention: AttentionCurves | None = None
+    peak_ratio: dict[str, float] | None = None  # this dtype's peak over another's
+
+    def flops_as(self, flops: np.ndarray | float, dtype: str) -> np.ndarray | float:
+        """``flops`` done in ``dtype``, as the FLOPs of this costs' dtype that take as long
+        (so that one roofline op can mix precisions)."""
+        if self.peak_ratio is None or dtype not in self.peak_ratio:
+            return flops
+        return flops * self.peak_ratio[dtype]
 
     @classmethod
     def from_profile(cls, profile: HardwareProfile, dtype: str) -> DeviceCosts:
@@ -44,6 +58,10 @@ class DeviceCosts:
             hbm_bytes_per_s=memory.bandwidth * memory.efficiency,
             launch_overhead_s=compute.launch_overhead,
             dtype_bytes=DTYPE_BYTES[dtype],
+            peak_ratio={
+                other: compute.peak_flops[dtype] / peak
+                for other, peak in compute.peak_flops.items()
+            },
             gemm=compute.gemm if compute.gemm is not None and compute.gemm.dtype == dtype else None,
             attention=(
                 compute.attention
@@ -79,6 +97,21 @@ class DeviceCosts:
         if self.attention is not None:
             return attention_core_time(self.attention, kv_bytes if decode else flops, decode)
         return self.op_time(flops, moved)
+
+
+def allreduce_time(
+    link: LinkSpec, bytes_moved: np.ndarray | float, ranks: int, switched: bool
+) -> np.ndarray:
+    """Seconds of an all-reduce of ``bytes_moved`` per rank among ``ranks`` over ``link``: a
+    reduce-scatter and an all-gather, ``2 (ranks - 1) / ranks`` of the bytes through each
+    port; through a switch (NVSwitch) each phase is one exchange with all peers (one latency
+    each), over a ring ``ranks - 1`` steps each. Zero for one rank or no bytes."""
+    if ranks <= 1:
+        return np.zeros(np.shape(bytes_moved))
+    hops = 2 if switched else 2 * (ranks - 1)
+    port_bytes = np.multiply(bytes_moved, 2 * (ranks - 1) / ranks)
+    seconds = hops * link.latency + np.divide(port_bytes, link.bandwidth * link.efficiency)
+    return np.where(np.asarray(bytes_moved) > 0, seconds, 0.0)
 
 
 def transfer_time(link: LinkSpec, bytes_moved: np.ndarray | float) -> np.ndarray:

@@ -1,15 +1,21 @@
 """The cluster's links: per-pair link kinds in closed form, and the cluster as a networkx graph.
 
-GPUs of one node talk over NVLink (through the node's switch), of different nodes over the
-network, whatever the latencies; a pair's latency is its kind's link latency (two switched hops
-of half the link's latency each). Both follow from node membership (``node_G``), so nothing
-here is all-pairs: ``kind_GG`` and ``latency_GG`` are built on demand, for small clusters and
-tests, and the simulator reduces traffic over nodes instead.
+GPUs of one NVLink domain (a node, or a rack-scale domain such as GB200 NVL72:
+``cluster.nvlink_domain``) talk over NVLink through the domain's switches, of different domains
+over the network, whatever the latencies; a pair's latency is its kind's link latency (two
+switched hops of half the link's latency each). Both follow from domain membership
+(``domain_G``), so nothing here is all-pairs: ``kind_GG`` and ``latency_GG`` are built on
+demand, for small clusters and tests, and the simulator reduces traffic over domains instead.
+
+``build_topology(cluster, expert_tp)`` with ``expert_tp > 1`` is the topology of the expert
+ranks: each a group of ``expert_tp`` consecutive GPUs whose ports each carry the rank's traffic
+with one GPU's link (``sim/layout``).
 
 The graph (``Topology.graph``, built on first use) describes the cluster for export: nodes
-``("gpu", i)``, ``("nvswitch", n)`` and ``("host", n)`` per node (CPU memory, behind PCIe) and
-one ``("fabric",)`` joining the nodes' NICs; edges carry ``kind`` (``nvlink`` | ``pcie`` |
-``network``), ``bandwidth`` (per direction, bytes/s) and ``latency`` (seconds per hop).
+``("gpu", i)``, ``("host", n)`` per node (CPU memory, behind PCIe), ``("nvswitch", d)`` per
+NVLink domain and one ``("fabric",)`` joining the NICs; edges carry ``kind`` (``nvlink`` |
+``pcie`` | ``network``), ``bandwidth`` (per direction, bytes/s) and ``latency`` (seconds per
+hop).
 """
 
 from __future__ import annotations
@@ -30,32 +36,27 @@ LOCAL, NVLINK, NETWORK = (KINDS.index(kind) for kind in ("local", "nvlink", "net
 
 @dataclass(frozen=True)
 class Topology:
-    """The cluster's GPUs grouped into nodes, and the LinkSpec of each kind used."""
+    """``gpus`` devices (GPUs, or expert ranks) in NVLink domains of ``domain`` devices, and
+    the LinkSpec of each kind used."""
 
     cluster: ClusterSpec
     links: dict[str, LinkSpec]
+    gpus: int
+    domain: int
 
     @property
-    def gpus(self) -> int:
-        return self.cluster.gpus
-
-    @property
-    def gpus_per_node(self) -> int:
-        return self.cluster.gpus_per_node
-
-    @property
-    def nodes(self) -> int:
-        return self.cluster.nodes
+    def domains(self) -> int:
+        return self.gpus // self.domain
 
     @cached_property
-    def node_G(self) -> np.ndarray:
-        return np.arange(self.gpus) // self.gpus_per_node
+    def domain_G(self) -> np.ndarray:
+        return np.arange(self.gpus) // self.domain
 
     def kind(self, source: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Index into ``KINDS`` of the path from GPUs ``source`` to ``target`` (broadcast)."""
         source, target = np.asarray(source), np.asarray(target)
-        same_node = source // self.gpus_per_node == target // self.gpus_per_node
-        return np.where(source == target, LOCAL, np.where(same_node, NVLINK, NETWORK))
+        same_domain = source // self.domain == target // self.domain
+        return np.where(source == target, LOCAL, np.where(same_domain, NVLINK, NETWORK))
 
     @cached_property
     def kind_GG(self) -> np.ndarray:
@@ -80,9 +81,10 @@ class Topology:
             node = gpu // cluster.gpus_per_node
             graph.add_node(("gpu", gpu), node=node)
             _add_link(graph, ("gpu", gpu), ("host", node), "pcie", links.host, 1)
-            if links.nvlink is not None and cluster.gpus_per_node > 1:
-                _add_link(graph, ("gpu", gpu), ("nvswitch", node), "nvlink", links.nvlink, 2)
-            if links.network is not None and cluster.nodes > 1:
+            if links.nvlink is not None and cluster.domain > 1:
+                domain = ("nvswitch", gpu // cluster.domain)
+                _add_link(graph, ("gpu", gpu), domain, "nvlink", links.nvlink, 2)
+            if links.network is not None and cluster.gpus > cluster.domain:
                 _add_link(graph, ("gpu", gpu), ("fabric",), "network", links.network, 2)
         return graph
 
@@ -91,8 +93,10 @@ def _add_link(graph: nx.Graph, a: tuple, b: tuple, kind: str, link: LinkSpec, ho
     graph.add_edge(a, b, kind=kind, bandwidth=link.bandwidth, latency=link.latency / hops)
 
 
-def build_topology(cluster: ClusterSpec) -> Topology:
-    """The topology of ``cluster`` (NVLink through a switch inside a node)."""
+def build_topology(cluster: ClusterSpec, expert_tp: int = 1) -> Topology:
+    """The topology of ``cluster``'s GPUs, or (``expert_tp > 1``) of its expert ranks."""
     links = cluster.device.links
     used = {"nvlink": links.nvlink, "network": links.network}
-    return Topology(cluster, {k: v for k, v in used.items() if v is not None})
+    kept = {k: v for k, v in used.items() if v is not None}
+    domain = max(cluster.domain // expert_tp, 1)
+    return Topology(cluster, kept, cluster.gpus // expert_tp, domain)

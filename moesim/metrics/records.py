@@ -23,7 +23,16 @@ __all__ = [
     "load_imbalance",
 ]
 
-PHASES = ("attention", "dense_ffn", "gate", "alltoall", "expert", "transfer", "other")
+PHASES = (
+    "attention",
+    "dense_ffn",
+    "gate",
+    "alltoall",
+    "expert",
+    "transfer",
+    "other",
+    "allreduce",
+)
 
 
 def load_imbalance(tokens_NLG: np.ndarray) -> np.ndarray:

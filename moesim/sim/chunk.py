@@ -107,7 +107,8 @@ def time_chunk(
     they differ from ``local``'s (a serving stretch, whose contexts grow)."""
     model = scenario.model
     n, layers, _units = outcome.tokens_NLE.shape
-    row_bytes = model.d_model * model.dtype_bytes
+    dispatch_row = model.d_model * model.part_bytes("dispatch")
+    combine_row = model.d_model * model.part_bytes("combine")
 
     expert_NLE = local.expert_time(outcome.slots_NLE)
     expert_NLG = plan.per_gpu_sum(expert_NLE) + local.shared_G
@@ -123,13 +124,18 @@ def time_chunk(
         egress, ingress = counted_tokens(counts_NLGU, plan, topology)
     else:
         egress, ingress = routed_tokens(units_NLTK, source_T, tokens_NLG, plan, topology)
-    dispatch_NL = np.broadcast_to(
-        alltoall_time(egress, ingress, topology, costs.launch_overhead_s, row_bytes), (n, layers)
-    )
-    combine_NL = dispatch_NL  # the same rows travel back over full-duplex ports
+
+    def alltoall(row_bytes: int) -> np.ndarray:
+        seconds = alltoall_time(egress, ingress, topology, costs.launch_overhead_s, row_bytes)
+        return np.broadcast_to(seconds, (n, layers))
+
+    dispatch_NL = alltoall(dispatch_row)
+    # the same rows travel back over full-duplex ports, in the combine's precision
+    combine_NL = dispatch_NL if combine_row == dispatch_row else alltoall(combine_row)
     # Bytes crossing each link kind, dispatch and combine (local traffic stays at zero).
     rows_KN = egress.sum(axis=(2, 3))
-    alltoall_bytes_NK = 2.0 * row_bytes * np.broadcast_to(rows_KN.T, (n, len(KINDS)))
+    row_bytes = dispatch_row + combine_row
+    alltoall_bytes_NK = row_bytes * np.broadcast_to(rows_KN.T, (n, len(KINDS)))
     alltoall_bytes_NK = alltoall_bytes_NK * (np.arange(len(KINDS)) > 0)
     count_NL = np.zeros((n, layers))
     if outcome.count_exchange and layers:
@@ -146,9 +152,11 @@ def time_chunk(
     attention_XG = local.attention_G[None] if attention_NG is None else attention_NG
     pre_attention_XLG = local.blocks_L[None, :, None] * attention_XG[:, None, :]
     pre_XLG = pre_attention_XLG + (local.pre_dense_LG + local.gate_G[None])[None]
+    pre_XLG = pre_XLG + local.pre_allreduce_LG[None]
     critical_XL1 = pre_XLG.argmax(axis=-1)[..., None]
     expert_max_NL = expert_NLG.max(axis=-1) if layers else np.zeros((n, 0))
-    tail_XG = local.tail_blocks * attention_XG + local.tail_dense * local.dense_G + local.lm_head_G
+    tail_XG = local.tail_blocks * attention_XG + local.tail_dense * local.dense_G
+    tail_XG = tail_XG + local.lm_head_G + local.tail_allreduce_G
     tail_X1 = tail_XG.argmax(axis=-1)[:, None]
     collectives_N = (count_NL + dispatch_NL + combine_NL).sum(axis=1)
 
@@ -173,6 +181,10 @@ def time_chunk(
     breakdown_NP[:, column["alltoall"]] = collectives_N
     breakdown_NP[:, column["expert"]] = expert_max_NL.sum(axis=1)
     breakdown_NP[:, column["other"]] = at_tail(local.lm_head_G[None])
+    allreduce_XLG = np.broadcast_to(local.pre_allreduce_LG[None], pre_XLG.shape)
+    breakdown_NP[:, column["allreduce"]] = critical(allreduce_XLG) + at_tail(
+        local.tail_allreduce_G[None]
+    )
     latency_N = breakdown_NP.sum(axis=1)
 
     sent_NLG = egress.sum(axis=0)

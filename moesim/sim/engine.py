@@ -29,6 +29,7 @@ from moesim.policies import (
 )
 from moesim.sim.buffering import Buffering
 from moesim.sim.chunk import time_chunk
+from moesim.sim.layout import Layout
 from moesim.sim.local_work import lm_head_tokens, local_work
 from moesim.sim.memory import (
     dense_activation_bytes,
@@ -89,6 +90,17 @@ def _gated(scenario: Scenario, plan: PlacementPlan, tokens_G: np.ndarray) -> Ite
             yield _Gated(chunk, gating.gate(ids, source_T, plan.gpus, plan.units), ids, None)
 
 
+def _on_gpus(spans: SpanRecords, expert_tp: int) -> SpanRecords:
+    """Spans of expert ranks on each of their GPUs (which run them in lock step)."""
+    if expert_tp == 1 or spans.device.size == 0:
+        return spans
+    member_S = np.tile(np.arange(expert_tp), spans.device.size)
+    names = SpanRecords.__dataclass_fields__
+    fields = {name: np.repeat(getattr(spans, name), expert_tp) for name in names}
+    fields["device"] = fields["device"] * expert_tp + member_S
+    return SpanRecords(**fields)
+
+
 def _check_resident_set(scenario: Scenario, resident_G: np.ndarray) -> None:
     capacity = scenario.cluster.device.memory.capacity
     worst = int(np.argmax(resident_G))
@@ -107,13 +119,17 @@ def simulate(
     model, cluster, workload = scenario.model, scenario.cluster, scenario.workload
     gpus = cluster.gpus
     costs = DeviceCosts.from_profile(cluster.device, model.dtype)
-    topology = build_topology(cluster)
+    layout = Layout.of(scenario)
+    ranks = layout.view(scenario)  # the devices of the MoE layers: GPUs, or expert ranks
+    topology = build_topology(cluster, layout.expert_tp)
     layers = model.moe_layers(scenario.stack())
-    plan = plan_placement(scenario)
-    tokens_G = tokens_per_gpu(workload.tokens_per_step, gpus)
-    source_T = np.repeat(np.arange(gpus), tokens_G)
+    plan = plan_placement(ranks)
+    gpu_tokens_G = tokens_per_gpu(workload.tokens_per_step, gpus)
+    gpu_source_T = np.repeat(np.arange(gpus), gpu_tokens_G)
+    tokens_G = layout.rank_sum(gpu_tokens_G)
+    source_T = gpu_source_T // layout.expert_tp
     weights_G = weights_bytes(scenario, plan)
-    kv_G = kv_cache_bytes(scenario, tokens_G)
+    kv_G = kv_cache_bytes(scenario, gpu_tokens_G)
     _check_resident_set(scenario, weights_G + kv_G)
     buffering = None
     if scenario.policies.cache.name != "none":
@@ -126,27 +142,27 @@ def simulate(
         [],
         [],
         dense_activation_bytes(scenario, tokens_G, lm_head_tokens(scenario, tokens_G, source_T)),
-        np.zeros((layers, gpus)),
+        np.zeros((layers, layout.ranks)),
     )
     if buffering is not None and buffering.active:  # one expert in flight into its slot
         collected.activation_G = collected.activation_G + buffering.expert_bytes
 
     def run(env: simpy.Environment) -> Generator[simpy.Event, None, None]:
         local = None
-        for gated in _gated(scenario, plan, tokens_G):
+        for gated in _gated(ranks, plan, tokens_G):
             chunk, outcome = gated.chunk, gated.outcome
             if local is None:
                 local = local_work(
                     scenario,
                     costs,
-                    tokens_G,
-                    source_T,
+                    gpu_tokens_G,
+                    gpu_source_T,
                     outcome.capacity_G,
                     outcome.einsum_dispatch,
                     plan.units,
                 )
             timing = time_chunk(
-                scenario,
+                ranks,
                 costs,
                 topology,
                 plan,
@@ -224,9 +240,9 @@ def simulate(
         capacity_bytes=cluster.device.memory.capacity,
         weights_bytes=weights_G,
         kv_cache_bytes=kv_G,
-        activation_peak_bytes=collected.activation_G,
-        expert_tokens_LG=collected.expert_tokens_LG,
-        expert_weights_bytes=expert_weights_bytes(scenario, plan),
+        activation_peak_bytes=layout.to_gpus(collected.activation_G),
+        expert_tokens_LG=layout.to_gpus(collected.expert_tokens_LG),
+        expert_weights_bytes=layout.to_gpus(expert_weights_bytes(ranks, plan)),
     )
     cache = scenario.policies.cache
     return RunRecords(
@@ -242,7 +258,7 @@ def simulate(
         cache=None if cache.name == "none" else cache.model_dump(),
         phy2log_LU=plan.phy2log_LU,
         owner_LU=plan.owner_LU,
-        spans=SpanRecords.concat(collected.spans),
+        spans=_on_gpus(SpanRecords.concat(collected.spans), layout.expert_tp),
         wall_seconds=time.perf_counter() - wall_start,
         events=collected.events,
     )

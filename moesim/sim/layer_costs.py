@@ -3,9 +3,16 @@
 Everything is a roofline op of ``DeviceCosts``; arrays broadcast over GPUs ``G`` (and steps,
 layers, experts where given). Launch counts are the kernels an eager PyTorch layer issues.
 
-- attention block: QKV/output projections (``2 * tokens * params`` FLOPs) plus the core
-  (``4 * tokens * context * q_dim`` FLOPs), reading the block's weights, the tokens' activations
-  and, in decode, each sequence's cached K/V over ``context`` tokens;
+- attention block: QKV/output projections (``2 * tokens * params`` FLOPs, in ``dtype``) plus
+  the core (``2 * tokens * context * (q_dim + v_dim)`` FLOPs, in ``attention_dtype``), reading
+  the block's weights, the tokens' activations and, in decode, each sequence's cached K/V over
+  ``context`` tokens (in ``kv_cache_dtype``). MLA decodes absorbed (DeepSeek-V2 section
+  2.1.2): each head scores against the cached latent and rotary key (``kv_width`` values) and
+  sums values in the latent (``kv_lora_rank``), so the core is ``2 * tokens * context * heads *
+  (kv_width + kv_lora_rank)`` FLOPs and reads one latent per position for all heads. Under
+  tensor parallelism (``tp`` GPUs) each GPU holds ``1/tp`` of the heads and their weights
+  and ``1/min(tp, kv_splits)`` of the cache (MLA's latent is shared by the heads: it
+  replicates);
 - FFN (dense or one expert): ``2 * tokens * params`` FLOPs, its weights read once if it runs;
 - gate: router GEMM, softmax/top-k and the dispatch/combine reorder, either dense ``S x E x C``
   einsums (GShard/fairseq, ``4 * S * E * C * D`` FLOPs) or index gathers (``S * K`` rows);
@@ -30,6 +37,7 @@ __all__ = [
     "MASK_BYTES",
     "STATIC_GLUE_OPS",
     "attention_time",
+    "core_width",
     "ffn_time",
     "gate_time",
     "lm_head_time",
@@ -46,18 +54,35 @@ STATIC_GLUE_OPS = 36
 
 
 def attention_time(
-    model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray, context: float, decode: bool
+    model: ModelSpec,
+    costs: DeviceCosts,
+    tokens: np.ndarray,
+    context: float,
+    decode: bool,
+    tp: int = 1,
 ) -> np.ndarray:
-    """One attention block for ``tokens`` tokens that each attend over ``context`` positions."""
+    """One attention block for ``tokens`` tokens that each attend over ``context`` positions,
+    on one of ``tp`` GPUs that split its heads."""
     if costs.gemm is not None:
-        return _measured_attention(model, costs, tokens, context, decode)
-    wb = ab = model.dtype_bytes
-    params = model.attention_params_per_block
-    flops = 2.0 * tokens * params + 4.0 * tokens * context * model.q_dim
-    act = tokens * (2 * model.d_model + model.q_dim + model.kv_width) * ab
-    kv = tokens * context * model.kv_width * ab if decode else tokens * model.kv_width * ab
+        return _measured_attention(model, costs, tokens, context, decode, tp)
+    wb, ab = model.dtype_bytes, model.part_bytes("attention")
+    kv_split = min(tp, model.kv_splits)
+    params = model.attention_params_per_block / tp
+    core = 2.0 * tokens * context * core_width(model, decode) / tp
+    flops = 2.0 * tokens * params + costs.flops_as(core, model.part_dtype("attention"))
+    act = tokens * (2 * model.d_model + model.q_dim / tp + model.kv_width / kv_split) * ab
+    kv_row = model.kv_width * model.part_bytes("kv_cache") / kv_split
+    kv = tokens * context * kv_row if decode else tokens * kv_row
     busy = np.asarray(tokens) > 0
     return np.where(busy, costs.op_time(flops, params * wb + act + kv, ATTENTION_LAUNCHES), 0.0)
+
+
+def core_width(model: ModelSpec, decode: bool) -> int:
+    """FLOPs per token and context position of the attention core, halved: score and value
+    widths over all heads (MLA's absorbed decode works in the latent)."""
+    if model.mla is not None and decode:
+        return model.heads * (model.kv_width + model.mla.kv_lora_rank)
+    return model.q_dim + model.v_dim
 
 
 def ffn_time(model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray, d_ffn: int) -> np.ndarray:
@@ -100,25 +125,29 @@ def gate_time(
     return np.where(busy, costs.op_time(flops, bytes_moved, GATE_LAUNCHES), 0.0)
 
 
-def lm_head_time(model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray) -> np.ndarray:
-    """Logits for ``tokens`` positions over the vocabulary."""
+def lm_head_time(
+    model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray, tp: int = 1
+) -> np.ndarray:
+    """Logits for ``tokens`` positions over the vocabulary (``1/tp`` of it per GPU)."""
+    vocab = model.vocab_size // tp
     if costs.gemm is not None:
-        return costs.matmul_time(tokens, model.d_model, model.vocab_size)
+        return costs.matmul_time(tokens, model.d_model, vocab)
     ab = model.dtype_bytes
-    params = model.vocab_size * model.d_model
-    bytes_moved = params * ab + tokens * (model.d_model + model.vocab_size) * ab
+    params = vocab * model.d_model
+    bytes_moved = params * ab + tokens * (model.d_model + vocab) * ab
     busy = np.asarray(tokens) > 0
     return np.where(busy, costs.op_time(2.0 * tokens * params, bytes_moved, 2), 0.0)
 
 
 def _measured_attention(
-    model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray, context: float, decode: bool
+    model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray, context: float, decode: bool, tp: int
 ) -> np.ndarray:
     """Measured projections; norm, residual, the K/V write and the attention core as ops."""
-    ab, d, q, kv = model.dtype_bytes, model.d_model, model.q_dim, model.kv_width
+    ab, d = model.dtype_bytes, model.d_model
+    q, kv = model.q_dim // tp, model.kv_width // min(tp, model.kv_splits)
     projections = costs.matmul_time(tokens, d, q + kv) + costs.matmul_time(tokens, q, d)
     read = tokens * context * kv * ab if decode else tokens * kv * ab
-    flops = 4.0 * tokens * context * q
+    flops = 2.0 * tokens * context * core_width(model, decode) / tp
     core = costs.attention_core_time(flops, read, read + 2.0 * tokens * q * ab, decode)
     # norm, the K/V write (decode), heads back to rows, residual
     glue = costs.op_time(0.0, 5.0 * tokens * d * ab + decode * tokens * kv * ab, 3 + decode)

@@ -1,8 +1,10 @@
-"""The layer layout of a phase and each GPU's local work between two collectives.
+"""The layer layout of a phase and each device's local work between two collectives.
 
-Local work (attention, dense FFNs, routers, the LM head) depends only on each GPU's token
-count, so it is computed once per run as vectors over GPUs ``G``; MoE layers ``L`` are the
-points where GPUs synchronise in all-to-alls.
+Local work (attention, dense FFNs, routers, the LM head, tensor-parallel all-reduces) depends
+only on each GPU's token count, so it is computed once per run as vectors over devices ``G``;
+MoE layers ``L`` are the points where devices synchronise in all-to-alls. The devices are the
+expert ranks of the layout (``sim/layout``: the GPUs themselves unless ``expert_tp > 1``); each
+rank's local work is its slowest GPU's.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import numpy as np
 from moesim.config import Scenario
 from moesim.hardware import DeviceCosts
 from moesim.sim.layer_costs import attention_time, ffn_time, gate_time, lm_head_time
+from moesim.sim.layout import Layout
 
 __all__ = ["LocalWork", "expert_table", "lm_head_tokens", "local_work", "work_around"]
 
 
 @dataclass(frozen=True)
 class LocalWork:
-    """Seconds per GPU. ``blocks_L``/``dense_L``: attention blocks and dense FFNs that run
-    before MoE layer ``l`` since the previous one; ``tail_*``: after the last MoE layer."""
+    """Seconds per device. ``blocks_L``/``dense_L``: attention blocks and dense FFNs that run
+    before MoE layer ``l`` since the previous one; ``tail_*``: after the last MoE layer.
+    ``allreduce_G``: the tensor-parallel all-reduce after each attention block and dense
+    FFN; ``moe_allreduce_G``: the expert rank's all-gather and reduce-scatter per MoE layer."""
 
     attention_G: np.ndarray
     dense_G: np.ndarray
@@ -33,6 +38,8 @@ class LocalWork:
     tail_blocks: int
     tail_dense: int
     expert_by_rows: np.ndarray
+    allreduce_G: np.ndarray
+    moe_allreduce_G: np.ndarray
 
     def expert_time(self, rows: np.ndarray) -> np.ndarray:
         """Seconds of one expert's FFN over ``rows`` rows (a table lookup, any shape)."""
@@ -47,13 +54,28 @@ class LocalWork:
         return self.dense_L[:, None] * self.dense_G[None]
 
     @property
+    def pre_allreduce_LG(self) -> np.ndarray:
+        blocks_L = self.blocks_L + self.dense_L
+        return blocks_L[:, None] * self.allreduce_G[None] + self.moe_allreduce_G[None]
+
+    @property
     def pre_LG(self) -> np.ndarray:
-        """Work before each MoE layer's first collective: attention, dense FFNs, router."""
-        return self.pre_attention_LG + self.pre_dense_LG + self.gate_G[None]
+        """Work before each MoE layer's dispatch: attention, dense FFNs, their all-reduces,
+        router."""
+        return self.pre_attention_LG + self.pre_dense_LG + self.gate_G[None] + self.pre_allreduce_LG
+
+    @property
+    def tail_allreduce_G(self) -> np.ndarray:
+        return (self.tail_blocks + self.tail_dense) * self.allreduce_G
 
     @property
     def tail_G(self) -> np.ndarray:
-        return self.tail_blocks * self.attention_G + self.tail_dense * self.dense_G + self.lm_head_G
+        return (
+            self.tail_blocks * self.attention_G
+            + self.tail_dense * self.dense_G
+            + self.lm_head_G
+            + self.tail_allreduce_G
+        )
 
 
 def _layout(scenario: Scenario) -> tuple[np.ndarray, np.ndarray, int]:
@@ -91,15 +113,20 @@ def local_work(
     einsum: bool,
     units: int | None = None,
 ) -> LocalWork:
-    """Each GPU's local work in a fixed-batch step; ``units``: the placement's expert slots
-    (replicas included)."""
+    """Each device's local work in a fixed-batch step from each GPU's tokens ``tokens_G``
+    (``source_T``: each token's GPU); ``capacity_G``: static slots per expert rank;
+    ``units``: the placement's expert slots (replicas included)."""
     model, workload = scenario.model, scenario.workload
+    layout = Layout.of(scenario)
     decode = workload.phase == "decode"
     encoder = scenario.stack() == "encoder"
     context = workload.seq_len if (decode or encoder) else (workload.seq_len + 1) / 2
-    attention_G = attention_time(model, costs, tokens_G, context, decode)
+    group_G, tp = layout.group_sum(tokens_G), layout.attention_tp
+    attention_G = attention_time(model, costs, group_G, context, decode, tp)
     if model.architecture == "encoder-decoder" and not encoder:
-        attention_G = attention_G + attention_time(model, costs, tokens_G, workload.seq_len, True)
+        attention_G = attention_G + attention_time(
+            model, costs, group_G, workload.seq_len, True, tp
+        )
     lm_tokens_G = lm_head_tokens(scenario, tokens_G, source_T)
     return work_around(
         scenario, costs, tokens_G, attention_G, lm_tokens_G, capacity_G, einsum, units
@@ -126,30 +153,38 @@ def work_around(
     units: int | None = None,
     expert_by_rows: np.ndarray | None = None,
 ) -> LocalWork:
-    """Each GPU's local work around given attention blocks (``attention_G`` seconds each) and
-    LM-head positions: what a fixed batch and a serving step share. ``expert_by_rows``: one
-    expert's seconds by rows, when the caller keeps a table long enough for every step."""
+    """Each device's local work around given attention blocks (``attention_G`` seconds on
+    each GPU) and each GPU's LM-head positions: what a fixed batch and a serving step share.
+    Dense FFNs, the LM head and the all-reduces run on the attention group's tokens; router,
+    shared experts and experts on the expert rank's (``layout.view``). ``expert_by_rows``:
+    one expert's seconds by rows, when the caller keeps a table long enough for every step."""
     model = scenario.model
-    dense_G = ffn_time(model, costs, tokens_G, model.dense_d_ffn or model.d_ffn)
-    shared_G = model.shared_experts * ffn_time(model, costs, tokens_G, model.d_ffn)
-    gate_G = (
-        gate_time(model, costs, tokens_G, capacity_G, einsum, units)
+    layout = Layout.of(scenario)
+    tp, ranks = layout.attention_tp, layout.view(scenario)
+    group_G = layout.group_sum(tokens_G)
+    dense_G = ffn_time(model, costs, group_G, (model.dense_d_ffn or model.d_ffn) // tp)
+    lm_G = lm_head_time(model, costs, layout.group_sum(lm_tokens_G), tp)
+    rank_V = layout.rank_sum(tokens_G)
+    shared_V = model.shared_experts * ffn_time(ranks.model, costs, rank_V, ranks.model.d_ffn)
+    gate_V = (
+        gate_time(model, costs, rank_V, capacity_G, einsum, units)
         if model.moe_every
-        else np.zeros_like(dense_G)
+        else np.zeros(rank_V.shape)
     )
     dense_L, ones_L, tail_dense = _layout(scenario)
-    lm_G = lm_head_time(model, costs, lm_tokens_G)
     if expert_by_rows is None:
-        expert_by_rows = expert_table(scenario, costs, tokens_G, capacity_G)
+        expert_by_rows = expert_table(ranks, costs, rank_V, capacity_G)
     return LocalWork(
-        attention_G=attention_G,
-        dense_G=dense_G,
-        shared_G=shared_G,
-        gate_G=gate_G,
-        lm_head_G=lm_G,
+        attention_G=layout.rank_max(attention_G),
+        dense_G=layout.rank_max(dense_G),
+        shared_G=shared_V,
+        gate_G=gate_V,
+        lm_head_G=layout.rank_max(lm_G),
         blocks_L=dense_L + ones_L,
         dense_L=dense_L,
         tail_blocks=tail_dense,
         tail_dense=tail_dense,
         expert_by_rows=expert_by_rows,
+        allreduce_G=layout.rank_max(layout.allreduce_s(scenario, group_G, tp)),
+        moe_allreduce_G=layout.allreduce_s(scenario, rank_V, layout.expert_tp),
     )

@@ -16,6 +16,7 @@ import numpy as np
 from moesim.config import Scenario
 from moesim.policies import PlacementPlan, buffered_stacks
 from moesim.sim.layer_costs import GATE_SCORE_BYTES, MASK_BYTES
+from moesim.sim.layout import Layout
 
 __all__ = [
     "activation_bytes",
@@ -23,6 +24,7 @@ __all__ = [
     "expert_weights_bytes",
     "kv_bytes_per_token",
     "kv_cache_bytes",
+    "non_expert_bytes",
     "serving_kv_blocks",
     "weights_bytes",
 ]
@@ -53,19 +55,34 @@ def expert_weights_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:
     return experts_G * model.expert_params * float(model.dtype_bytes)
 
 
+def non_expert_bytes(scenario: Scenario) -> float:
+    """The non-expert parameters one GPU holds: embeddings, attention and dense FFNs split
+    over its attention group, shared experts over its expert rank, routers whole."""
+    model, parallel = scenario.model, scenario.cluster.parallel
+    a, x = parallel.attention_tp, parallel.expert_tp
+    parts = model.non_expert_parts()
+    split = {"embedding": a, "attention": a, "dense": a, "router": 1, "shared": x}
+    return sum(parts[name] / split[name] for name in parts) * float(model.dtype_bytes)
+
+
 def weights_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:
-    """``weights_G``: the non-expert parameters on every GPU plus its resident experts."""
-    model = scenario.model
-    return model.non_expert_params * float(model.dtype_bytes) + expert_weights_bytes(scenario, plan)
+    """``weights_G``: the non-expert parameters on every GPU plus its resident experts (its
+    slice of its expert rank's experts, under expert tensor parallelism)."""
+    layout = Layout.of(scenario)
+    experts_G = layout.to_gpus(expert_weights_bytes(layout.view(scenario), plan))
+    return non_expert_bytes(scenario) + experts_G
 
 
 def kv_cache_bytes(scenario: Scenario, tokens_G: np.ndarray) -> np.ndarray:
-    """``kv_G`` for the phase (see the module docstring)."""
+    """``kv_G`` for the phase (see the module docstring): under tensor parallelism each GPU
+    holds its attention group's sequences, split by KV head (MLA's latent replicates)."""
     model, workload = scenario.model, scenario.workload
-    ab = model.dtype_bytes
+    layout = Layout.of(scenario)
+    tokens_G = layout.group_sum(tokens_G) / min(layout.attention_tp, model.kv_splits)
+    if workload.phase == "prefill" and scenario.stack() == "encoder":
+        return (tokens_G * model.d_model * model.dtype_bytes).astype(np.float64)
+    ab = model.part_bytes("kv_cache")
     if workload.phase == "prefill":
-        if scenario.stack() == "encoder":
-            return (tokens_G * model.d_model * ab).astype(np.float64)
         return (tokens_G * model.kv_width * ab * model.layers).astype(np.float64)
     blocks = model.layers if model.architecture == "decoder" else 2 * (model.decoder_layers or 0)
     return (tokens_G * workload.seq_len * model.kv_width * ab * blocks).astype(np.float64)
@@ -108,7 +125,7 @@ def dense_activation_bytes(
 def kv_bytes_per_token(scenario: Scenario) -> float:
     """KV-cache bytes one token of context holds on its GPU: K and V in every attention block."""
     model = scenario.model
-    return float(model.kv_width * model.dtype_bytes * model.layers)
+    return float(model.kv_width * model.part_bytes("kv_cache") * model.layers)
 
 
 def serving_kv_blocks(

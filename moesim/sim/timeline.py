@@ -40,13 +40,14 @@ def step_spans(
     for layer in range(pre_attention.shape[0]):
         for gpu in range(gpus):
             t = clock
-            for name, seconds in (
-                ("attention", pre_attention[layer, gpu]),
-                ("dense_ffn", pre_dense[layer, gpu]),
-                ("gate", local.gate_G[gpu]),
+            for stream, name, seconds in (
+                ("compute", "attention", pre_attention[layer, gpu]),
+                ("compute", "dense_ffn", pre_dense[layer, gpu]),
+                ("comm", "allreduce", local.pre_allreduce_LG[layer, gpu]),
+                ("compute", "gate", local.gate_G[gpu]),
             ):
                 if seconds > 0:
-                    rows.append((gpu, "compute", name, layer, t, seconds))
+                    rows.append((gpu, stream, name, layer, t, seconds))
                     t += seconds
         clock += local.pre_LG[layer].max()
         for name, seconds in (
@@ -69,13 +70,14 @@ def step_spans(
             clock += combine
     for gpu in range(gpus):
         t = clock
-        for name, seconds in (
-            ("attention", local.tail_blocks * local.attention_G[gpu]),
-            ("dense_ffn", local.tail_dense * local.dense_G[gpu]),
-            ("lm_head", local.lm_head_G[gpu]),
+        for stream, name, seconds in (
+            ("compute", "attention", local.tail_blocks * local.attention_G[gpu]),
+            ("compute", "dense_ffn", local.tail_dense * local.dense_G[gpu]),
+            ("comm", "allreduce", local.tail_allreduce_G[gpu]),
+            ("compute", "lm_head", local.lm_head_G[gpu]),
         ):
             if seconds > 0:
-                rows.append((gpu, "compute", name, -1, t, seconds))
+                rows.append((gpu, stream, name, -1, t, seconds))
                 t += seconds
     if not rows:
         return SpanRecords.empty()

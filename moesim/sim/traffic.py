@@ -5,8 +5,8 @@ local, nvlink, network) and GPU ``G``, so that each kind's plane is contiguous. 
 a GPU sends, ingress what it receives; traffic to itself is ``local`` and costs no link time.
 A GPU's part of an all-to-all lasts, on each link kind, the larger of its egress and ingress
 over that port (ports are full duplex), plus the link's latency; kinds run in parallel; the
-collective takes the time of its slowest participant. Link kinds follow node membership, so
-per-kind sums are node sums, never G x G lookups.
+collective takes the time of its slowest participant. Link kinds follow NVLink-domain membership,
+so per-kind sums are domain sums, never G x G lookups.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def by_kind(values_XH: np.ndarray, topology: Topology) -> np.ndarray:
     """``out_KXG[k, ..., g]``: the sum of ``values_XH[..., h]`` over the GPUs ``h`` that ``g``
     reaches over links of kind ``k`` (itself, its node's others, the other nodes')."""
     shape = values_XH.shape
-    node_XN = values_XH.reshape(*shape[:-1], topology.nodes, topology.gpus_per_node).sum(axis=-1)
-    own_node_XG = np.repeat(node_XN, topology.gpus_per_node, axis=-1)
+    node_XN = values_XH.reshape(*shape[:-1], topology.domains, topology.domain).sum(axis=-1)
+    own_node_XG = np.repeat(node_XN, topology.domain, axis=-1)
     total_X1 = values_XH.sum(axis=-1, keepdims=True)
     return np.stack([values_XH, own_node_XG - values_XH, total_X1 - own_node_XG])
 
@@ -73,10 +73,10 @@ def routed_tokens(
     rest. One pass over the assignments finds them; no G x E or G x G array is built.
     """
     n, layers, tokens, top_k = units_NLTK.shape
-    gpus, gpn = plan.gpus, topology.gpus_per_node
+    gpus, gpn = plan.gpus, topology.domain
     owner_NLTK = _owner(units_NLTK, plan)
     source_11T1 = source_T.astype(owner_NLTK.dtype).reshape(1, 1, tokens, 1)
-    if topology.nodes == 1:
+    if topology.domains == 1:
         near = np.flatnonzero(owner_NLTK == source_11T1)
     else:
         near = np.flatnonzero(owner_NLTK // gpn == source_11T1 // gpn)
@@ -87,7 +87,7 @@ def routed_tokens(
     sent_G = np.bincount(source_T, minlength=gpus) * top_k
     local = owner_X == source_X
     local_NLG = np.bincount(row_X[local] + source_X[local], minlength=size).reshape(-1, gpus)
-    if topology.nodes == 1:
+    if topology.domains == 1:
         node_out_NLG = np.broadcast_to(sent_G, local_NLG.shape)
         node_in_NLG = received_NLG.reshape(-1, gpus)
     else:
@@ -124,8 +124,8 @@ def counted_tokens(
 def _diagonal_split(pairs_XGH: np.ndarray, topology: Topology) -> np.ndarray:
     """``out_KXG``: the row sums of ``pairs_XGH`` split by the kind of each ``(g, h)``."""
     shape = pairs_XGH.shape
-    per_node = pairs_XGH.reshape(*shape[:-1], topology.nodes, topology.gpus_per_node).sum(-1)
-    own = per_node[..., np.arange(topology.gpus), topology.node_G]
+    per_node = pairs_XGH.reshape(*shape[:-1], topology.domains, topology.domain).sum(-1)
+    own = per_node[..., np.arange(topology.gpus), topology.domain_G]
     local = np.diagonal(pairs_XGH, axis1=-2, axis2=-1)
     total = pairs_XGH.sum(axis=-1)
     return np.stack([local, own - local, total - own])

@@ -38,6 +38,7 @@ def test_dynamic_gating_step_by_hand(trace) -> None:
         "expert": expert,
         "transfer": 0.0,
         "other": LM_HEAD,
+        "allreduce": 0.0,
     }
     assert result.time_breakdown_s == pytest.approx(expected, rel=1e-12)
     assert result.latency_s.mean == pytest.approx(sum(expected.values()), rel=1e-12)
