@@ -53,6 +53,13 @@ def add_validate_parser(commands: argparse._SubParsersAction) -> None:
         "--repeats", type=int, default=3, help="real runs per scenario (default 3)"
     )
     validate.add_argument(
+        "--replay",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serving scenarios: also run the simulator's exact step plans on the reference "
+        "and compare each step's latency one to one (default: --replay)",
+    )
+    validate.add_argument(
         "--tolerance",
         action="append",
         default=[],
@@ -149,6 +156,22 @@ def _tolerances(texts: list[str]) -> dict[str, float]:
     return tolerances
 
 
+def _replay_table(replays: list) -> Table:
+    table = Table(title="serving replay: step latency, one to one", title_justify="left")
+    for column in ("scenario", "steps", "exact", "median |error|", "median error", "p90 |error|"):
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    for r in replays:
+        table.add_row(
+            r.scenario,
+            str(r.steps),
+            "yes" if r.token_mismatches == 0 else f"no ({r.token_mismatches})",
+            f"{100 * r.median_abs_error:.1f}%",
+            f"{100 * r.median_error:+.1f}%",
+            f"{100 * r.p90_abs_error:.1f}%",
+        )
+    return table
+
+
 def run_validate(args: argparse.Namespace, console: Console) -> int:
     try:
         from moesim.validate import scenario_files, summarise, validate
@@ -176,6 +199,7 @@ def run_validate(args: argparse.Namespace, console: Console) -> int:
             out=out,
             repeats=args.repeats,
             device=args.device,
+            replay=args.replay,
             calibration_load=calibration_load,
             on_progress=lambda name, done, total: progress.update(
                 task, description=name, completed=done, total=total
@@ -193,6 +217,8 @@ def run_validate(args: argparse.Namespace, console: Console) -> int:
             "n/a" if math.isnan(stats["median_spread"]) else f"{100 * stats['median_spread']:.1f}%",
         )
     console.print(table)
+    if report.replays:
+        console.print(_replay_table(report.replays))
     for note in report.notes():
         console.print(f"note: {note}")
     for why in report.skipped.values():
@@ -200,6 +226,12 @@ def run_validate(args: argparse.Namespace, console: Console) -> int:
     failures = [
         f"{r.scenario}: {r.metric} predicted {r.predicted:g}, measured {r.measured:g} (must match)"
         for r in report.mismatches
+    ]
+    failures += [
+        f"{r.scenario}: the replay ran {r.measured_steps} steps of the simulator's {r.steps}, "
+        f"{r.token_mismatches} of them with other tokens (must match)"
+        for r in report.replays
+        if r.token_mismatches
     ]
     for row in report.rows:
         limit = tolerances.get(row.metric, tolerances.get(row.kind))

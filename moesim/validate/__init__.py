@@ -9,16 +9,20 @@ from moesim.validate.compare import (
 )
 from moesim.validate.report import Report, summarise
 from moesim.validate.runner import scenario_files, scenario_folders, validate
+from moesim.validate.serving import ReplayRow, replay_row, serving_metric_values
 
 __all__ = [
     "EXACT_METRICS",
     "TOLERABLE",
     "MetricRow",
+    "ReplayRow",
     "Report",
     "compare",
     "metric_values",
+    "replay_row",
     "scenario_files",
     "scenario_folders",
+    "serving_metric_values",
     "summarise",
     "validate",
 ]

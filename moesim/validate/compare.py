@@ -16,7 +16,15 @@ import numpy as np
 
 from moesim.metrics import PHASES, Result
 
-__all__ = ["EXACT_METRICS", "TOLERABLE", "MetricRow", "compare", "metric_values"]
+__all__ = [
+    "EXACT_METRICS",
+    "TOLERABLE",
+    "Kind",
+    "MetricRow",
+    "compare",
+    "compare_values",
+    "metric_values",
+]
 
 Kind = Literal["timing", "memory", "exact"]
 EXACT_METRICS = (
@@ -27,6 +35,7 @@ EXACT_METRICS = (
     "cache_misses",
     "load_imbalance",
     "alltoall_bytes",
+    "requests_completed",
 )
 
 
@@ -43,6 +52,11 @@ TOLERABLE = (
     "weights_bytes",
     "kv_cache_bytes",
     "activation_peak_bytes",
+    # serving: requests served in real time, and the replay of the simulator's steps
+    *(f"{name}_{q}_s" for name in ("ttft", "tpot", "e2e") for q in ("p50", "p99")),
+    "output_tokens_per_s",
+    "replay_latency_mean_s",
+    *(f"replay_{phase}_s_per_step" for phase in PHASES),
 )
 
 
@@ -98,8 +112,19 @@ def compare(
 ) -> list[MetricRow]:
     """One row per metric that is non-zero on either side, labelled ``scenario`` (default: the
     predicted result's scenario name); one repeat has no spread (NaN)."""
-    expected = metric_values(predicted)
-    runs = [metric_values(result) for result in measured]
+    return compare_values(
+        scenario or predicted.scenario,
+        metric_values(predicted),
+        [metric_values(result) for result in measured],
+    )
+
+
+def compare_values(
+    scenario: str,
+    expected: dict[str, tuple[Kind, float]],
+    runs: list[dict[str, tuple[Kind, float]]],
+) -> list[MetricRow]:
+    """``compare`` on metric values already taken: the prediction's and each repeat's."""
     rows = []
     for metric, (kind, value) in expected.items():
         samples = np.array([run[metric][1] for run in runs], dtype=np.float64)
@@ -114,9 +139,5 @@ def compare(
             error = (value - median) / median
         else:  # nothing measured: exact if nothing predicted, else infinitely wrong
             error = 0.0 if value == 0 else math.copysign(math.inf, value)
-        rows.append(
-            MetricRow(
-                scenario or predicted.scenario, metric, kind, float(value), median, spread, error
-            )
-        )
+        rows.append(MetricRow(scenario, metric, kind, float(value), median, spread, error))
     return rows

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from moesim.validate.compare import MetricRow
+from moesim.validate.serving import ReplayRow
 
 __all__ = ["LOAD_DIFFERENCE", "Report", "summarise"]
 
@@ -31,6 +32,7 @@ class Report:
     repeats: int
     date: str
     skipped: dict[str, str] = field(default_factory=dict)
+    replays: list[ReplayRow] = field(default_factory=list)
     calibration_load: tuple[float, float] | None = None
     reference_load: tuple[float, float] | None = None
 
@@ -60,6 +62,13 @@ class Report:
         _write_csv(self.rows, paths[0])
         paths[1].write_text(self.markdown())
         _plot(self.rows, paths[2])
+        replay = [out / "replay.csv", out / "replay.png"]
+        for path in replay:
+            path.unlink(missing_ok=True)  # an earlier report's
+        if self.replays:
+            _write_replays(self.replays, replay[0])
+            _plot_replays(self.replays, replay[1])
+            paths += replay
         return paths
 
     def markdown(self) -> str:
@@ -98,6 +107,7 @@ class Report:
         if self.skipped:
             lines += ["", "## Not run", ""]
             lines += [f"- {why}" for _, why in sorted(self.skipped.items())]
+        lines += _replay_lines(self.replays)
         lines += ["", "## Per scenario", ""]
         by_scenario: dict[str, list[MetricRow]] = defaultdict(list)
         for row in self.rows:
@@ -206,7 +216,84 @@ def _plot(rows: list[MetricRow], path: Path) -> None:
     right.set_xticklabels(scenarios, rotation=60, ha="right", fontsize=7)
     right.set_ylabel("error of the phase's time per step (%)")
     right.set_title("time breakdown")
-    right.legend(fontsize=7)
+    if names:
+        right.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _replay_lines(replays: list[ReplayRow]) -> list[str]:
+    if not replays:
+        return []
+    lines = [
+        "",
+        "## Serving replay: step latency, one to one",
+        "",
+        "The reference ran the simulator's step plans back to back (the same requests, new "
+        "tokens and contexts in each step, in the same order); error = (predicted - measured) "
+        "/ measured of each step's latency, measured = the median of the repeats. Per step: "
+        "`replay.csv` in each scenario's folder; plot: `replay.png`.",
+        "",
+        "| scenario | steps | replayed exactly | median abs error | median error | "
+        "p90 abs error | median spread | predicted total | measured total |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in replays:
+        exact = "yes" if r.token_mismatches == 0 else f"NO ({r.token_mismatches} steps differ)"
+        lines.append(
+            f"| {r.scenario} | {r.steps} | {exact} | {_pct(r.median_abs_error)} | "
+            f"{_pct(r.median_error)} | {_pct(r.p90_abs_error)} | {_pct(r.median_spread)} | "
+            f"{r.predicted_s:.3f} s | {r.measured_s:.3f} s |"
+        )
+    return lines
+
+
+def _write_replays(replays: list[ReplayRow], path: Path) -> None:
+    names = [
+        "scenario",
+        "steps",
+        "measured_steps",
+        "token_mismatches",
+        "median_abs_error",
+        "median_error",
+        "p90_abs_error",
+        "median_spread",
+        "predicted_s",
+        "measured_s",
+    ]
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(names)
+        for row in replays:
+            writer.writerow([getattr(row, name) for name in names])
+
+
+def _plot_replays(replays: list[ReplayRow], path: Path) -> None:
+    """Each replayed step: predicted against measured latency, one colour per scenario."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 5.5))
+    low, high = np.inf, 0.0
+    for row in replays:
+        measured, predicted = row.measured_N * 1e3, row.predicted_N * 1e3
+        axis.scatter(measured, predicted, s=6, alpha=0.5, label=row.scenario)
+        low = min(low, measured.min(), predicted.min())
+        high = max(high, measured.max(), predicted.max())
+    if np.isfinite(low):
+        span = [low * 0.8, high * 1.2]
+        axis.plot(span, span, "k--", linewidth=1, label="prediction = measurement")
+        for band in (0.9, 1.1):
+            axis.plot(span, [v * band for v in span], "k:", linewidth=0.8)
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("measured step latency (ms)")
+    axis.set_ylabel("predicted step latency (ms)")
+    axis.set_title("serving replay: every step, one to one (dotted: within 10%)")
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

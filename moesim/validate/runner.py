@@ -21,11 +21,19 @@ from moesim.reference import DEFAULT_WARMUP_STEPS, UnsupportedScenarioError, exe
 from moesim.sim import simulate
 from moesim.validate.compare import compare
 from moesim.validate.report import Report
+from moesim.validate.serving import run_serving
 
 __all__ = ["scenario_files", "scenario_folders", "token_level", "validate"]
 
 Progress = Callable[[str, int, int], None]
-_REPORT_FILES = ("report.csv", "report.md", "report.png", "profile.yaml")
+_REPORT_FILES = (
+    "report.csv",
+    "report.md",
+    "report.png",
+    "replay.csv",
+    "replay.png",
+    "profile.yaml",
+)
 _MAX_FOLDER = 80  # characters of a scenario's folder name
 
 
@@ -58,7 +66,7 @@ def token_level(scenario: Scenario) -> Scenario:
     """``scenario`` with its synthetic routing drawn per token, as the reference replays it,
     so that both sides see the same tokens go to the same experts."""
     routing = scenario.workload.routing
-    if not isinstance(routing, SyntheticRouting) or scenario.routing_resolution() == "tokens":
+    if not isinstance(routing, SyntheticRouting) or routing.resolution == "tokens":
         return scenario
     tokens = routing.model_copy(update={"resolution": "tokens"})
     workload = scenario.workload.model_copy(update={"routing": tokens})
@@ -90,12 +98,15 @@ def validate(
     repeats: int = 3,
     device: str = "cpu",
     warmup: int = DEFAULT_WARMUP_STEPS,
+    replay: bool = True,
     calibration_load: tuple[float, float] | None = None,
     on_progress: Progress | None = None,
 ) -> Report:
     """Simulate and run each scenario; compare; write the report into ``out``, each scenario's
-    results into its folder there (``scenario_folders``). ``calibration_load``: the machine's
-    1-minute load average before and after the profile was calibrated, if known."""
+    results into its folder there (``scenario_folders``). A serving scenario is served in real
+    time and (``replay``) replays the simulator's step plans (``serving.run_serving``).
+    ``calibration_load``: the machine's 1-minute load average before and after the profile
+    was calibrated, if known."""
     if repeats < 1:
         raise MoesimError(f"--repeats: expected at least 1, got {repeats}")
     scenarios = [_load(path, profile) for path in scenario_files(paths)]  # all valid up front
@@ -110,13 +121,45 @@ def validate(
         date=datetime.date.today().isoformat(),
         calibration_load=calibration_load,
     )
-    total, done = len(scenarios) * (1 + repeats), 0
+    serving = [scenario.workload.phase == "serving" for scenario in scenarios]
+    total = sum(1 + repeats + (replay and s) for s in serving)
+    done = 0
     load_before = os.getloadavg()[0]
     for scenario, name, label in zip(scenarios, folders, labels, strict=True):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("measured-*.json"):  # from an earlier run with more repeats
             stale.unlink()
+        if scenario.workload.phase == "serving":
+            planned = done + 1 + repeats + replay
+
+            def ran(label: str = label) -> None:
+                nonlocal done
+                done += 1
+                if on_progress is not None:
+                    on_progress(label, done, total)
+
+            try:
+                run = run_serving(
+                    token_level(scenario),
+                    label,
+                    folder,
+                    repeats=repeats,
+                    device=device,
+                    warmup=warmup,
+                    replay=replay,
+                    dump=_dump,
+                    on_run=ran,
+                )
+            except UnsupportedScenarioError as error:
+                report.skipped[label] = str(error)
+                done = planned
+                continue
+            report.device = run.device
+            report.rows += run.rows
+            if run.replay is not None:
+                report.replays.append(run.replay)
+            continue
         predicted = Result.from_records(simulate(token_level(scenario)))
         _dump(folder / "predicted.json", predicted)
         done += 1
