@@ -60,9 +60,7 @@ class ServingRouting:
         self.step, self._row = 0, 0
         self._ranking_blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._next_ranking_block = 0
-        self._ranks_KR: np.ndarray | None = None  # rank rows from ``_rank_base`` on
-        self._rank_base = 0
-        self._rank_blocks = 0
+        self._rank_blocks: dict[int, np.ndarray] = {}
 
     def _rng(self, *key: int) -> np.random.Generator:
         seed = np.random.SeedSequence(self.scenario.seed, spawn_key=(SERVING_ROUTING_STREAM, *key))
@@ -81,14 +79,29 @@ class ServingRouting:
             return self._set_level(tokens_G, ranking_XE, row_NL, first)
         per_step = self.layers * tokens
         ranks_KR = self._rank_rows(self._row + ahead * per_step, steps * per_step)
-        ranks_NLX = ranks_KR.T.reshape(steps, self.layers, tokens * self.top_k)
-        experts = ranking_XE.ravel()[ranks_NLX + (row_NL * self.experts)[..., None]]
-        source_X = np.repeat(np.arange(self.gpus), tokens_G * self.top_k) * self.experts
-        cells = self.gpus * self.experts
-        rows_NL1 = (np.arange(steps * self.layers) * cells).reshape(steps, self.layers, 1)
-        keys = (experts + source_X + rows_NL1).ravel()
-        counts = np.bincount(keys, minlength=steps * self.layers * cells)
-        return counts.reshape(steps, self.layers, self.gpus, self.experts)
+        # count ranks per (step, layer) and GPU, then give each rank its expert in that ranking
+        gpus, experts = self.gpus, self.experts
+        base_NL1 = (np.arange(steps * self.layers, dtype=np.int32) * experts * gpus)[:, None]
+        base_R = (base_NL1 + np.repeat(np.arange(gpus, dtype=np.int32), tokens_G)[None]).ravel()
+        keys = (ranks_KR.astype(np.int32) * gpus + base_R[None]).ravel()
+        ranks = np.bincount(keys, minlength=steps * self.layers * experts * gpus)
+        return self._by_ranking(
+            ranks.reshape(steps, self.layers, experts, gpus), ranking_XE, row_NL
+        )
+
+    def _by_ranking(
+        self, ranks_NLEG: np.ndarray, ranking_XE: np.ndarray, row_NL: np.ndarray
+    ) -> np.ndarray:
+        """``counts_NLGE`` from the counts per popularity rank (``ranks_NLEG``, rank-major so
+        that each (step, layer, rank) moves its GPUs' row in one go) and each (step, layer)'s
+        ranking."""
+        steps = row_NL.shape[0]
+        counts_NLEG = np.empty_like(ranks_NLEG)
+        rows = ranking_XE[row_NL] + (np.arange(steps * self.layers) * self.experts).reshape(
+            steps, self.layers, 1
+        )
+        counts_NLEG.reshape(-1, self.gpus)[rows.ravel()] = ranks_NLEG.reshape(-1, self.gpus)
+        return counts_NLEG.swapaxes(2, 3)
 
     def replica_rng(self, step: int) -> np.random.Generator:
         """The generator that splits step ``step``'s counts (and the next ones timed with
@@ -136,22 +149,19 @@ class ServingRouting:
         return self._ranking_blocks[block]
 
     def _rank_rows(self, start: int, size: int) -> np.ndarray:
-        """Rank rows ``start .. start + size - 1`` (``ranks_KR``) of the pool."""
-        held, base = (0 if self._ranks_KR is None else self._ranks_KR.shape[1]), self._rank_base
-        end = start + size - base
-        if end > held:
-            fresh = []
-            for _ in range(-(-(end - held) // _RANK_BLOCK)):
-                self._router.reseed(self._rng(_RANKS, self._rank_blocks))
-                fresh.append(self._router.ranks(_RANK_BLOCK))
-                self._rank_blocks += 1
-            # rows before the cursor are never read again
-            kept = (
-                [] if self._ranks_KR is None else [self._ranks_KR[:, self._row - self._rank_base :]]
-            )
-            self._ranks_KR = np.concatenate([*kept, *fresh], axis=1)
-            self._rank_base = self._row
-        return self._ranks_KR[:, start - self._rank_base : start - self._rank_base + size]
+        """Rank rows ``start .. start + size - 1`` (``ranks_KR``) of the pool; blocks wholly
+        before the cursor are dropped (never read again)."""
+        for done in [b for b in self._rank_blocks if (b + 1) * _RANK_BLOCK <= self._row]:
+            del self._rank_blocks[done]
+        parts = []
+        for block in range(start // _RANK_BLOCK, (start + size - 1) // _RANK_BLOCK + 1):
+            if block not in self._rank_blocks:
+                self._router.reseed(self._rng(_RANKS, block))
+                self._rank_blocks[block] = self._router.ranks(_RANK_BLOCK)
+            low = max(start - block * _RANK_BLOCK, 0)
+            high = min(start + size - block * _RANK_BLOCK, _RANK_BLOCK)
+            parts.append(self._rank_blocks[block][:, low:high])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def _count_level(
         self, tokens_G: np.ndarray, ranking_XE: np.ndarray, row_NL: np.ndarray, first: int
@@ -179,11 +189,8 @@ class ServingRouting:
         picks = [
             self._rng(_SETS, first + n).multinomial(trials_LG, p_J) for n in range(len(row_NL))
         ]
-        ranks_NLGE = np.stack(picks) @ sets_JE
-        counts = np.empty_like(ranks_NLGE)
-        experts_NL1E = ranking_XE[row_NL][:, :, None, :]
-        np.put_along_axis(counts, np.broadcast_to(experts_NL1E, counts.shape), ranks_NLGE, axis=-1)
-        return counts
+        ranks_NLEG = sets_JE.T @ np.stack(picks).swapaxes(2, 3)
+        return self._by_ranking(ranks_NLEG, ranking_XE, row_NL)
 
 
 def rank_sets(router: SyntheticRouter) -> tuple[np.ndarray, np.ndarray] | None:
