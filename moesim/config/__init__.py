@@ -16,6 +16,7 @@ from moesim.config.parallel import ParallelSpec
 from moesim.config.registry import (
     CACHE,
     GATING,
+    OVERLAP,
     PLACEMENT,
     SCHEDULER,
     Policy,
@@ -38,6 +39,7 @@ __all__ = [
     "GATING",
     "LINK_KINDS",
     "MAX_REQUESTS",
+    "OVERLAP",
     "PLACEMENT",
     "SCHEDULER",
     "ArrivalSpec",

@@ -14,7 +14,16 @@ from typing import Any, Generic, TypeVar
 
 from moesim.config.fields import Frozen
 
-__all__ = ["CACHE", "GATING", "PLACEMENT", "SCHEDULER", "Policy", "PolicyParams", "Registry"]
+__all__ = [
+    "CACHE",
+    "GATING",
+    "OVERLAP",
+    "PLACEMENT",
+    "SCHEDULER",
+    "Policy",
+    "PolicyParams",
+    "Registry",
+]
 
 T = TypeVar("T")
 
@@ -84,3 +93,4 @@ GATING: Registry[Any] = Registry("gating")
 PLACEMENT: Registry[Any] = Registry("placement")
 CACHE: Registry[Any] = Registry("cache")
 SCHEDULER: Registry[Any] = Registry("scheduler")
+OVERLAP: Registry[Any] = Registry("overlap")

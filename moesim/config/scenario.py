@@ -18,7 +18,15 @@ from moesim.config.fields import Frozen
 from moesim.config.hardware import HardwareProfile
 from moesim.config.model import ModelSpec
 from moesim.config.parallel import ParallelSpec
-from moesim.config.registry import CACHE, GATING, PLACEMENT, SCHEDULER, PolicyParams, Registry
+from moesim.config.registry import (
+    CACHE,
+    GATING,
+    OVERLAP,
+    PLACEMENT,
+    SCHEDULER,
+    PolicyParams,
+    Registry,
+)
 from moesim.config.serving import RequestsSpec, SloSpec
 
 __all__ = [
@@ -203,6 +211,13 @@ class PoliciesSpec(Frozen):
         default_factory=lambda: SCHEDULER.validate("continuous")
     )
 
+    overlap: SerializeAsAny[PolicyParams] = Field(default_factory=lambda: OVERLAP.validate("none"))
+
+    @field_validator("overlap", mode="before")
+    @classmethod
+    def _overlap(cls, raw: Any) -> PolicyParams:
+        return _policy(OVERLAP, raw)
+
     @field_validator("gating", mode="before")
     @classmethod
     def _gating(cls, raw: Any) -> PolicyParams:
@@ -306,6 +321,10 @@ class Scenario(Frozen):
                     f"cluster.parallel.{name} ({tp}) does not divide {model.name}'s "
                     f"{field} ({widths[field]})"
                 )
+        if self.policies.overlap.name != "none" and self.policies.cache.name != "none":
+            raise ValueError(
+                "policies.overlap: micro-batch overlap with expert buffering is not modelled"
+            )
         if expert_tp > 1 and self.policies.cache.name != "none":
             raise ValueError("cluster.parallel.expert_tp > 1 with expert buffering is not modelled")
 

@@ -4,6 +4,7 @@ scheduler.
 Importing this package registers every built-in policy in the config registries.
 """
 
+from moesim.policies import overlap as _overlap  # noqa: F401  (registers the overlap policies)
 from moesim.policies import planners as _planners  # noqa: F401  (registers the planners)
 from moesim.policies import scheduler as _scheduler  # noqa: F401  (registers the schedulers)
 from moesim.policies.buffers import (

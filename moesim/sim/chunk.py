@@ -19,6 +19,7 @@ from moesim.metrics import PHASES, StepRecords, load_imbalance
 from moesim.policies import GatingOutcome, PlacementPlan
 from moesim.sim.local_work import LocalWork
 from moesim.sim.memory import activation_bytes
+from moesim.sim.overlap import TwoBatchTimeline, two_batch
 from moesim.sim.traffic import (
     alltoall_time,
     count_exchange_bytes,
@@ -28,6 +29,8 @@ from moesim.sim.traffic import (
 )
 
 __all__ = ["ChunkTiming", "time_chunk"]
+
+_ALLTOALL = PHASES.index("alltoall")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class ChunkTiming:
     tokens_NLG: np.ndarray
     load_imbalance_N: np.ndarray
     activation_NG: np.ndarray
+    overlap: TwoBatchTimeline | None = None
 
     def records(
         self,
@@ -100,11 +104,15 @@ def time_chunk(
     counts_NLGU: np.ndarray | None = None,
     source_T: np.ndarray | None = None,
     attention_NG: np.ndarray | None = None,
+    micro_batch: LocalWork | None = None,
 ) -> ChunkTiming:
     """Durations of a chunk from its gating outcome and its routing in placement slots, at
     token level (``units_NLTK`` with each token's GPU ``source_T``) or count level
     (``counts_NLGU``); ``attention_NG``: each step's attention block seconds per GPU, where
-    they differ from ``local``'s (a serving stretch, whose contexts grow)."""
+    they differ from ``local``'s (a serving stretch, whose contexts grow); ``micro_batch``:
+    the local work of half the step's tokens, to time the step as two overlapped micro-batches
+    (``sim/overlap``; the breakdown then gives the compute stream's phases and, as
+    ``alltoall``, the communication left exposed)."""
     model = scenario.model
     n, layers, _units = outcome.tokens_NLE.shape
     dispatch_row = model.d_model * model.part_bytes("dispatch")
@@ -149,43 +157,34 @@ def time_chunk(
 
     # Local work per step: the chunk's attention (``attention_NG``, steps whose contexts
     # differ) or the run's; the critical GPU of each layer is the one that arrives last.
-    attention_XG = local.attention_G[None] if attention_NG is None else attention_NG
-    pre_attention_XLG = local.blocks_L[None, :, None] * attention_XG[:, None, :]
-    pre_XLG = pre_attention_XLG + (local.pre_dense_LG + local.gate_G[None])[None]
-    pre_XLG = pre_XLG + local.pre_allreduce_LG[None]
-    critical_XL1 = pre_XLG.argmax(axis=-1)[..., None]
     expert_max_NL = expert_NLG.max(axis=-1) if layers else np.zeros((n, 0))
-    tail_XG = local.tail_blocks * attention_XG + local.tail_dense * local.dense_G
-    tail_XG = tail_XG + local.lm_head_G + local.tail_allreduce_G
-    tail_X1 = tail_XG.argmax(axis=-1)[:, None]
-    collectives_N = (count_NL + dispatch_NL + combine_NL).sum(axis=1)
-
-    def critical(values_XLG: np.ndarray) -> np.ndarray:
-        """The critical GPUs' ``values`` summed over layers, per step."""
-        return np.take_along_axis(values_XLG, critical_XL1, axis=-1).sum(axis=(1, 2))
-
-    def at_tail(values_XG: np.ndarray) -> np.ndarray:
-        return np.take_along_axis(np.broadcast_to(values_XG, tail_XG.shape), tail_X1, axis=-1)[:, 0]
-
-    breakdown_NP = np.zeros((n, len(PHASES)))
-    column = {name: i for i, name in enumerate(PHASES)}
-    dense_XLG = np.broadcast_to(local.pre_dense_LG[None], pre_XLG.shape)
-    gate_XLG = np.broadcast_to(local.gate_G[None, None], pre_XLG.shape)
-    breakdown_NP[:, column["attention"]] = critical(
-        pre_attention_XLG
-    ) + local.tail_blocks * at_tail(attention_XG)
-    breakdown_NP[:, column["dense_ffn"]] = critical(dense_XLG) + local.tail_dense * at_tail(
-        local.dense_G[None]
-    )
-    breakdown_NP[:, column["gate"]] = critical(gate_XLG)
-    breakdown_NP[:, column["alltoall"]] = collectives_N
-    breakdown_NP[:, column["expert"]] = expert_max_NL.sum(axis=1)
-    breakdown_NP[:, column["other"]] = at_tail(local.lm_head_G[None])
-    allreduce_XLG = np.broadcast_to(local.pre_allreduce_LG[None], pre_XLG.shape)
-    breakdown_NP[:, column["allreduce"]] = critical(allreduce_XLG) + at_tail(
-        local.tail_allreduce_G[None]
-    )
+    breakdown_NP = _compute_breakdown(local, attention_NG, expert_max_NL, n)
+    breakdown_NP[:, _ALLTOALL] = (count_NL + dispatch_NL + combine_NL).sum(axis=1)
     latency_N = breakdown_NP.sum(axis=1)
+    timeline = None
+    if micro_batch is not None:  # two micro-batches of half the rows each, overlapped
+
+        def half(rows: np.ndarray) -> np.ndarray:
+            return -(-rows // 2)
+
+        full = egress, ingress
+        egress, ingress = half(egress), half(ingress)  # what ``alltoall`` moves
+        expert_h_NLG = plan.per_gpu_sum(local.expert_time(half(outcome.slots_NLE)))
+        expert_h_NLG = expert_h_NLG + micro_batch.shared_G
+        expert_h_NL = expert_h_NLG.max(axis=-1) if layers else np.zeros((n, 0))
+        pre_NL = np.broadcast_to(micro_batch.pre_LG.max(axis=-1, initial=0.0), (n, layers))
+        combine_h_NL = alltoall(combine_row)
+        timeline = two_batch(
+            pre_NL,
+            count_NL + alltoall(dispatch_row),
+            expert_h_NL,
+            combine_h_NL,
+            np.full(n, micro_batch.tail_G.max()),
+        )
+        egress, ingress = full  # both micro-batches' buffers are alive at once
+        breakdown_NP = 2 * _compute_breakdown(micro_batch, None, expert_h_NL, n)
+        latency_N = timeline.latency_N
+        breakdown_NP[:, _ALLTOALL] = np.maximum(latency_N - breakdown_NP.sum(axis=1), 0.0)
 
     sent_NLG = egress.sum(axis=0)
     received_NLG = slots_NLG
@@ -204,6 +203,7 @@ def time_chunk(
         activation_NG = np.zeros((n, tokens_G.size))
 
     return ChunkTiming(
+        overlap=timeline,
         count_NL=count_NL,
         dispatch_NL=dispatch_NL,
         combine_NL=combine_NL,
@@ -219,3 +219,43 @@ def time_chunk(
         load_imbalance_N=load_imbalance(tokens_NLG),
         activation_NG=activation_NG,
     )
+
+
+def _compute_breakdown(
+    local: LocalWork, attention_NG: np.ndarray | None, expert_max_NL: np.ndarray, n: int
+) -> np.ndarray:
+    """Each step's critical-path seconds per phase outside the all-to-alls (whose column
+    stays zero): per MoE layer the GPU that arrives last at the dispatch, after the last one
+    the GPU that finishes last."""
+    attention_XG = local.attention_G[None] if attention_NG is None else attention_NG
+    pre_attention_XLG = local.blocks_L[None, :, None] * attention_XG[:, None, :]
+    pre_XLG = pre_attention_XLG + (local.pre_dense_LG + local.gate_G[None])[None]
+    pre_XLG = pre_XLG + local.pre_allreduce_LG[None]
+    critical_XL1 = pre_XLG.argmax(axis=-1)[..., None]
+    tail_XG = local.tail_blocks * attention_XG + local.tail_dense * local.dense_G
+    tail_XG = tail_XG + local.lm_head_G + local.tail_allreduce_G
+    tail_X1 = tail_XG.argmax(axis=-1)[:, None]
+
+    def critical(values_XLG: np.ndarray) -> np.ndarray:
+        """The critical GPUs' ``values`` summed over layers, per step."""
+        values_XLG = np.broadcast_to(values_XLG, pre_XLG.shape)
+        return np.take_along_axis(values_XLG, critical_XL1, axis=-1).sum(axis=(1, 2))
+
+    def at_tail(values_XG: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(np.broadcast_to(values_XG, tail_XG.shape), tail_X1, axis=-1)[:, 0]
+
+    breakdown_NP = np.zeros((n, len(PHASES)))
+    column = {name: i for i, name in enumerate(PHASES)}
+    breakdown_NP[:, column["attention"]] = critical(
+        pre_attention_XLG
+    ) + local.tail_blocks * at_tail(attention_XG)
+    breakdown_NP[:, column["dense_ffn"]] = critical(
+        local.pre_dense_LG[None]
+    ) + local.tail_dense * at_tail(local.dense_G[None])
+    breakdown_NP[:, column["gate"]] = critical(local.gate_G[None, None])
+    breakdown_NP[:, column["expert"]] = expert_max_NL.sum(axis=1)
+    breakdown_NP[:, column["other"]] = at_tail(local.lm_head_G[None])
+    breakdown_NP[:, column["allreduce"]] = critical(local.pre_allreduce_LG[None]) + at_tail(
+        local.tail_allreduce_G[None]
+    )
+    return breakdown_NP

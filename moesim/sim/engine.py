@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from moesim.config import GATING, Scenario
+from moesim.config import GATING, OVERLAP, Scenario
 from moesim.errors import MoesimError
 from moesim.hardware import DeviceCosts, build_topology
 from moesim.metrics import DeviceRecords, RunRecords, SpanRecords, StepRecords
@@ -147,12 +147,14 @@ def simulate(
     if buffering is not None and buffering.active:  # one expert in flight into its slot
         collected.activation_G = collected.activation_G + buffering.expert_bytes
 
+    micro_batches = OVERLAP.build(scenario.policies.overlap).micro_batches
+
     def run(env: simpy.Environment) -> Generator[simpy.Event, None, None]:
-        local = None
+        local = micro_batch = None
         for gated in _gated(ranks, plan, tokens_G):
             chunk, outcome = gated.chunk, gated.outcome
             if local is None:
-                local = local_work(
+                work = (
                     scenario,
                     costs,
                     gpu_tokens_G,
@@ -161,6 +163,9 @@ def simulate(
                     outcome.einsum_dispatch,
                     plan.units,
                 )
+                local = local_work(*work)
+                if micro_batches > 1:
+                    micro_batch = local_work(*work, parts=micro_batches)
             timing = time_chunk(
                 ranks,
                 costs,
@@ -172,6 +177,7 @@ def simulate(
                 units_NLTK=gated.units_NLTK,
                 counts_NLGU=gated.counts_NLGU,
                 source_T=source_T,
+                micro_batch=micro_batch,
             )
             n = chunk.steps
             latency_N, breakdown_NP = timing.latency_N.copy(), timing.breakdown_NP.copy()

@@ -112,11 +112,17 @@ def local_work(
     capacity_G: np.ndarray | None,
     einsum: bool,
     units: int | None = None,
+    parts: int = 1,
 ) -> LocalWork:
     """Each device's local work in a fixed-batch step from each GPU's tokens ``tokens_G``
     (``source_T``: each token's GPU); ``capacity_G``: static slots per expert rank;
-    ``units``: the placement's expert slots (replicas included)."""
+    ``units``: the placement's expert slots (replicas included); ``parts``: the step runs as
+    that many micro-batches, each with this share of every GPU's tokens (rounded up)."""
     model, workload = scenario.model, scenario.workload
+    lm_tokens_G = -(-lm_head_tokens(scenario, tokens_G, source_T) // parts)
+    tokens_G = -(-tokens_G // parts)
+    if capacity_G is not None:
+        capacity_G = -(-capacity_G // parts)
     layout = Layout.of(scenario)
     decode = workload.phase == "decode"
     encoder = scenario.stack() == "encoder"
@@ -127,7 +133,6 @@ def local_work(
         attention_G = attention_G + attention_time(
             model, costs, group_G, workload.seq_len, True, tp
         )
-    lm_tokens_G = lm_head_tokens(scenario, tokens_G, source_T)
     return work_around(
         scenario, costs, tokens_G, attention_G, lm_tokens_G, capacity_G, einsum, units
     )

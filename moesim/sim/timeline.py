@@ -4,7 +4,8 @@ Within a step, MoE layer ``l`` starts when the previous combine ends: each GPU's
 stream runs its attention/dense/router work, waits for the slowest GPU, the comm stream runs
 the count exchange, dispatch and combine, and the compute stream runs the GPU's experts in
 between (with buffering, the copy stream shows the expert copies they wait for). Work after
-the last MoE layer (dense tail, LM head) follows.
+the last MoE layer (dense tail, LM head) follows. Under two-batch overlap the spans are the
+two micro-batches' ops on both streams, as ``sim/overlap`` scheduled them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from moesim.metrics import SpanRecords
 from moesim.sim.chunk import ChunkTiming
 from moesim.sim.local_work import LocalWork
+from moesim.sim.overlap import OPS, TwoBatchTimeline
 
 __all__ = ["step_spans"]
 
@@ -33,8 +35,10 @@ def step_spans(
     """Spans of step ``step`` (row ``index`` of ``timing``), starting at ``start_s``. With
     buffering, ``expert_LG`` gives each GPU's expert phase (copy waits included) and ``extra``
     the copy engines' spans."""
-    rows: list[Span] = list(extra or [])
     gpus = local.attention_G.size
+    if timing.overlap is not None:
+        return _two_batch_spans(step, start_s, index, timing.overlap, gpus)
+    rows: list[Span] = list(extra or [])
     pre_attention, pre_dense = local.pre_attention_LG, local.pre_dense_LG
     clock = start_s
     for layer in range(pre_attention.shape[0]):
@@ -79,6 +83,33 @@ def step_spans(
             if seconds > 0:
                 rows.append((gpu, stream, name, -1, t, seconds))
                 t += seconds
+    return _spans(rows, step)
+
+
+def _two_batch_spans(
+    step: int, start_s: float, index: int, timeline: TwoBatchTimeline, gpus: int
+) -> SpanRecords:
+    """Both micro-batches' ops on every GPU's compute and communication streams (the GPUs
+    run them in lock step)."""
+    rows: list[Span] = []
+    starts_LO, durations_LO = timeline.start_NLO[index], timeline.duration_NLO[index]
+    for layer in range(starts_LO.shape[0]):
+        for o, (name, stream, batch) in enumerate(OPS):
+            seconds = durations_LO[layer, o]
+            if seconds > 0:
+                label = f"{name} (micro-batch {batch})"
+                start = start_s + starts_LO[layer, o]
+                rows += [(gpu, stream, label, layer, start, seconds) for gpu in range(gpus)]
+    tail = timeline.tail_duration_N[index]
+    for batch in (0, 1):
+        if tail > 0:
+            start = start_s + timeline.tail_start_NM[index, batch]
+            label = f"tail (micro-batch {batch})"
+            rows += [(gpu, "compute", label, -1, start, tail) for gpu in range(gpus)]
+    return _spans(rows, step)
+
+
+def _spans(rows: list[Span], step: int) -> SpanRecords:
     if not rows:
         return SpanRecords.empty()
     device, stream, name, layer, start, duration = zip(*rows, strict=True)
