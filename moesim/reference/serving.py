@@ -92,12 +92,12 @@ def _check(scenario: Scenario, requests: Requests, kv_blocks_G: np.ndarray) -> N
 
 def _launch(job: ServingJob, device: str, on_progress: ProgressCallback | None) -> tuple:
     """Run the job's ranks; their columns and rank 0's log and clock start."""
-    world = job.plan.gpus
+    world, total = job.plan.gpus, len(job.requests)
     with tempfile.TemporaryDirectory(prefix="moesim-serve-") as tmp:
         if world == 1:
-            in_process(serve_rank, (0, 1, job, device, tmp), tmp)
+            here = None if on_progress is None else (lambda done: on_progress(done, total))
+            in_process(serve_rank, (0, 1, job, device, tmp, here), tmp)
         else:
-            total = len(job.requests)
             spawn_ranks(serve_rank, (world, job, device, tmp), world, tmp, on_progress, total)
         ranks = [dict(np.load(Path(tmp) / f"rank{r}.npz")) for r in range(world)]
         saved = pickle.loads((Path(tmp) / "log.pkl").read_bytes())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,20 +236,41 @@ def _to(w: FfnWeights, device: torch.device) -> FfnWeights:
     return FfnWeights(w.w_in.to(device), w.w_out.to(device), gate)
 
 
-def serve_rank(rank: int, world: int, job: ServingJob, device_name: str, out_dir: str) -> None:
+def serve_rank(
+    rank: int,
+    world: int,
+    job: ServingJob,
+    device_name: str,
+    out_dir: str,
+    on_finished: Callable[[int], None] | None = None,
+) -> None:
     """Entry point of a serving rank (spawned, or in this process for one rank): writes its
     columns to ``out_dir/rank<r>.npz``; rank 0 also the engine's log and the clock's start
-    (``log.pkl``) and the finished requests' count to ``progress``."""
+    (``log.pkl``) and, as requests finish, their count to ``on_finished`` (in this process)
+    or to ``out_dir/progress``."""
+    if on_finished is None:
+        progress = Path(out_dir) / "progress"
+
+        def on_finished(done: int) -> None:
+            progress.write_text(str(done))
+
     rank_session(
         rank,
         world,
         device_name,
         out_dir,
-        lambda device: _serve(rank, world, job, device, Path(out_dir)),
+        lambda device: _serve(rank, world, job, device, Path(out_dir), on_finished),
     )
 
 
-def _serve(rank: int, world: int, job: ServingJob, device: torch.device, out: Path) -> None:
+def _serve(
+    rank: int,
+    world: int,
+    job: ServingJob,
+    device: torch.device,
+    out: Path,
+    on_finished: Callable[[int], None],
+) -> None:
     comm = Comm(rank, world)
     shard = _Shard(rank, job, device)
     timer = PhaseTimer(device)
@@ -256,7 +278,7 @@ def _serve(rank: int, world: int, job: ServingJob, device: torch.device, out: Pa
     with torch.inference_mode():
         shard.warm_up(job.warmup, comm, timer)
         if job.replay is None:
-            engine, t0 = _real_time(shard, comm, timer, columns, out)
+            engine, t0 = _real_time(shard, comm, timer, columns, on_finished)
         else:
             engine, t0 = _replay(shard, job.replay, comm, timer, columns)
     keys = columns[0].keys() if columns else ()
@@ -276,14 +298,17 @@ def _serve(rank: int, world: int, job: ServingJob, device: torch.device, out: Pa
 
 
 def _real_time(
-    shard: _Shard, comm: Comm, timer: PhaseTimer, columns: list[dict], out: Path
+    shard: _Shard,
+    comm: Comm,
+    timer: PhaseTimer,
+    columns: list[dict],
+    on_finished: Callable[[int], None],
 ) -> tuple[Engine, float]:
     job = shard.job
     engine = Engine(job.scenario, job.requests, job.kv_blocks_G)
     router = _router(job.scenario, shard.moe_layers)
     arrival_s = job.requests.arrival_s
     clock = torch.zeros(2, dtype=torch.float64)
-    progress = out / "progress"
     comm.barrier()
     t0 = time.perf_counter()
     while engine.done < engine.total:
@@ -304,7 +329,7 @@ def _real_time(
         done = engine.done
         columns.append(shard.run(plans, engine, router, comm, timer))
         if comm.rank == 0 and engine.done > done:
-            progress.write_text(str(engine.done))
+            on_finished(engine.done)
     return engine, t0
 
 

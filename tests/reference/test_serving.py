@@ -196,3 +196,18 @@ def test_what_the_serving_reference_cannot_run_is_one_line(change, message):
     scenario = _serving(**change)
     with pytest.raises(UnsupportedScenarioError, match=message):
         serve(scenario, _blocks(scenario))
+
+
+def test_a_static_batch_that_never_fills_leaves_its_requests_waiting_as_in_the_simulator():
+    """6 requests, batches of 4 without a timeout: one batch runs, 2 requests wait forever."""
+    scenario = _serving(count=6, scheduler={"name": "static", "batch_size": 4})
+    result = Result.from_records(serve(scenario, _blocks(scenario), warmup=0)).serving
+    assert (result.completed, result.waiting, result.running) == (4, 2, 0)
+
+
+def test_a_one_rank_run_reports_each_finished_request_as_it_goes():
+    scenario = _serving(count=4, arrival={"process": "constant", "rate": 200.0})
+    seen = []
+    serve(scenario, _blocks(scenario), warmup=0, on_progress=lambda d, t: seen.append((d, t)))
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (4, 4)
+    assert len(seen) > 2 and {t for _, t in seen} == {4}  # not only the final count
