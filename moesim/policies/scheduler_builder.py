@@ -33,11 +33,12 @@ class PlanBuilder:
     def running(self, requests: np.ndarray, new_tokens: np.ndarray, prefill: bool) -> None:
         """Schedule running ``requests`` (priority order), preempting where KV runs out."""
         state = self.state
-        offered = np.isin(requests, state.running[self._open])  # not preempted meanwhile
-        requests, new_tokens = requests[offered], new_tokens[offered]
+        if not self._open.all():  # only those not preempted meanwhile
+            offered = self._members(state.running[self._open])[requests]
+            requests, new_tokens = requests[offered], new_tokens[offered]
         need = state.kv.needed(requests, state.context_R[requests] + new_tokens)
         if need.sum() <= self.free_blocks:
-            self._open[np.isin(state.running, requests)] = False
+            self._open &= ~self._members(requests)[state.running]
             self._take(requests, new_tokens, prefill, int(need.sum()))
             return
         position = {int(r): i for i, r in enumerate(state.running)}
@@ -86,6 +87,12 @@ class PlanBuilder:
         self.tokens += int(new_tokens.sum())
         if requests.size:
             self._parts.append((requests, new_tokens.astype(np.int64), prefill))
+
+    def _members(self, requests: np.ndarray) -> np.ndarray:
+        """A mask over request ids, set at ``requests`` (a set test without sorting)."""
+        member_R = np.zeros(self.state.prompt_tokens_R.size, dtype=bool)
+        member_R[requests] = True
+        return member_R
 
     def _preempt(self, slot: int) -> None:
         self._open[slot] = False

@@ -5,13 +5,15 @@ Shapes: ``N`` steps, ``L`` MoE layers, ``T`` tokens of a step (GPU by GPU), ``K`
 GPUs, ``E`` experts. The law is the scenario's synthetic one (``SyntheticRouter``): each
 (step, layer) has a ranking of the experts, kept with the locality's chance from one step to
 the next; each token picks ``K`` distinct popularity ranks, i.i.d. across tokens. Both are drawn
-in blocks, each block with its own generator: rankings ``_RANKING_BLOCK`` steps at a time, rank
-rows ``_RANK_BLOCK`` rows at a time, consumed in order. Where a token has few sets of ``K``
-ranks to pick from (Mixtral: 28 pairs of 8), a big step's GPU with ``S`` tokens picks them as
-``Multinomial(S, p_J)``, ``p_J`` each set's exact chance under the token-level draw: the same
-law as token by token, at a cost that does not grow with ``S``. A step whose tokens
-``Scenario.routing_resolution`` gives to counts draws them with ``CountRouter`` on the same
-rankings. Both draw each step with a generator of its own.
+in blocks, each block with its own generator and consumed in order: rankings
+``_RANKING_BLOCK`` steps at a time, token-layer rows ``_ROW_BLOCK`` at a time. A row is a
+token's ``K`` ranks (``SyntheticRouter.ranks``), or, where a token has few sets of ``K`` ranks
+to pick from (Mixtral: 28 pairs of 8), the index of its set drawn from ``p_J``, each set's exact
+chance under that draw (``rank_sets``); a big step's GPU with ``S`` tokens then picks its sets
+as one ``Multinomial(S, p_J)``, at a cost that does not grow with ``S``. All three are the
+token-level law. A step whose tokens ``Scenario.routing_resolution`` gives to counts draws them
+with ``CountRouter`` on the same rankings. Multinomials draw each step with a generator of its
+own.
 
 Steps are peeked (``draw`` from ``ahead`` steps past the cursor) and then ``commit``-ed: a step
 timed past the end of a stretch and dropped gives its rows back, so the routing of the run's
@@ -33,8 +35,8 @@ from moesim.workload.counts import CountRouter, choice_law
 __all__ = ["ServingRouting", "rank_sets"]
 
 SERVING_ROUTING_STREAM = 5  # spawn key of the serving routing streams (the reference's too)
-_RANKS, _RANKINGS, _COUNTS, _LAW, _REPLICAS, _SETS = 2, 3, 4, 5, 6, 7  # a generator each
-_RANK_BLOCK = 1 << 16  # token-layer rows of ranks per block
+_ROWS, _RANKINGS, _COUNTS, _LAW, _REPLICAS, _SETS = 2, 3, 4, 5, 6, 7  # a generator each
+_ROW_BLOCK = 1 << 16  # token-layer rows per block
 _MOST_SETS = 256  # rank sets a token can pick, at most, to draw them per GPU as a multinomial
 _MOST_ORDERS = 4096  # ordered choices summed up to find the sets' chances
 _SET_COST = 2.5  # a multinomial's category against one token draw (measured, numpy 2)
@@ -50,7 +52,7 @@ class ServingRouting:
         self.experts, self.top_k = model.num_experts, model.top_k
         self.gpus = scenario.cluster.gpus
         self._router = SyntheticRouter(
-            scenario.workload.routing, model.num_experts, model.top_k, layers, self._rng(_RANKS)
+            scenario.workload.routing, model.num_experts, model.top_k, layers, self._rng(_ROWS)
         )
         self._counts: CountRouter | None = None
         self._sets = rank_sets(self._router)
@@ -60,7 +62,7 @@ class ServingRouting:
         self.step, self._row = 0, 0
         self._ranking_blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._next_ranking_block = 0
-        self._rank_blocks: dict[int, np.ndarray] = {}
+        self._row_blocks: dict[int, np.ndarray] = {}
 
     def _rng(self, *key: int) -> np.random.Generator:
         seed = np.random.SeedSequence(self.scenario.seed, spawn_key=(SERVING_ROUTING_STREAM, *key))
@@ -78,16 +80,17 @@ class ServingRouting:
         if self._by_sets(tokens):
             return self._set_level(tokens_G, ranking_XE, row_NL, first)
         per_step = self.layers * tokens
-        ranks_KR = self._rank_rows(self._row + ahead * per_step, steps * per_step)
-        # count ranks per (step, layer) and GPU, then give each rank its expert in that ranking
-        gpus, experts = self.gpus, self.experts
-        base_NL1 = (np.arange(steps * self.layers, dtype=np.int32) * experts * gpus)[:, None]
+        rows_XR = self._token_rows(self._row + ahead * per_step, steps * per_step)
+        # count choices (ranks, or rank sets) per (step, layer) and GPU, rank-major
+        gpus = self.gpus
+        choices = self.experts if self._sets is None else self._sets[1].size
+        base_NL1 = (np.arange(steps * self.layers, dtype=np.int32) * choices * gpus)[:, None]
         base_R = (base_NL1 + np.repeat(np.arange(gpus, dtype=np.int32), tokens_G)[None]).ravel()
-        keys = (ranks_KR.astype(np.int32) * gpus + base_R[None]).ravel()
-        ranks = np.bincount(keys, minlength=steps * self.layers * experts * gpus)
-        return self._by_ranking(
-            ranks.reshape(steps, self.layers, experts, gpus), ranking_XE, row_NL
-        )
+        keys = (rows_XR.astype(np.int32) * gpus + base_R[None]).ravel()
+        picked = np.bincount(keys, minlength=steps * self.layers * choices * gpus)
+        picked_NLXG = picked.reshape(steps, self.layers, choices, gpus)
+        ranks_NLEG = picked_NLXG if self._sets is None else self._sets[0].T @ picked_NLXG
+        return self._by_ranking(ranks_NLEG, ranking_XE, row_NL)
 
     def _by_ranking(
         self, ranks_NLEG: np.ndarray, ranking_XE: np.ndarray, row_NL: np.ndarray
@@ -112,7 +115,7 @@ class ServingRouting:
         """Consume ``steps`` steps of ``tokens`` tokens each (the first ones drawn)."""
         self.step += steps
         if not self._by_sets(tokens) and self.scenario.routing_resolution(tokens) == "tokens":
-            self._row += steps * self.layers * tokens
+            self._row += steps * self.layers * tokens  # a row per token and layer
 
     def _by_sets(self, tokens: int) -> bool:
         """Whether a step of ``tokens`` tokens draws rank sets per GPU: where there are few,
@@ -148,20 +151,28 @@ class ServingRouting:
             self._next_ranking_block += 1
         return self._ranking_blocks[block]
 
-    def _rank_rows(self, start: int, size: int) -> np.ndarray:
-        """Rank rows ``start .. start + size - 1`` (``ranks_KR``) of the pool; blocks wholly
-        before the cursor are dropped (never read again)."""
-        for done in [b for b in self._rank_blocks if (b + 1) * _RANK_BLOCK <= self._row]:
-            del self._rank_blocks[done]
+    def _token_rows(self, start: int, size: int) -> np.ndarray:
+        """Token-layer rows ``start .. start + size - 1`` of the pool: ``K`` ranks each, or
+        one rank set where there are few (``rows_XR``); blocks wholly before the cursor are
+        dropped (never read again)."""
+        for done in [b for b in self._row_blocks if (b + 1) * _ROW_BLOCK <= self._row]:
+            del self._row_blocks[done]
         parts = []
-        for block in range(start // _RANK_BLOCK, (start + size - 1) // _RANK_BLOCK + 1):
-            if block not in self._rank_blocks:
-                self._router.reseed(self._rng(_RANKS, block))
-                self._rank_blocks[block] = self._router.ranks(_RANK_BLOCK)
-            low = max(start - block * _RANK_BLOCK, 0)
-            high = min(start + size - block * _RANK_BLOCK, _RANK_BLOCK)
-            parts.append(self._rank_blocks[block][:, low:high])
+        for block in range(start // _ROW_BLOCK, (start + size - 1) // _ROW_BLOCK + 1):
+            if block not in self._row_blocks:
+                self._row_blocks[block] = self._row_block(self._rng(_ROWS, block))
+            low = max(start - block * _ROW_BLOCK, 0)
+            high = min(start + size - block * _ROW_BLOCK, _ROW_BLOCK)
+            parts.append(self._row_blocks[block][:, low:high])
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def _row_block(self, rng: np.random.Generator) -> np.ndarray:
+        if self._sets is None:
+            self._router.reseed(rng)
+            return self._router.ranks(_ROW_BLOCK)
+        cumulative_J = np.cumsum(self._sets[1])
+        picked = np.searchsorted(cumulative_J, rng.random(_ROW_BLOCK) * cumulative_J[-1], "right")
+        return np.minimum(picked, cumulative_J.size - 1).astype(np.uint8)[None]
 
     def _count_level(
         self, tokens_G: np.ndarray, ranking_XE: np.ndarray, row_NL: np.ndarray, first: int

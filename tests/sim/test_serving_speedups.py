@@ -150,3 +150,34 @@ def test_count_level_and_token_level_serving_agree_within_sampling_noise() -> No
     )
     # the routing-sensitive figure: how far the busiest GPU is above the mean
     assert counts.load_imbalance == pytest.approx(tokens.load_imbalance, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("model", "tokens"),
+    [
+        ({"num_experts": 6, "top_k": 3}, 4),  # rank sets, a row each
+        ({"num_experts": 6, "top_k": 3}, 400),  # rank sets, a multinomial per GPU
+        ({"num_experts": 16, "top_k": 4}, 20),  # ranks, a row each
+    ],
+    ids=["set-rows", "set-multinomials", "rank-rows"],
+)
+def test_serving_routing_draws_the_token_level_law(model, tokens) -> None:
+    # per (step, layer), each popularity rank's tokens: Binomial(tokens, p_r), p_r the chance
+    # that a token of the token-level router picks rank r among its K
+    scenario = _serving(SCHEDULERS[0], model={**WIDE_MODEL, **model})
+    layers, experts, top_k = 2, model["num_experts"], model["top_k"]
+    steps = 20_000 if tokens < 100 else 600
+    routing = ServingRouting(scenario, layers)
+    counts_NLE = routing.draw(np.array([tokens, 0]), steps)[:, :, 0]
+    ranking_XE, row_NL = routing._rankings(0, steps)
+    ranks_X = np.take_along_axis(counts_NLE, ranking_XE[row_NL].astype(np.int64), axis=-1)
+    ranks_X = ranks_X.reshape(-1, experts)
+    router = SyntheticRouter(
+        scenario.workload.routing, experts, top_k, layers, np.random.default_rng(9)
+    )
+    drawn_KR = router.ranks(2_000_000)
+    p_E = np.bincount(drawn_KR.ravel(), minlength=experts) / drawn_KR.shape[1]
+    spread_E = np.sqrt(tokens * p_E * (1 - p_E))
+    error_E = spread_E / np.sqrt(ranks_X.shape[0]) + tokens * np.sqrt(p_E / drawn_KR.shape[1])
+    assert np.all(np.abs(ranks_X.mean(axis=0) - tokens * p_E) < 5 * error_E)
+    assert ranks_X.std(axis=0) == pytest.approx(spread_E, rel=0.1)
