@@ -50,6 +50,7 @@ __all__ = ["SERVING_ROUTING_STREAM", "Replay", "ServingJob", "serve_rank"]
 SERVING_ROUTING_STREAM = 5
 _WARMUP_STREAM = 1  # sub-key of the warm-up steps' routing
 _WARMUP_PROMPT = 64  # tokens of the warm-up prefill (at most the shortest prompt)
+_BLOCK_CELLS = 1 << 22  # routing drawn ahead, in (step, layer, token, choice) cells
 
 # each group's plans and how many steps they run (a decode stretch: contexts one longer each)
 Replay = list[tuple[list[StepPlan], int]]
@@ -69,16 +70,41 @@ class ServingJob:
     repeats: int = 1
 
 
-def _router(scenario: Scenario, layers: int, *key: int) -> SyntheticRouter:
-    model = scenario.model
-    seed = np.random.SeedSequence(scenario.seed, spawn_key=(SERVING_ROUTING_STREAM, *key))
-    return SyntheticRouter(
-        scenario.workload.routing,
-        model.num_experts,
-        model.top_k,
-        layers,
-        np.random.default_rng(seed),
-    )
+class _Routing:
+    """The step's routing, drawn ahead in blocks of steps as wide as the widest step (each step
+    takes its tokens' rows from the next one: the same law, tokens i.i.d. given the step's
+    expert ranking), so that drawing stays off the time between steps but once a block; steps
+    too wide for a block of two are drawn one by one, as many tokens as they have."""
+
+    def __init__(
+        self, scenario: Scenario, layers: int, width: int, *key: int, most_steps: int = 1 << 30
+    ) -> None:
+        model = scenario.model
+        seed = np.random.SeedSequence(scenario.seed, spawn_key=(SERVING_ROUTING_STREAM, *key))
+        self.router = SyntheticRouter(
+            scenario.workload.routing,
+            model.num_experts,
+            model.top_k,
+            layers,
+            np.random.default_rng(seed),
+        )
+        self.width = width
+        self.block = min(most_steps, _BLOCK_CELLS // max(layers * width * model.top_k, 1))
+        if self.block > 1:
+            self._next()
+
+    def _next(self) -> None:
+        self.ids_NLTK = self.router.draw(self.block, self.width)
+        self.step = 0
+
+    def take(self, tokens: int) -> np.ndarray:
+        """``expert_ids_NLTK`` of the next step, of ``tokens`` tokens (at most ``width``)."""
+        if self.block <= 1:
+            return self.router.draw(1, tokens)
+        if self.step == self.block:
+            self._next()
+        self.step += 1
+        return self.ids_NLTK[self.step - 1 : self.step, :, :tokens]
 
 
 class _Shard:
@@ -102,25 +128,24 @@ class _Shard:
         self.lm_head = random_weight(
             (model.d_model, model.vocab_size), model.d_model, gen, self.dtype, device
         )
-        self.gen = gen
-        self.x = torch.empty((0, model.d_model), dtype=self.dtype, device=device)
+        # rows entering the first block, as many as a group's step can hold (values do not
+        # matter, their count does): drawn once, before the clock starts
+        self.x = torch.randn((_most_tokens(job), model.d_model), generator=gen).to(
+            device, self.dtype
+        )
         self.kinds = link_kinds(rank, plan.gpus, scenario.cluster.gpus_per_node)
         self.moe_layers = model.moe_layers(scenario.stack())
         self.kv = KVStore(self.attention, self.dtype, device)
         self.capacity_R = job.requests.prompt_tokens + job.requests.output_tokens
 
-    def activations(self, tokens: int) -> torch.Tensor:
-        """Rows entering the first block (their values do not matter, their count does)."""
-        if self.x.shape[0] < tokens:
-            rows = max(tokens, 2 * self.x.shape[0])
-            self.x = torch.randn((rows, self.x.shape[1]), generator=self.gen).to(
-                self.device, self.dtype
-            )
-        return self.x[:tokens]
+    def routing(self) -> _Routing:
+        """The run's routing stream, for steps of every group's tokens."""
+        width = self.job.plan.gpus * self.x.shape[0]
+        return _Routing(self.job.scenario, self.moe_layers, width)
 
-    def routes(self, router: SyntheticRouter, tokens_G: list[int]) -> list[LayerRoute]:
-        """One draw of the step's routing for every group's tokens; this rank's share."""
-        logical = router.draw(1, sum(tokens_G))
+    def routes(self, routing: _Routing, tokens_G: list[int]) -> list[LayerRoute]:
+        """The step's routing of every group's tokens; this rank's share."""
+        logical = routing.take(sum(tokens_G))
         units = self.job.plan.to_units(logical)
         first = sum(tokens_G[: self.rank])
         mine = slice(first, first + tokens_G[self.rank])
@@ -147,7 +172,7 @@ class _Shard:
     ) -> dict:
         """One timed step: the segments' tokens through every block, logits for the rows that
         sample a token (``sampled``); returns the rank's columns for the step."""
-        x = self.activations(segments.tokens)
+        x = self.x[: segments.tokens]
         held = [
             self.kv.hold(r, c)
             for r, c in zip(
@@ -189,7 +214,7 @@ class _Shard:
         self,
         plans: list[StepPlan],
         engine: Engine,
-        router: SyntheticRouter,
+        routing: _Routing,
         comm: Comm,
         timer: PhaseTimer,
     ) -> dict:
@@ -202,7 +227,7 @@ class _Shard:
         sampled_R = ~mine.is_prefill | completes  # the last row of each such request samples
         sampled = np.zeros(mine.tokens, dtype=bool)
         sampled[np.cumsum(mine.new_tokens)[sampled_R] - 1] = True
-        routes = self.routes(router, [p.tokens for p in plans])
+        routes = self.routes(routing, [p.tokens for p in plans])
         segments = Segments(mine.request, mine.new_tokens, mine.context)
         columns = self.step(segments, sampled, routes, comm, timer)
         columns["tokens"] = sum(p.tokens for p in plans)
@@ -213,11 +238,12 @@ class _Shard:
     def warm_up(self, steps: int, comm: Comm, timer: PhaseTimer) -> None:
         """``steps`` untimed steps before the clock starts: a prompt on every rank, then its
         decodes (on caches discarded afterwards)."""
-        router = _router(self.job.scenario, self.moe_layers, _WARMUP_STREAM)
+        world = self.job.plan.gpus
         prompt = int(min(_WARMUP_PROMPT, self.job.requests.prompt_tokens.min()))
+        scenario, layers = self.job.scenario, self.moe_layers
+        routing = _Routing(scenario, layers, world * prompt, _WARMUP_STREAM, most_steps=steps)
         scratch = np.array([-1])
         self.capacity_R = np.append(self.capacity_R, prompt + steps)  # index -1: the scratch
-        world = self.job.plan.gpus
         for step in range(steps):
             new = prompt if step == 0 else 1
             context = 0 if step == 0 else prompt + step - 1
@@ -225,10 +251,20 @@ class _Shard:
             sampled = np.zeros(new, dtype=bool)
             sampled[-1] = True
             comm.barrier()
-            self.step(segments, sampled, self.routes(router, [new] * world), comm, timer)
+            self.step(segments, sampled, self.routes(routing, [new] * world), comm, timer)
         self.kv.free(scratch)
         self.capacity_R = self.capacity_R[:-1]
         self.kv.peak_bytes = 0
+
+
+def _most_tokens(job: ServingJob) -> int:
+    """The most tokens one group's step can hold: the scheduler's budget, or a static batch
+    of the longest prefills (a prompt and its output, after a preemption), or the warm-up's."""
+    params, requests = job.scenario.policies.scheduler, job.requests
+    budget = getattr(params, "max_batch_tokens", None)
+    if budget is None:
+        budget = params.batch_size * int((requests.prompt_tokens + requests.output_tokens).max())
+    return max(int(budget), _WARMUP_PROMPT)
 
 
 def _to(w: FfnWeights, device: torch.device) -> FfnWeights:
@@ -306,7 +342,7 @@ def _real_time(
 ) -> tuple[Engine, float]:
     job = shard.job
     engine = Engine(job.scenario, job.requests, job.kv_blocks_G)
-    router = _router(job.scenario, shard.moe_layers)
+    routing = shard.routing()
     arrival_s = job.requests.arrival_s
     clock = torch.zeros(2, dtype=torch.float64)
     comm.barrier()
@@ -327,7 +363,7 @@ def _real_time(
                 time.sleep(max(wake - (time.perf_counter() - t0), 0.0))
             continue
         done = engine.done
-        columns.append(shard.run(plans, engine, router, comm, timer))
+        columns.append(shard.run(plans, engine, routing, comm, timer))
         if comm.rank == 0 and engine.done > done:
             on_finished(engine.done)
     return engine, t0
@@ -340,11 +376,11 @@ def _replay(
     t0 = time.perf_counter()
     for _ in range(job.repeats):
         engine = Engine(job.scenario, job.requests, job.kv_blocks_G)
-        router = _router(job.scenario, shard.moe_layers)
+        routing = shard.routing()
         for plans, steps in replay:
             for later in range(steps):
                 stepped = [shifted(p, later) for p in plans]
                 engine.arrive_planned(stepped)
                 comm.barrier()
-                columns.append(shard.run(stepped, engine, router, comm, timer))
+                columns.append(shard.run(stepped, engine, routing, comm, timer))
     return engine, t0
