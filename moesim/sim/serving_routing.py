@@ -39,7 +39,7 @@ _ROWS, _RANKINGS, _COUNTS, _LAW, _REPLICAS, _SETS = 2, 3, 4, 5, 6, 7  # a genera
 _ROW_BLOCK = 1 << 16  # token-layer rows per block
 _MOST_SETS = 256  # rank sets a token can pick, at most, to draw them per GPU as a multinomial
 _MOST_ORDERS = 4096  # ordered choices summed up to find the sets' chances
-_SET_COST = 2.5  # a multinomial's category against one token draw (measured, numpy 2)
+_SET_COST = 3.0  # a multinomial's category against one token row (measured, numpy 2)
 _RANKING_BLOCK = 64  # steps of rankings per block
 
 
@@ -77,20 +77,22 @@ class ServingRouting:
         tokens = int(tokens_G.sum())
         if self.scenario.routing_resolution(tokens) == "counts":
             return self._count_level(tokens_G, ranking_XE, row_NL, first)
-        if self._by_sets(tokens):
-            return self._set_level(tokens_G, ranking_XE, row_NL, first)
-        per_step = self.layers * tokens
+        rows_G = self._row_tokens(tokens_G)
+        per_step = self.layers * int(rows_G.sum())
         rows_XR = self._token_rows(self._row + ahead * per_step, steps * per_step)
         # count choices (ranks, or rank sets) per (step, layer) and GPU, rank-major
         gpus = self.gpus
         choices = self.experts if self._sets is None else self._sets[1].size
         base_NL1 = (np.arange(steps * self.layers, dtype=np.int32) * choices * gpus)[:, None]
-        base_R = (base_NL1 + np.repeat(np.arange(gpus, dtype=np.int32), tokens_G)[None]).ravel()
+        base_R = (base_NL1 + np.repeat(np.arange(gpus, dtype=np.int32), rows_G)[None]).ravel()
         keys = (rows_XR.astype(np.int32) * gpus + base_R[None]).ravel()
         picked = np.bincount(keys, minlength=steps * self.layers * choices * gpus)
         picked_NLXG = picked.reshape(steps, self.layers, choices, gpus)
-        ranks_NLEG = picked_NLXG if self._sets is None else self._sets[0].T @ picked_NLXG
-        return self._by_ranking(ranks_NLEG, ranking_XE, row_NL)
+        if self._sets is None:
+            return self._by_ranking(picked_NLXG, ranking_XE, row_NL)
+        if rows_G.sum() < tokens:  # the GPUs with many tokens: a multinomial each
+            picked_NLXG = picked_NLXG + self._set_multinomials(tokens_G - rows_G, steps, first)
+        return self._by_ranking(self._sets[0].T @ picked_NLXG, ranking_XE, row_NL)
 
     def _by_ranking(
         self, ranks_NLEG: np.ndarray, ranking_XE: np.ndarray, row_NL: np.ndarray
@@ -111,19 +113,20 @@ class ServingRouting:
         it) over expert replicas."""
         return self._rng(_REPLICAS, step)
 
-    def commit(self, steps: int, tokens: int) -> None:
-        """Consume ``steps`` steps of ``tokens`` tokens each (the first ones drawn)."""
+    def commit(self, steps: int, tokens_G: np.ndarray) -> None:
+        """Consume ``steps`` steps of ``tokens_G`` tokens per GPU (the first ones drawn)."""
         self.step += steps
-        if not self._by_sets(tokens) and self.scenario.routing_resolution(tokens) == "tokens":
-            self._row += steps * self.layers * tokens  # a row per token and layer
+        tokens = int(tokens_G.sum())
+        if self.scenario.routing_resolution(tokens) == "tokens":
+            rows = int(self._row_tokens(np.asarray(tokens_G)).sum())
+            self._row += steps * self.layers * rows  # a row per token and layer
 
-    def _by_sets(self, tokens: int) -> bool:
-        """Whether a step of ``tokens`` tokens draws rank sets per GPU: where there are few,
-        and the step's token draws cost more than the multinomials' categories."""
+    def _row_tokens(self, tokens_G: np.ndarray) -> np.ndarray:
+        """The tokens per GPU drawn a row each: all, but for GPUs whose tokens would cost
+        more than a multinomial over the rank sets (where there are few)."""
         if self._sets is None:
-            return False
-        sets = self._sets[1].size
-        return tokens * self.top_k > _SET_COST * self.gpus * sets
+            return tokens_G
+        return np.where(tokens_G > _SET_COST * self._sets[1].size, 0, tokens_G)
 
     def _rankings(self, first: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """``(ranking_XE, row_NL)`` of steps ``first ..``, as ``SyntheticRouter.rankings``."""
@@ -157,14 +160,14 @@ class ServingRouting:
         dropped (never read again)."""
         for done in [b for b in self._row_blocks if (b + 1) * _ROW_BLOCK <= self._row]:
             del self._row_blocks[done]
-        parts = []
+        parts = [np.zeros((1, 0), dtype=np.uint8)]  # no rows at all: every GPU's are counts
         for block in range(start // _ROW_BLOCK, (start + size - 1) // _ROW_BLOCK + 1):
             if block not in self._row_blocks:
                 self._row_blocks[block] = self._row_block(self._rng(_ROWS, block))
             low = max(start - block * _ROW_BLOCK, 0)
             high = min(start + size - block * _ROW_BLOCK, _ROW_BLOCK)
             parts.append(self._row_blocks[block][:, low:high])
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        return parts[-1] if len(parts) <= 2 else np.concatenate(parts[1:], axis=1)
 
     def _row_block(self, rng: np.random.Generator) -> np.ndarray:
         if self._sets is None:
@@ -191,17 +194,16 @@ class ServingRouting:
             parts.append(self._counts.counts(ranking_XE, row_NL[n : n + 1], tokens_G))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    def _set_level(
-        self, tokens_G: np.ndarray, ranking_XE: np.ndarray, row_NL: np.ndarray, first: int
-    ) -> np.ndarray:
-        """Each GPU's tokens over the rank sets, a multinomial per (step, layer, GPU)."""
-        sets_JE, p_J = self._sets
-        trials_LG = np.broadcast_to(tokens_G, (self.layers, self.gpus))
-        picks = [
-            self._rng(_SETS, first + n).multinomial(trials_LG, p_J) for n in range(len(row_NL))
-        ]
-        ranks_NLEG = sets_JE.T @ np.stack(picks).swapaxes(2, 3)
-        return self._by_ranking(ranks_NLEG, ranking_XE, row_NL)
+    def _set_multinomials(self, tokens_G: np.ndarray, steps: int, first: int) -> np.ndarray:
+        """``picked_NLJG``: the tokens of each GPU that has any over the rank sets, one
+        multinomial per (step, layer, GPU), each step with the generator of its index."""
+        p_J = self._sets[1]
+        gpus = np.flatnonzero(tokens_G)
+        trials_LG = np.broadcast_to(tokens_G[gpus], (self.layers, gpus.size))
+        picks = [self._rng(_SETS, first + n).multinomial(trials_LG, p_J) for n in range(steps)]
+        picked_NLJG = np.zeros((steps, self.layers, p_J.size, self.gpus), dtype=np.int64)
+        picked_NLJG[..., gpus] = np.stack(picks).swapaxes(2, 3)
+        return picked_NLJG
 
 
 def rank_sets(router: SyntheticRouter) -> tuple[np.ndarray, np.ndarray] | None:

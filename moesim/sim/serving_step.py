@@ -246,7 +246,7 @@ class Stepper:
 
     def keep(self, timed: Timed, shape: StepShape) -> None:
         """Commit the steps of ``timed`` (the first ones drawn) as run."""
-        self.routing.commit(timed.tokens_NLG.shape[0], int(shape.tokens_G.sum()))
+        self.routing.commit(timed.tokens_NLG.shape[0], shape.tokens_G)
         self.expert_tokens_LG += timed.tokens_NLG.sum(axis=0)
 
 

@@ -108,7 +108,7 @@ def test_routing_does_not_depend_on_how_a_stretch_is_cut(model) -> None:
     cut = ServingRouting(scenario, layers)
     parts = [cut.draw(tokens_G, 2), cut.draw(tokens_G, 5, ahead=2)]
     assert np.array_equal(np.concatenate(parts), whole)
-    cut.commit(3, int(tokens_G.sum()))  # steps 3.. drawn again are the same steps
+    cut.commit(3, tokens_G)  # steps 3.. drawn again are the same steps
     assert np.array_equal(cut.draw(tokens_G, 4), whole[3:])
     # each token picks top_k distinct experts: every (step, layer, GPU) holds its tokens x K
     assert np.all(whole.sum(axis=-1) == tokens_G * scenario.model.top_k)
