@@ -213,6 +213,12 @@ class PoliciesSpec(Frozen):
 
     overlap: SerializeAsAny[PolicyParams] = Field(default_factory=lambda: OVERLAP.validate("none"))
 
+    expert_kernel: Literal["loop", "grouped"] = Field(
+        default="loop",
+        description="loop: each local expert's FFN is its own kernels (fairseq, the reference "
+        "executor); grouped: one grouped GEMM per GPU and layer (vLLM fused_moe, DeepGEMM)",
+    )
+
     @field_validator("overlap", mode="before")
     @classmethod
     def _overlap(cls, raw: Any) -> PolicyParams:

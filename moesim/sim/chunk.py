@@ -119,9 +119,11 @@ def time_chunk(
     combine_row = model.d_model * model.part_bytes("combine")
 
     expert_NLE = local.expert_time(outcome.slots_NLE)
-    expert_NLG = plan.per_gpu_sum(expert_NLE) + local.shared_G
     padding = outcome.slots_NLE is not outcome.tokens_NLE
     slots_NLG = plan.per_gpu_sum(outcome.slots_NLE)
+    expert_NLG = plan.per_gpu_sum(expert_NLE) + local.shared_G
+    if local.expert_launch_s:
+        expert_NLG = expert_NLG + local.expert_launch_s * (slots_NLG > 0)
     tokens_NLG = plan.per_gpu_sum(outcome.tokens_NLE) if padding else slots_NLG
     largest_NLG = plan.per_gpu_max(outcome.slots_NLE)
 
@@ -171,6 +173,7 @@ def time_chunk(
         egress, ingress = half(egress), half(ingress)  # what ``alltoall`` moves
         expert_h_NLG = plan.per_gpu_sum(local.expert_time(half(outcome.slots_NLE)))
         expert_h_NLG = expert_h_NLG + micro_batch.shared_G
+        expert_h_NLG = expert_h_NLG + local.expert_launch_s * (slots_NLG > 0)
         expert_h_NL = expert_h_NLG.max(axis=-1) if layers else np.zeros((n, 0))
         pre_NL = np.broadcast_to(micro_batch.pre_LG.max(axis=-1, initial=0.0), (n, layers))
         combine_h_NL = alltoall(combine_row)

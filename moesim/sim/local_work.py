@@ -9,7 +9,7 @@ rank's local work is its slowest GPU's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -26,7 +26,8 @@ class LocalWork:
     """Seconds per device. ``blocks_L``/``dense_L``: attention blocks and dense FFNs that run
     before MoE layer ``l`` since the previous one; ``tail_*``: after the last MoE layer.
     ``allreduce_G``: the tensor-parallel all-reduce after each attention block and dense
-    FFN; ``moe_allreduce_G``: the expert rank's all-gather and reduce-scatter per MoE layer."""
+    FFN; ``moe_allreduce_G``: the expert rank's all-gather and reduce-scatter per MoE layer;
+    ``expert_launch_s``: a grouped expert kernel's launches, once per device that has rows."""
 
     attention_G: np.ndarray
     dense_G: np.ndarray
@@ -40,6 +41,7 @@ class LocalWork:
     expert_by_rows: np.ndarray
     allreduce_G: np.ndarray
     moe_allreduce_G: np.ndarray
+    expert_launch_s: float
 
     def expert_time(self, rows: np.ndarray) -> np.ndarray:
         """Seconds of one expert's FFN over ``rows`` rows (a table lookup, any shape)."""
@@ -144,6 +146,8 @@ def expert_table(
     """One expert's seconds for 0, 1, ... rows, as many as a step can give it: an expert (or
     replica) gets each token at most once; static slots can exceed that."""
     max_rows = max(int(tokens_G.sum()), int(capacity_G.sum()) if capacity_G is not None else 0)
+    if scenario.policies.expert_kernel == "grouped":  # launched once per GPU: expert_launch_s
+        costs = replace(costs, launch_overhead_s=0.0)
     return ffn_time(scenario.model, costs, np.arange(max_rows + 1), scenario.model.d_ffn)
 
 
@@ -192,4 +196,9 @@ def work_around(
         expert_by_rows=expert_by_rows,
         allreduce_G=layout.rank_max(layout.allreduce_s(scenario, group_G, tp)),
         moe_allreduce_G=layout.allreduce_s(scenario, rank_V, layout.expert_tp),
+        expert_launch_s=(
+            (model.ffn_matrices + 1) * costs.launch_overhead_s
+            if scenario.policies.expert_kernel == "grouped"
+            else 0.0
+        ),
     )

@@ -139,3 +139,20 @@ def test_an_nvlink_domain_of_two_nodes_keeps_traffic_off_the_network() -> None:
 def test_a_layout_the_model_or_cluster_cannot_take_is_refused(changes, message) -> None:
     with pytest.raises(ValidationError, match=message):
         _scenario(**changes)
+
+
+def test_a_grouped_expert_kernel_launches_once_per_gpu_and_layer() -> None:
+    device = copy.deepcopy(SIMPLE_PROFILE)
+    device["compute"]["launch_overhead"] = 1e-3  # launches dominate: FLOPs are negligible
+    phases = {}
+    for kernel in ("loop", "grouped"):
+        scenario = make_scenario(
+            model=MODEL,
+            cluster={"nodes": 1, "gpus_per_node": 2, "device": device},
+            workload=workload(batch_size=64, routing={"source": "synthetic", "skew": 0.0}),
+            policies={"gating": {"name": "dynamic"}, "expert_kernel": kernel},
+        )
+        phases[kernel] = run(scenario)[0].time_breakdown_s["expert"]
+    # 2 MoE layers, 2 experts per GPU (all get rows), 3 launches per FFN (up, down, activation)
+    assert phases["loop"] == pytest.approx(2 * 2 * 3e-3, rel=1e-5)
+    assert phases["grouped"] == pytest.approx(2 * 3e-3, rel=1e-5)
