@@ -42,9 +42,11 @@ CASES = (
         14_800,
         f"{DAY6}: 24 h production average",
         "Production mixes requests of every length (the mean KV length stands in for all of "
-        "them) and runs multi-token prediction, which moesim does not model here: an accepted "
-        "draft token adds output without a step. The concurrency (88 requests per GPU) is "
-        "derived from the published rate and per-user speed.",
+        "them, and attention dominates the step) and its routing is not known: a stable Zipf "
+        "popularity balanced by EPLB leaves the busiest GPU about twice the mean expert load. "
+        "Multi-token prediction (`workload.mtp`) is off: the day-6 note does not say whether "
+        "production ran it. The concurrency (88 requests per GPU) is derived from the "
+        "published rate and per-user speed.",
     ),
     Case(
         "deepseek-decode-ep128-profile",

@@ -97,20 +97,39 @@ def _batching(scenario: Scenario) -> str:
     return f"batch {workload.batch_size}"
 
 
+def _layout(scenario: Scenario) -> str:
+    """The layout and overlap where they are not the default (DP attention, EP experts)."""
+    parallel, overlap = scenario.cluster.parallel, scenario.policies.overlap.name
+    parts = [
+        f"{name} {value}"
+        for name, value in (
+            ("attention TP", parallel.attention_tp),
+            ("expert TP", parallel.expert_tp),
+        )
+        if value > 1
+    ]
+    if overlap != "none":
+        parts.append(f"overlap {overlap}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _summary(console: Console, scenario: Scenario, result: Result) -> None:
     cluster = scenario.cluster
     console.print(
         Text.assemble(
             (scenario.name, "bold"),
             f": {scenario.model.name} on {cluster.nodes}x{cluster.gpus_per_node} "
-            f"{cluster.device.name}, {result.phase}, {_batching(scenario)}, "
+            f"{cluster.device.name}{_layout(scenario)}, {result.phase}, {_batching(scenario)}, "
             f"gating {scenario.policies.gating.name}, routing drawn as "
             f"{result.routing_resolution}",
         )
     )
     if result.serving is not None:
         print_serving(console, result.serving)
-    console.print(f"throughput  {result.throughput_tokens_per_s:,.0f} tokens/s")
+    console.print(
+        f"throughput  {result.throughput_tokens_per_s:,.0f} tokens/s processed, "
+        f"{result.output_tokens_per_s:,.0f} tokens/s out"
+    )
     lat = result.latency_s
     console.print(
         f"latency     mean {lat.mean * 1e3:.3f} ms  p50 {lat.p50 * 1e3:.3f} ms  "

@@ -33,6 +33,7 @@ __all__ = [
     "MAX_GPUS",
     "MAX_STEPS",
     "ClusterSpec",
+    "MtpSpec",
     "PoliciesSpec",
     "Scenario",
     "SyntheticRouting",
@@ -125,6 +126,21 @@ class TraceRouting(Frozen):
 Routing = Annotated[SyntheticRouting | TraceRouting, Field(discriminator="source")]
 
 
+class MtpSpec(Frozen):
+    """Multi-token prediction in decode (DeepSeek-V3's MTP module as a speculative drafter):
+    each step verifies ``tokens`` drafted tokens per sequence besides the next one; each draft
+    is accepted with probability ``acceptance`` if the one before it was, so a step emits
+    ``1 + acceptance + ... + acceptance**tokens`` tokens per sequence on average. The drafting
+    module's own layer is not counted."""
+
+    tokens: int = Field(default=1, ge=1, le=16)
+    acceptance: float = Field(default=0.8, gt=0, le=1, allow_inf_nan=False)
+
+    @property
+    def expected_tokens(self) -> float:
+        return float(sum(self.acceptance**i for i in range(self.tokens + 1)))
+
+
 class WorkloadSpec(Frozen):
     """``batch_size`` sequences per step across the cluster; decode makes one token each.
 
@@ -148,6 +164,15 @@ class WorkloadSpec(Frozen):
         "position (scoring, as fairseq's eval_lm)",
     )
     requests: RequestsSpec | None = Field(default=None, validate_default=True)
+    mtp: MtpSpec | None = None
+
+    @field_validator("mtp")
+    @classmethod
+    def _mtp(cls, mtp: MtpSpec | None, info: ValidationInfo) -> MtpSpec | None:
+        phase = info.data.get("phase")
+        if mtp is not None and phase != "decode":
+            raise ValueError(f"multi-token prediction applies to phase decode, not {phase}")
+        return mtp
 
     @field_validator("batch_size", "seq_len")
     @classmethod
@@ -182,7 +207,17 @@ class WorkloadSpec(Frozen):
         """Tokens of one fixed-batch step; a serving step's tokens follow its plan instead."""
         if self.batch_size is None or self.seq_len is None:
             raise ValueError("a serving step's tokens follow its plan: pass them explicitly")
-        return self.batch_size * (self.seq_len if self.phase == "prefill" else 1)
+        if self.phase == "prefill":
+            return self.batch_size * self.seq_len
+        return self.batch_size * (1 + (self.mtp.tokens if self.mtp is not None else 0))
+
+    @property
+    def output_tokens_per_step(self) -> float:
+        """Tokens a fixed-batch step emits: a first token per prompt, or per sequence the
+        next one (and the accepted drafts, with multi-token prediction)."""
+        if self.batch_size is None:
+            raise ValueError("a serving step's tokens follow its plan")
+        return self.batch_size * (self.mtp.expected_tokens if self.mtp is not None else 1.0)
 
 
 def _policy(registry: Registry[Any], raw: Any) -> PolicyParams:

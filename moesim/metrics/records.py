@@ -159,3 +159,4 @@ class RunRecords:
     wall_seconds: float = 0.0
     events: int = 0
     serving: ServingRecords | None = None  # a serving run's requests and queues
+    output_tokens: float = 0.0  # tokens emitted (a fixed batch's; serving counts its requests')

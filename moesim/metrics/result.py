@@ -137,6 +137,7 @@ class Result(_Out):
     routing_resolution: str
     steps: int
     throughput_tokens_per_s: float
+    output_tokens_per_s: float
     latency_s: Latency
     time_breakdown_s: dict[str, float]
     tokens: TokenCounts
@@ -163,6 +164,7 @@ class Result(_Out):
         peak = devices.weights_bytes + devices.kv_cache_bytes + devices.activation_peak_bytes
         imbalance = steps.load_imbalance[~np.isnan(steps.load_imbalance)]
         breakdown = steps.breakdown_NP.sum(axis=0)
+        served = serving_result(serving) if serving is not None else None
         return cls(
             scenario=records.scenario,
             executor=records.executor,
@@ -172,6 +174,11 @@ class Result(_Out):
             routing_resolution=records.routing_resolution,
             steps=int(latency.size),
             throughput_tokens_per_s=float(steps.tokens.sum() / simulated) if simulated else 0.0,
+            output_tokens_per_s=(
+                served.output_tokens_per_s
+                if served is not None
+                else (records.output_tokens / simulated if simulated else 0.0)
+            ),
             latency_s=Latency(
                 mean=float(latency.mean()) if latency.size else 0.0,
                 p50=float(percentiles[0]),
@@ -204,7 +211,7 @@ class Result(_Out):
             simulated_seconds=simulated,
             wall_seconds=records.wall_seconds,
             events=records.events,
-            serving=serving_result(serving) if serving is not None else None,
+            serving=served,
             per_step={
                 "step": list(range(latency.size)),
                 "start_s": steps.start_s.tolist(),

@@ -267,4 +267,10 @@ def simulate(
         spans=_on_gpus(SpanRecords.concat(collected.spans), layout.expert_tp),
         wall_seconds=time.perf_counter() - wall_start,
         events=collected.events,
+        output_tokens=_output_tokens(scenario) * sum(s.latency_s.size for s in collected.steps),
     )
+
+
+def _output_tokens(scenario: Scenario) -> float:
+    """Tokens one step emits: none from an encoder's prefill."""
+    return 0.0 if scenario.stack() == "encoder" else scenario.workload.output_tokens_per_step

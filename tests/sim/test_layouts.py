@@ -173,3 +173,21 @@ def test_serving_refuses_layouts_it_does_not_model_in_one_line() -> None:
     ):
         with pytest.raises(ValidationError, match="serving runs data-parallel attention"):
             make_scenario(**{"model": MODEL, "cluster": cluster, "workload": serving, **changes})
+
+
+def test_multi_token_prediction_verifies_drafts_and_emits_the_accepted_ones() -> None:
+    plain = run(_scenario())[0]
+    mtp = make_scenario(
+        model=MODEL,
+        cluster={"nodes": 1, "gpus_per_node": 2, "device": copy.deepcopy(SIMPLE_PROFILE)},
+        workload=workload(batch_size=4, mtp={"tokens": 2, "acceptance": 0.5}),
+    )
+    assert mtp.workload.tokens_per_step == 4 * 3  # each sequence's next token and 2 drafts
+    result = run(mtp)[0]
+    assert result.tokens.routed == 2 * 12 * 1  # 2 MoE layers, top-1
+    # 1 + 0.5 + 0.25 tokens per sequence per step on average
+    step = result.latency_s.mean
+    assert result.output_tokens_per_s == pytest.approx(4 * 1.75 / step)
+    assert plain.output_tokens_per_s == pytest.approx(4 / plain.latency_s.mean)
+    with pytest.raises(ValidationError, match="applies to phase decode, not prefill"):
+        make_scenario(workload=workload(phase="prefill", mtp={"tokens": 1}))
