@@ -3,12 +3,14 @@ domains, per-part precision, and the layouts a model or cluster cannot take."""
 
 import copy
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from moesim.api import run
-from moesim.config import load_model_card
-from moesim.sim.layer_costs import core_width
+from moesim.config import PoliciesSpec, load_model_card
+from moesim.hardware import DeviceCosts
+from moesim.sim.layer_costs import attention_time, core_width
 from tests.conftest import SCENARIOS, SIMPLE_PROFILE, TINY_MODEL, make_scenario, workload
 
 # 2 MoE layers, 2 heads of 2 (q_dim 4, K and V 8 wide), fp32: every byte countable by hand
@@ -31,8 +33,6 @@ def _scenario(gpus=2, attention_tp=1, expert_tp=1, model=MODEL, nodes=1, **clust
 
 
 def _policies(raw):
-    from moesim.config import PoliciesSpec
-
     return PoliciesSpec.model_validate(raw)
 
 
@@ -191,3 +191,15 @@ def test_multi_token_prediction_verifies_drafts_and_emits_the_accepted_ones() ->
     assert plain.output_tokens_per_s == pytest.approx(4 / plain.latency_s.mean)
     with pytest.raises(ValidationError, match="applies to phase decode, not prefill"):
         make_scenario(workload=workload(phase="prefill", mtp={"tokens": 1}))
+
+
+def test_attention_under_tp_does_its_share_of_the_flops() -> None:
+    scenario = _scenario()
+    model = scenario.model
+    costs = DeviceCosts.from_profile(scenario.cluster.device, model.dtype)  # 1e12 FLOP/s fp32
+    tokens, context = np.array([8.0]), 6.0
+    # projections 2 x 8 x 64 and the core 2 x 8 x 6 x (4 + 4), halved across 2 GPUs; memory
+    # is free on the simple profile, so FLOPs set the time
+    expected = (2 * 8 * 64 + 2 * 8 * 6 * 8) / 2 / 1e12
+    assert attention_time(model, costs, tokens, context, True, tp=2)[0] == pytest.approx(expected)
+    assert attention_time(model, costs, tokens, context, True)[0] == pytest.approx(2 * expected)
