@@ -36,7 +36,7 @@ from moesim.reference.executor import (
     step_records,
 )
 from moesim.reference.serving_engine import StepLog
-from moesim.reference.serving_rank import Replay, ServingJob, serve_rank
+from moesim.reference.serving_rank import Replay, ServingJob, kv_shape, serve_rank
 from moesim.reference.workplan import UnsupportedScenarioError, check_model
 from moesim.workload import Requests, request_table
 
@@ -47,7 +47,7 @@ _MEMORY_SHARE = 0.5  # of the machine's RAM the executor may fill
 _NAN = float("nan")
 
 
-def _check(scenario: Scenario, requests: Requests, kv_blocks_G: np.ndarray) -> None:
+def _check(scenario: Scenario, requests: Requests, kv_blocks_G: np.ndarray, warmup: int) -> None:
     """Refuse in one line what the serving reference cannot run, or run here."""
     name, policies = scenario.name, scenario.policies
     check_model(scenario)
@@ -78,13 +78,13 @@ def _check(scenario: Scenario, requests: Requests, kv_blocks_G: np.ndarray) -> N
         )
         scheduler.check(state)
     model = scenario.model
-    # at most every request's whole KV at once, on top of every rank's weights
-    kv = float((requests.prompt_tokens + requests.output_tokens).sum()) * model.kv_width
-    need = (kv * model.layers + scenario.cluster.gpus * model.total_params) * model.dtype_bytes
+    slots, positions = kv_shape(scenario, requests, warmup)
+    kv = slots * positions * model.kv_width * model.layers
+    need = scenario.cluster.gpus * (kv + model.total_params) * model.dtype_bytes
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * _MEMORY_SHARE
     if need > have:
         raise UnsupportedScenarioError(
-            f"{name}: the reference executor could allocate {need / 2**30:.2f} GiB for the "
+            f"{name}: the reference executor would allocate {need / 2**30:.2f} GiB for the "
             f"weights and KV caches, more than half of this machine's memory "
             f"({have / 2**30:.2f} GiB); shrink the model or the requests"
         )
@@ -110,7 +110,7 @@ def _job(
     check_device(device, scenario.cluster.gpus)
     requests = request_table(scenario)
     kv_blocks_G = np.asarray(kv_blocks_G, dtype=np.int64)
-    _check(scenario, requests, kv_blocks_G)
+    _check(scenario, requests, kv_blocks_G, warmup)
     return ServingJob(scenario, plan_placement(scenario), requests, kv_blocks_G, warmup, **replay)
 
 

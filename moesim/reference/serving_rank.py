@@ -40,11 +40,11 @@ from moesim.reference.rank import (
     weight_bytes,
 )
 from moesim.reference.serving_engine import Engine, shifted
-from moesim.reference.serving_kv import KVStore, Segments, serving_attention
+from moesim.reference.serving_kv import KVStore, Segments, StepIndex, serving_attention
 from moesim.reference.timer import PhaseTimer
 from moesim.workload import Requests, SyntheticRouter
 
-__all__ = ["SERVING_ROUTING_STREAM", "Replay", "ServingJob", "serve_rank"]
+__all__ = ["SERVING_ROUTING_STREAM", "Replay", "ServingJob", "kv_shape", "serve_rank"]
 
 # spawn key of the serving routing stream: the simulator's, so both draw from the same law
 SERVING_ROUTING_STREAM = 5
@@ -135,8 +135,8 @@ class _Shard:
         )
         self.kinds = link_kinds(rank, plan.gpus, scenario.cluster.gpus_per_node)
         self.moe_layers = model.moe_layers(scenario.stack())
-        self.kv = KVStore(self.attention, self.dtype, device)
-        self.capacity_R = job.requests.prompt_tokens + job.requests.output_tokens
+        slots, positions = kv_shape(scenario, job.requests, job.warmup)
+        self.kv = KVStore(self.attention, slots, positions, self.dtype, device)
 
     def routing(self) -> _Routing:
         """The run's routing stream, for steps of every group's tokens."""
@@ -173,24 +173,17 @@ class _Shard:
         """One timed step: the segments' tokens through every block, logits for the rows that
         sample a token (``sampled``); returns the rank's columns for the step."""
         x = self.x[: segments.tokens]
-        held = [
-            self.kv.hold(r, c)
-            for r, c in zip(
-                segments.request.tolist(), self.capacity_R[segments.request].tolist(), strict=True
-            )
-        ]
+        where = StepIndex.of(segments, self.kv.slots(segments.request), self.dtype, self.device)
         rows = torch.as_tensor(np.flatnonzero(sampled), device=self.device)
         counters = CacheCounters()
         accounts = []
         moe = 0
         synchronize(self.device)
         start = time.perf_counter()
-        for index, layer in enumerate(self.layers):
+        for block, cache, layer in zip(self.attention, self.kv.caches, self.layers, strict=True):
             if segments.tokens:
                 with timer.phase("attention"):
-                    x = serving_attention(
-                        self.attention[index], x, segments, [h[index] for h in held]
-                    )
+                    x = serving_attention(block, x, where, cache)
             if isinstance(layer, MoeLayer):
                 x, layer_account = layer(x, routes[moe], comm, timer, counters)
                 accounts.append(layer_account)
@@ -243,7 +236,6 @@ class _Shard:
         scenario, layers = self.job.scenario, self.moe_layers
         routing = _Routing(scenario, layers, world * prompt, _WARMUP_STREAM, most_steps=steps)
         scratch = np.array([-1])
-        self.capacity_R = np.append(self.capacity_R, prompt + steps)  # index -1: the scratch
         for step in range(steps):
             new = prompt if step == 0 else 1
             context = 0 if step == 0 else prompt + step - 1
@@ -253,8 +245,16 @@ class _Shard:
             comm.barrier()
             self.step(segments, sampled, self.routes(routing, [new] * world), comm, timer)
         self.kv.free(scratch)
-        self.capacity_R = self.capacity_R[:-1]
-        self.kv.peak_bytes = 0
+
+
+def kv_shape(scenario: Scenario, requests: Requests, warmup: int) -> tuple[int, int]:
+    """Slots and positions of a rank's KV cache: the most sequences a group runs at once (the
+    scheduler's ``max_sequences`` or static batch, at most the requests), and the longest
+    request's prompt and output (or the warm-up's)."""
+    params = scenario.policies.scheduler
+    slots = getattr(params, "max_sequences", None) or params.batch_size
+    longest = int((requests.prompt_tokens + requests.output_tokens).max())
+    return min(slots, len(requests)), max(longest, _WARMUP_PROMPT + warmup)
 
 
 def _most_tokens(job: ServingJob) -> int:
@@ -324,7 +324,7 @@ def _serve(
         out / f"rank{rank}.npz",
         **{key: np.asarray([c[key] for c in columns], dtype=np.float64) for key in keys},
         weights=float(weights),
-        kv=float(shard.kv.peak_bytes),
+        kv=shard.kv.bytes,
         allocator_peak=peak,
     )
     if rank == 0:

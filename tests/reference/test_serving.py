@@ -11,7 +11,7 @@ from moesim.metrics import Result
 from moesim.policies import StepPlan
 from moesim.reference import UnsupportedScenarioError, replay_steps, serve
 from moesim.reference.blocks import AttentionBlock
-from moesim.reference.serving_kv import KVStore, Segments, serving_attention
+from moesim.reference.serving_kv import KVStore, Segments, StepIndex, serving_attention
 from moesim.workload import request_table
 from tests.conftest import SIMPLE_PROFILE, SMALL_MOE, make_scenario
 
@@ -43,43 +43,55 @@ def _blocks(scenario) -> np.ndarray:
     return np.full(scenario.cluster.gpus, BLOCKS)
 
 
+def _attend(block, kv, x, requests, new, context):
+    segments = Segments(np.array(requests), np.array(new), np.array(context))
+    index = StepIndex.of(segments, kv.slots(segments.request), torch.float64, "cpu")
+    return serving_attention(block, x, index, kv.caches[0])
+
+
+def _block(seed: int):
+    model = make_scenario(model=SMALL_MOE).model
+    gen = torch.Generator().manual_seed(seed)
+    return AttentionBlock(model, gen, torch.float64, "cpu"), model, gen
+
+
 def test_chunked_attention_over_the_kv_cache_equals_causal_attention_of_the_whole_prompt():
-    """A prompt of 7 fed as chunks of 3 and 2 and then two decodes, over its growing cache,
-    gives each row what one causal attention over all 9 positions gives it."""
-    model = make_scenario(model={**SMALL_MOE, "dtype": "fp32"}).model
-    gen = torch.Generator().manual_seed(0)
-    block = AttentionBlock(model, gen, torch.float64, "cpu")
+    """A prompt of 7 fed as chunks of 3, 2 and 2 and then two decodes, over its growing
+    cache, gives each row what one causal attention over all 9 positions gives it."""
+    block, model, gen = _block(0)
     x = torch.randn((9, model.d_model), generator=gen, dtype=torch.float64)
     whole = block(x, block.prompt_cache(9, torch.float64, "cpu"), 9)
-    kv = KVStore([block], torch.float64, "cpu")
-    rows = []
-    for first, n in ((0, 3), (3, 2), (5, 2), (7, 1), (8, 1)):
-        cache = kv.hold(0, 9)
-        segments = Segments(np.array([0]), np.array([n]), np.array([first]))
-        rows.append(serving_attention(block, x[first : first + n], segments, [cache[0]]))
-    torch.testing.assert_close(torch.cat(rows), whole, rtol=1e-12, atol=1e-12)
-    assert kv.bytes == 2 * block.kv_heads * 9 * block.head_dim * 8
-    kv.free(np.array([0]))
-    assert kv.bytes == 0 and kv.peak_bytes == 2 * block.kv_heads * 9 * block.head_dim * 8
-
-
-def test_two_requests_in_one_step_each_attend_only_over_their_own_cache():
-    model = make_scenario(model=SMALL_MOE).model
-    gen = torch.Generator().manual_seed(1)
-    block = AttentionBlock(model, gen, torch.float64, "cpu")
-    x = torch.randn((6, model.d_model), generator=gen, dtype=torch.float64)
-    kv = KVStore([block], torch.float64, "cpu")
-    together = serving_attention(
-        block,
-        x,
-        Segments(np.array([0, 1]), np.array([4, 2]), np.array([0, 0])),
-        [kv.hold(0, 4)[0], kv.hold(1, 2)[0]],
-    )
-    apart = [
-        block(x[:4], block.prompt_cache(4, torch.float64, "cpu"), 4),
-        block(x[4:], block.prompt_cache(2, torch.float64, "cpu"), 2),
+    kv = KVStore([block], slots=2, positions=9, dtype=torch.float64, device="cpu")
+    rows = [
+        _attend(block, kv, x[first : first + n], [0], [n], [first])
+        for first, n in ((0, 3), (3, 2), (5, 2), (7, 1), (8, 1))
     ]
-    torch.testing.assert_close(together, torch.cat(apart), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.cat(rows), whole, rtol=1e-12, atol=1e-12)
+    assert kv.bytes == 2 * 2 * block.kv_heads * 9 * block.head_dim * 8  # slots x K, V x ...
+    kv.free(np.array([0]))
+    assert kv.free_slots == [1, 0]
+
+
+def test_a_step_of_decodes_and_prompts_attends_each_request_over_its_own_cache_only():
+    """Two requests prefilled alone first (4 and 2 tokens); then one step decodes both
+    (contexts 4 and 2) and prefills a fresh third request's 3 tokens: each row equals the
+    same request's rows computed alone."""
+    block, model, gen = _block(1)
+    prompts = [
+        torch.randn((n + 1, model.d_model), generator=gen, dtype=torch.float64) for n in (4, 2)
+    ]
+    fresh = torch.randn((3, model.d_model), generator=gen, dtype=torch.float64)
+    alone = [
+        block(p, block.prompt_cache(p.shape[0], torch.float64, "cpu"), p.shape[0]) for p in prompts
+    ]
+    alone.append(block(fresh, block.prompt_cache(3, torch.float64, "cpu"), 3))
+    kv = KVStore([block], slots=3, positions=8, dtype=torch.float64, device="cpu")
+    for request, p in enumerate(prompts):
+        _attend(block, kv, p[:-1], [request], [p.shape[0] - 1], [0])
+    x = torch.cat([prompts[0][-1:], prompts[1][-1:], fresh])
+    together = _attend(block, kv, x, [0, 1, 2], [1, 1, 3], [4, 2, 0])
+    expected = torch.cat([alone[0][-1:], alone[1][-1:], alone[2]])
+    torch.testing.assert_close(together, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_a_lone_request_has_its_prefill_step_as_ttft_and_its_decode_steps_as_tpot():
