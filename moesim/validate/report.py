@@ -275,6 +275,7 @@ def _plot_replays(replays: list[ReplayRow], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     figure, axis = plt.subplots(figsize=(6.5, 5.5))
     low, high = np.inf, 0.0
@@ -290,6 +291,9 @@ def _plot_replays(replays: list[ReplayRow], path: Path) -> None:
             axis.plot(span, [v * band for v in span], "k:", linewidth=0.8)
     axis.set_xscale("log")
     axis.set_yscale("log")
+    for scale in (axis.xaxis, axis.yaxis):
+        scale.set_major_formatter(ScalarFormatter())
+        scale.set_minor_formatter(ScalarFormatter())
     axis.set_xlabel("measured step latency (ms)")
     axis.set_ylabel("predicted step latency (ms)")
     axis.set_title("serving replay: every step, one to one (dotted: within 10%)")
