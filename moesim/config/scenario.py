@@ -248,6 +248,13 @@ class PoliciesSpec(Frozen):
 
     overlap: SerializeAsAny[PolicyParams] = Field(default_factory=lambda: OVERLAP.validate("none"))
 
+    alltoall: Literal["direct", "hierarchical"] = Field(
+        default="direct",
+        description="direct: every token-expert row travels to its expert's GPU; "
+        "hierarchical: a token crosses the network once per remote NVLink domain it needs "
+        "and is forwarded over NVLink inside it (DeepEP's normal kernels)",
+    )
+
     expert_kernel: Literal["loop", "grouped"] = Field(
         default="loop",
         description="loop: each local expert's FFN is its own kernels (fairseq, the reference "
@@ -369,6 +376,11 @@ class Scenario(Frozen):
                     f"cluster.parallel.{name} ({tp}) does not divide {model.name}'s "
                     f"{field} ({widths[field]})"
                 )
+        if self.policies.alltoall == "hierarchical" and self.policies.gating.name == "static":
+            raise ValueError(
+                "policies.alltoall: hierarchical dispatch moves exact rows (dynamic gating); "
+                "static gating's padded slots all travel"
+            )
         if self.policies.overlap.name != "none" and self.policies.cache.name != "none":
             raise ValueError(
                 "policies.overlap: micro-batch overlap with expert buffering is not modelled"

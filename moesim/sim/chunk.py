@@ -24,13 +24,16 @@ from moesim.sim.traffic import (
     alltoall_time,
     count_exchange_bytes,
     counted_tokens,
+    domain_rows,
     routed_tokens,
     static_tokens,
+    via_domains,
 )
 
 __all__ = ["ChunkTiming", "time_chunk"]
 
 _ALLTOALL = PHASES.index("alltoall")
+_COMPUTE = [PHASES.index(p) for p in PHASES if p not in ("alltoall", "transfer")]
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,9 @@ def time_chunk(
         egress, ingress = counted_tokens(counts_NLGU, plan, topology)
     else:
         egress, ingress = routed_tokens(units_NLTK, source_T, tokens_NLG, plan, topology)
+    if scenario.policies.alltoall == "hierarchical" and topology.domains > 1:
+        rows_NLGD = domain_rows(plan, topology, units_NLTK, source_T, counts_NLGU)
+        egress, ingress = via_domains(egress, ingress, rows_NLGD, tokens_G, model.top_k, topology)
 
     def alltoall(row_bytes: int) -> np.ndarray:
         seconds = alltoall_time(egress, ingress, topology, costs.launch_overhead_s, row_bytes)
@@ -175,17 +181,21 @@ def time_chunk(
         expert_h_NLG = expert_h_NLG + micro_batch.shared_G
         expert_h_NLG = expert_h_NLG + local.expert_launch_s * (slots_NLG > 0)
         expert_h_NL = expert_h_NLG.max(axis=-1) if layers else np.zeros((n, 0))
+        # compute runs on the SMs the communication kernels leave (the whole step, as an
+        # approximation: in steady state one micro-batch is always communicating)
+        slower = 1.0 / (1.0 - getattr(scenario.policies.overlap, "comm_sm_fraction", 0.0))
         pre_NL = np.broadcast_to(micro_batch.pre_LG.max(axis=-1, initial=0.0), (n, layers))
         combine_h_NL = alltoall(combine_row)
         timeline = two_batch(
-            pre_NL,
+            slower * pre_NL,
             count_NL + alltoall(dispatch_row),
-            expert_h_NL,
+            slower * expert_h_NL,
             combine_h_NL,
-            np.full(n, micro_batch.tail_G.max()),
+            np.full(n, slower * micro_batch.tail_G.max()),
         )
         egress, ingress = full  # both micro-batches' buffers are alive at once
         breakdown_NP = 2 * _compute_breakdown(micro_batch, None, expert_h_NL, n)
+        breakdown_NP[:, _COMPUTE] *= slower
         latency_N = timeline.latency_N
         breakdown_NP[:, _ALLTOALL] = np.maximum(latency_N - breakdown_NP.sum(axis=1), 0.0)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from moesim.hardware import KINDS, Topology, alltoall_port_time, port_time_is_monotone
+from moesim.hardware.topology import NETWORK, NVLINK
 from moesim.policies import PlacementPlan
 
 __all__ = [
@@ -21,8 +22,10 @@ __all__ = [
     "by_kind",
     "count_exchange_bytes",
     "counted_tokens",
+    "domain_rows",
     "routed_tokens",
     "static_tokens",
+    "via_domains",
 ]
 
 _K = len(KINDS)
@@ -118,6 +121,58 @@ def counted_tokens(
     sent_NLGH = plan.per_gpu_sum(counts_NLGU)  # source g -> destination h
     egress = _diagonal_split(sent_NLGH, topology)
     ingress = _diagonal_split(np.swapaxes(sent_NLGH, -1, -2), topology)
+    return egress, ingress
+
+
+def domain_rows(
+    plan: PlacementPlan,
+    topology: Topology,
+    units_NLTK: np.ndarray | None = None,
+    source_T: np.ndarray | None = None,
+    counts_NLGU: np.ndarray | None = None,
+) -> np.ndarray:
+    """``rows_NLGD``: the assignments each source GPU sends into each NVLink domain, from
+    token-level (``units_NLTK`` with ``source_T``) or count-level routing."""
+    domains = topology.domains
+    if counts_NLGU is not None:
+        sent_NLGH = plan.per_gpu_sum(counts_NLGU)
+        return sent_NLGH.reshape(*sent_NLGH.shape[:-1], domains, topology.domain).sum(-1)
+    n, layers, tokens, top_k = units_NLTK.shape
+    domain_X = (_owner(units_NLTK, plan) // topology.domain).astype(np.int64).ravel()
+    row_X = np.arange(n * layers).repeat(tokens * top_k)
+    source_X = np.tile(np.repeat(source_T, top_k), n * layers)
+    keys = (row_X * plan.gpus + source_X) * domains + domain_X
+    counts = np.bincount(keys, minlength=n * layers * plan.gpus * domains)
+    return counts.reshape(n, layers, plan.gpus, domains)
+
+
+def via_domains(
+    egress_KNLG: np.ndarray,
+    ingress_KNLG: np.ndarray,
+    rows_NLGD: np.ndarray,
+    tokens_G: np.ndarray,
+    top_k: int,
+    topology: Topology,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dispatch rows when a token crosses the network once per remote domain it needs and is
+    forwarded over NVLink inside it (DeepEP's normal kernels, to the GPU of the same local
+    index): the distinct tokens per (source, domain) follow from the assignments into the
+    domain as if each of a token's ``top_k`` picks fell there independently,
+    ``S (1 - (1 - c / (S K))^K)``. A domain's GPUs share its relayed rows evenly, and a row
+    relayed to its own expert's GPU needs no forward."""
+    size, domains = topology.domain, topology.domains
+    remote_GD = topology.domain_G[:, None] != np.arange(domains)[None, :]
+    tokens = np.maximum(tokens_G, 1)[:, None].astype(np.float64)
+    share = np.minimum(rows_NLGD / (tokens * top_k), 1.0)
+    distinct_NLGD = np.where(remote_GD, tokens * (1.0 - (1.0 - share) ** top_k), 0.0)
+    relayed_NLD = distinct_NLGD.sum(axis=2)  # network rows into each domain
+    forwarded_NLD = np.where(remote_GD, rows_NLGD, 0).sum(axis=2) * (size - 1) / size
+    egress, ingress = egress_KNLG.astype(np.float64), ingress_KNLG.astype(np.float64)
+    direct_in = ingress[NETWORK].copy()
+    egress[NETWORK] = distinct_NLGD.sum(axis=-1)
+    ingress[NETWORK] = np.repeat(relayed_NLD / size, size, axis=-1)
+    egress[NVLINK] += np.repeat(forwarded_NLD / size, size, axis=-1)
+    ingress[NVLINK] += direct_in * (size - 1) / size
     return egress, ingress
 
 

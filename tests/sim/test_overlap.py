@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from moesim.api import run
+from moesim.metrics import PHASES
 from moesim.sim.overlap import OPS, two_batch
 from tests.conftest import TINY_MODEL, make_scenario, workload
 
@@ -67,3 +68,18 @@ def test_overlap_changes_the_timing_not_the_accounting() -> None:
         "attention+router (micro-batch 1)",
     } <= names
     assert set(records.spans.stream.tolist()) == {"compute", "comm"}
+
+
+def test_communication_kernels_holding_sms_slow_the_compute_beside_them() -> None:
+    def breakdown(fraction: float) -> np.ndarray:
+        scenario = make_scenario(
+            model={**TINY_MODEL, "moe_every": 1},
+            workload=workload(batch_size=8, steps=2),
+            policies={"overlap": {"name": "two_batch", "comm_sm_fraction": fraction}},
+        )
+        return run(scenario)[1].steps.breakdown_NP
+
+    free, shared = breakdown(0.0), breakdown(0.5)
+    compute = [PHASES.index(p) for p in ("attention", "gate", "expert", "other")]
+    # on half the SMs every compute phase takes twice as long
+    np.testing.assert_allclose(shared[:, compute], 2 * free[:, compute], rtol=1e-12)

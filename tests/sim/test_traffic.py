@@ -1,5 +1,5 @@
 """Dispatch rows per GPU and link kind against a pair-by-pair count of the assignments, and
-the all-to-all time against each GPU's own time."""
+the all-to-all time against each GPU's own time; hierarchical dispatch by hand."""
 
 import copy
 
@@ -9,8 +9,9 @@ import pytest
 from moesim.config import ClusterSpec
 from moesim.hardware import KINDS, build_topology, port_time_is_monotone
 from moesim.policies import PlacementPlan, contiguous_plan
-from moesim.sim.traffic import alltoall_time, routed_tokens
-from tests.conftest import SIMPLE_PROFILE
+from moesim.api import run
+from moesim.sim.traffic import alltoall_time, routed_tokens, via_domains
+from tests.conftest import SIMPLE_PROFILE, TINY_MODEL, make_scenario, workload
 
 
 def _by_pairs(units_NLTK, source_T, plan, gpus_per_node):
@@ -86,3 +87,37 @@ def test_alltoall_time_is_the_slowest_gpu_on_any_curve(seconds) -> None:
     logs = np.interp(np.log(np.maximum(port, 1e3)), np.log(curve["bytes"]), np.log(seconds))
     per_gpu = np.where(port > 0, np.exp(logs), 0.0)
     assert np.allclose(got, per_gpu.max(axis=-1), rtol=1e-12, atol=0)
+
+
+def test_hierarchical_dispatch_crosses_the_network_once_per_token_and_domain() -> None:
+    topology = build_topology(ClusterSpec(nodes=2, gpus_per_node=2, device=SIMPLE_PROFILE))
+    # 4 GPUs of 10 tokens, top-2: each sends 8 rows into its own domain, 12 into the other
+    rows_NLGD = np.array([[8, 12], [8, 12], [12, 8], [12, 8]]).reshape(1, 1, 4, 2)
+    # direct: 12 rows over the network each way, 4 over NVLink and 4 local (by hand)
+    direct = np.zeros((3, 1, 1, 4))
+    direct[0], direct[1], direct[2] = 4, 4, 12
+    egress, ingress = via_domains(direct, direct, rows_NLGD, np.full(4, 10), 2, topology)
+    # a token lands in the other domain with chance 1 - (1 - 12/20)^2 = 0.84: 8.4 rows
+    np.testing.assert_allclose(egress[2, 0, 0], [8.4] * 4)
+    # the domain's two GPUs share the 2 x 8.4 rows relayed in
+    np.testing.assert_allclose(ingress[2, 0, 0], [8.4] * 4)
+    # half of the 2 x 12 assignments relayed in need a forward to the GPU next door
+    np.testing.assert_allclose(egress[1, 0, 0], [4 + 6] * 4)
+    np.testing.assert_allclose(ingress[1, 0, 0], [4 + 6] * 4)
+    np.testing.assert_array_equal(egress[0], direct[0])
+
+
+def test_hierarchical_dispatch_in_a_run_moves_network_bytes_to_nvlink() -> None:
+    results = {}
+    for alltoall in ("direct", "hierarchical"):
+        scenario = make_scenario(
+            model={**TINY_MODEL, "moe_every": 1, "top_k": 2},
+            cluster={"nodes": 2, "gpus_per_node": 2, "device": SIMPLE_PROFILE},
+            workload=workload(batch_size=64),
+            policies={"gating": {"name": "dynamic"}, "alltoall": alltoall},
+        )
+        results[alltoall] = run(scenario)[0]
+    direct, via = results["direct"], results["hierarchical"]
+    assert via.tokens == direct.tokens
+    assert via.alltoall_bytes_by_kind["network"] < direct.alltoall_bytes_by_kind["network"]
+    assert via.alltoall_bytes_by_kind["nvlink"] > direct.alltoall_bytes_by_kind["nvlink"]
