@@ -34,12 +34,16 @@ class Planner:
     def plans(self, oldest_wait: Callable[[ServingState], float]) -> tuple[list[StepPlan], int]:
         """Every group's plan and the steps they all repeat; ``oldest_wait(state)``: how long
         the head of a group's queue has waited."""
+        plans = []
         for group, state in enumerate(self.states):
-            if self._plans[group] is None:
+            plan = self._plans[group]
+            if plan is None:
                 plan = self.scheduler.plan(state, oldest_wait(state))
-                self._plans[group] = plan
                 self._left[group] = _IDLE if state.idle else decode_stretch(state, plan)
-        return list(self._plans), int(self._left.min())  # type: ignore[arg-type]
+                # a queue that may admit later (a timeout) is planned again, never kept
+                self._plans[group] = None if plan.empty and not state.idle else plan
+            plans.append(plan)
+        return plans, int(self._left.min())
 
     def arrived(self, group: int) -> None:
         self._plans[group] = None

@@ -6,7 +6,7 @@ decode attention are priced apart, as engines run them (a variable-length prefil
 paged decode kernel): prefill tokens attend over the mean position of their chunk, decode
 tokens read their request's whole context. Everything after attention (dense FFNs, router,
 gating, all-to-alls, experts, LM head) is the fixed-batch model of ``chunk.time_chunk`` for the
-step's tokens, routed by the scenario's synthetic router.
+step's tokens, routed as counts per source GPU and expert (``serving_routing``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from moesim.sim.serving_routing import ServingRouting
 __all__ = ["StepShape", "Stepper", "Timed", "step_shape", "stretch", "time_step"]
 
 _CALL_CELLS = 1 << 22  # (step, layer, GPU, expert) counts timed in one call at most
+_CALL_ASSIGNMENTS = 1 << 23  # and token-expert assignments drawn for it
 _GUESS_MARGIN = 1.05  # steps timed past those the last latency predicts, as a share
 
 
@@ -189,8 +190,13 @@ class Stepper:
         self.expert_tokens_LG = np.zeros((self.layers, self.gpus))
         self.expert_by_rows = expert_table(scenario, self.costs, np.array([most_rows]), None)
         self.decode_latency_s: float | None = None  # of the last decode step timed
+
+    def most_steps(self, shape: StepShape) -> int:
+        """Steps of ``shape`` timed in one call at most (what bounds its memory)."""
+        model = self.scenario.model
         cells = max(1, self.layers * self.gpus * model.num_experts)
-        self.most_steps = max(1, _CALL_CELLS // cells)  # steps timed in one call
+        assignments = max(1, self.layers * int(shape.tokens_G.sum()) * model.top_k)
+        return max(1, min(_CALL_CELLS // cells, _CALL_ASSIGNMENTS // assignments))
 
     def shape(self, plans: list[StepPlan]) -> StepShape:
         """The shape of a step of every group's plan."""
@@ -257,11 +263,12 @@ def stretch(stepper: Stepper, shape: StepShape, stretch: int, until: float) -> T
     parts: list[Timed] = []
     elapsed, done = 0.0, 0
     guess_s = stepper.decode_latency_s if stretch > 1 else None
-    while done < stretch and elapsed < until:
+    most = stepper.most_steps(shape)
+    while done == 0 or (done < stretch and elapsed < until):
         more = 1
         if guess_s is not None:  # a few steps past the guess, rather than one call more
             ahead = (until - elapsed) / max(guess_s, 1e-12) * _GUESS_MARGIN
-            more = int(min(stretch - done, stepper.most_steps, ahead + 2))
+            more = int(min(stretch - done, most, ahead + 2))
         parts.append(stepper.time(shape, more, done))
         latency = parts[-1].records.latency_s
         elapsed += float(latency.sum())

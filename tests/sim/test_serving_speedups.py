@@ -14,10 +14,12 @@ from tests.conftest import SIMPLE_PROFILE, TINY_MODEL, make_scenario
 WIDE_MODEL = {**TINY_MODEL, "layers": 2, "moe_every": 1, "num_experts": 16, "top_k": 4}
 
 
-def _serving(scheduler: dict, *, seed: int = 5, count: int = 40, routing=None, model=None):
+def _serving(
+    scheduler: dict, *, seed: int = 5, count: int = 40, routing=None, model=None, rate=3e5
+):
     requests = {
         "count": count,
-        "arrival": {"process": "poisson", "rate": 3e5},
+        "arrival": {"process": "poisson", "rate": rate},
         "prompt_tokens": {"distribution": "uniform", "low": 8, "high": 90},
         "output_tokens": {"distribution": "uniform", "low": 1, "high": 30},
     }
@@ -89,6 +91,14 @@ def test_a_kv_cache_that_runs_out_preempts_alike_with_reused_plans(monkeypatch) 
     assert reused.serving.requests.preemptions.sum() > 0
     _replan_always(monkeypatch)
     assert _timeline(run(scenario)[1]) == _timeline(reused)
+
+
+def test_a_static_batch_starts_at_its_timeout_while_every_group_waits() -> None:
+    # 6 requests at 100/s, batches of 4: every batch starts by the timeout, not the next arrival
+    scheduler = {"name": "static", "batch_size": 4, "timeout_s": 0.001}
+    result, _ = run(_serving(scheduler, count=6, rate=100.0))
+    assert result.serving.completed == 6
+    assert result.serving.queue_s.p99 == pytest.approx(0.001, rel=1e-3)
 
 
 def test_a_serving_run_is_the_same_for_the_same_seed_and_differs_for_another() -> None:
