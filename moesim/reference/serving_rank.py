@@ -11,7 +11,7 @@ or a scheduler's timeout. In replay, the ranks run a recorded sequence of plans 
 ``repeats`` times, after a barrier before each step.
 
 Routing is replayed from the scenario's synthetic law (the router's GEMM runs; its top-k is
-replaced), one draw per step for all groups' tokens, the same on every rank.
+replaced), the same on every rank (``serving_routing``).
 """
 
 from __future__ import annotations
@@ -41,16 +41,14 @@ from moesim.reference.rank import (
 )
 from moesim.reference.serving_engine import Engine, shifted
 from moesim.reference.serving_kv import KVStore, Segments, StepIndex, serving_attention
+from moesim.reference.serving_routing import RoutingStream
 from moesim.reference.timer import PhaseTimer
-from moesim.workload import Requests, SyntheticRouter
+from moesim.workload import Requests
 
-__all__ = ["SERVING_ROUTING_STREAM", "Replay", "ServingJob", "kv_shape", "serve_rank"]
+__all__ = ["Replay", "ServingJob", "kv_shape", "serve_rank"]
 
-# spawn key of the serving routing stream: the simulator's, so both draw from the same law
-SERVING_ROUTING_STREAM = 5
 _WARMUP_STREAM = 1  # sub-key of the warm-up steps' routing
 _WARMUP_PROMPT = 64  # tokens of the warm-up prefill (at most the shortest prompt)
-_BLOCK_CELLS = 1 << 22  # routing drawn ahead, in (step, layer, token, choice) cells
 
 # each group's plans and how many steps they run (a decode stretch: contexts one longer each)
 Replay = list[tuple[list[StepPlan], int]]
@@ -68,43 +66,6 @@ class ServingJob:
     warmup: int
     replay: Replay | None = None
     repeats: int = 1
-
-
-class _Routing:
-    """The step's routing, drawn ahead in blocks of steps as wide as the widest step (each step
-    takes its tokens' rows from the next one: the same law, tokens i.i.d. given the step's
-    expert ranking), so that drawing stays off the time between steps but once a block; steps
-    too wide for a block of two are drawn one by one, as many tokens as they have."""
-
-    def __init__(
-        self, scenario: Scenario, layers: int, width: int, *key: int, most_steps: int = 1 << 30
-    ) -> None:
-        model = scenario.model
-        seed = np.random.SeedSequence(scenario.seed, spawn_key=(SERVING_ROUTING_STREAM, *key))
-        self.router = SyntheticRouter(
-            scenario.workload.routing,
-            model.num_experts,
-            model.top_k,
-            layers,
-            np.random.default_rng(seed),
-        )
-        self.width = width
-        self.block = min(most_steps, _BLOCK_CELLS // max(layers * width * model.top_k, 1))
-        if self.block > 1:
-            self._next()
-
-    def _next(self) -> None:
-        self.ids_NLTK = self.router.draw(self.block, self.width)
-        self.step = 0
-
-    def take(self, tokens: int) -> np.ndarray:
-        """``expert_ids_NLTK`` of the next step, of ``tokens`` tokens (at most ``width``)."""
-        if self.block <= 1:
-            return self.router.draw(1, tokens)
-        if self.step == self.block:
-            self._next()
-        self.step += 1
-        return self.ids_NLTK[self.step - 1 : self.step, :, :tokens]
 
 
 class _Shard:
@@ -138,12 +99,12 @@ class _Shard:
         slots, positions = kv_shape(scenario, job.requests, job.warmup)
         self.kv = KVStore(self.attention, slots, positions, self.dtype, device)
 
-    def routing(self) -> _Routing:
+    def routing(self) -> RoutingStream:
         """The run's routing stream, for steps of every group's tokens."""
         width = self.job.plan.gpus * self.x.shape[0]
-        return _Routing(self.job.scenario, self.moe_layers, width)
+        return RoutingStream(self.job.scenario, self.moe_layers, width)
 
-    def routes(self, routing: _Routing, tokens_G: list[int]) -> list[LayerRoute]:
+    def routes(self, routing: RoutingStream, tokens_G: list[int]) -> list[LayerRoute]:
         """The step's routing of every group's tokens; this rank's share."""
         logical = routing.take(sum(tokens_G))
         units = self.job.plan.to_units(logical)
@@ -207,7 +168,7 @@ class _Shard:
         self,
         plans: list[StepPlan],
         engine: Engine,
-        routing: _Routing,
+        routing: RoutingStream,
         comm: Comm,
         timer: PhaseTimer,
     ) -> dict:
@@ -234,7 +195,7 @@ class _Shard:
         world = self.job.plan.gpus
         prompt = int(min(_WARMUP_PROMPT, self.job.requests.prompt_tokens.min()))
         scenario, layers = self.job.scenario, self.moe_layers
-        routing = _Routing(scenario, layers, world * prompt, _WARMUP_STREAM, most_steps=steps)
+        routing = RoutingStream(scenario, layers, world * prompt, _WARMUP_STREAM, most_steps=steps)
         scratch = np.array([-1])
         for step in range(steps):
             new = prompt if step == 0 else 1

@@ -223,3 +223,18 @@ def test_a_one_rank_run_reports_each_finished_request_as_it_goes():
     serve(scenario, _blocks(scenario), warmup=0, on_progress=lambda d, t: seen.append((d, t)))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (4, 4)
     assert len(seen) > 2 and {t for _, t in seen} == {4}  # not only the final count
+
+
+def test_the_routing_stream_is_seeded_and_draws_distinct_experts_per_token_across_blocks():
+    from moesim.reference.serving_routing import RoutingStream
+
+    scenario = _serving()
+    streams = [RoutingStream(scenario, MOE_LAYERS, 8, most_steps=2) for _ in range(2)]
+    steps = [[s.take(n) for n in (8, 3, 5, 1)] for s in streams]  # the third starts a block
+    for a, b in zip(*steps, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for ids, n in zip(steps[0], (8, 3, 5, 1), strict=True):
+        assert ids.shape == (1, MOE_LAYERS, n, 2)
+        assert (ids[..., 0] != ids[..., 1]).all() and ids.min() >= 0 and ids.max() < 4
+    wide = RoutingStream(scenario, MOE_LAYERS, 1 << 30)  # too wide to draw ahead
+    assert wide.take(6).shape == (1, MOE_LAYERS, 6, 2)
