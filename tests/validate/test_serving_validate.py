@@ -137,11 +137,13 @@ def test_replay_errors_by_hand():
     assert shorter.token_mismatches == 1 and math.isnan(shorter.median_spread)
 
 
-def test_cli_without_replay_writes_no_replay(folder, capsys):
+def test_cli_without_replay_writes_no_replay_and_checks_serving_tolerances(folder, capsys):
     out = folder / "no-replay"
     args = ["validate", str(folder / "scenarios"), "--profile", str(folder / "profile.yaml")]
-    assert main([*args, "--out", str(out), "--repeats", "1", "--no-replay"]) == 0
-    printed = capsys.readouterr().out
-    assert "ttft_p50_s" in printed and "serving replay" not in printed
+    tolerance = ["--tolerance", "ttft_p99_s=0"]
+    assert main([*args, "--out", str(out), "--repeats", "1", "--no-replay", *tolerance]) == 1
+    captured = capsys.readouterr()
+    assert "ttft_p50_s" in captured.out and "serving replay" not in captured.out
+    assert "serving: ttft_p99_s error" in captured.err
     assert not (out / "replay.csv").exists() and not (out / "serving" / "replay.csv").exists()
     assert "Serving replay" not in (out / "report.md").read_text()
