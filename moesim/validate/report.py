@@ -85,6 +85,7 @@ class Report:
             "",
             "error = (predicted - measured) / measured; spread = (max - min) / median of the "
             "measured repetitions.",
+            *_serving_note(self.rows),
             "",
             "## Summary over scenarios",
             "",
@@ -221,6 +222,18 @@ def _plot(rows: list[MetricRow], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _serving_note(rows: list[MetricRow]) -> list[str]:
+    if not any(row.metric == "requests_completed" for row in rows):
+        return []
+    return [
+        "",
+        "Serving scenarios: `ttft`, `tpot`, `e2e`, `output_tokens_per_s` and `latency` (per "
+        "step) come from the requests served in real time by the reference (each repetition "
+        "a fresh run of the same arrivals), `replay_*` from the simulator's step plans "
+        "replayed on it; requests completed and tokens processed must match.",
+    ]
 
 
 def _replay_lines(replays: list[ReplayRow]) -> list[str]:
