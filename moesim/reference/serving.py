@@ -131,11 +131,7 @@ def serve(
         on_progress(len(job.requests), len(job.requests))
     steps = _steps(job, ranks)
     # steps and requests on the clock that the arrivals followed
-    start_N = (
-        np.min([r["start"] for r in ranks], axis=0) - saved["t0"]
-        if "start" in ranks[0]
-        else np.zeros(0)
-    )
+    start_N = np.min([r["start"] for r in ranks], axis=0) - saved["t0"]
     steps = replace(steps, start_s=start_N)
     serving = _serving(job, saved, start_N, start_N + steps.latency_s, scenario.slo)
     model = scenario.model
@@ -193,8 +189,6 @@ def _steps(job: ServingJob, ranks: list[dict]) -> StepRecords:
     """The steps every rank measured (all ran the same steps, in lock step)."""
     model = job.scenario.model
     layers = model.moe_layers(job.scenario.stack())
-    if "tokens" not in ranks[0]:  # no step ran
-        return StepRecords.empty(layers)
     tokens_N = ranks[0]["tokens"].astype(np.int64)
     expert_bytes = float(model.expert_params * model.dtype_bytes)
     return step_records(ranks, tokens_N, layers, model.top_k, expert_bytes)

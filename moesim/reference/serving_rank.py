@@ -49,6 +49,9 @@ __all__ = ["Replay", "ServingJob", "kv_shape", "serve_rank"]
 
 _WARMUP_STREAM = 1  # sub-key of the warm-up steps' routing
 _WARMUP_PROMPT = 64  # tokens of the warm-up prefill (at most the shortest prompt)
+# what a rank measures per step (``account`` adds the rest of its columns)
+_COLUMNS = ("start", "end", "phases", "tokens", "processed", "padded", "received_L", "sent_K")
+_COLUMNS += ("activation", "cache")
 
 # each group's plans and how many steps they run (a decode stretch: contexts one longer each)
 Replay = list[tuple[list[StepPlan], int]]
@@ -278,12 +281,11 @@ def _serve(
             engine, t0 = _real_time(shard, comm, timer, columns, on_finished)
         else:
             engine, t0 = _replay(shard, job.replay, comm, timer, columns)
-    keys = columns[0].keys() if columns else ()
     peak = float(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else np.nan
     weights = weight_bytes(shard.attention, shard.layers, shard.lm_head)
     np.savez(
         out / f"rank{rank}.npz",
-        **{key: np.asarray([c[key] for c in columns], dtype=np.float64) for key in keys},
+        **{key: np.asarray([c[key] for c in columns], dtype=np.float64) for key in _COLUMNS},
         weights=float(weights),
         kv=shard.kv.bytes,
         allocator_peak=peak,

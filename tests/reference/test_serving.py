@@ -217,6 +217,13 @@ def test_a_static_batch_that_never_fills_leaves_its_requests_waiting_as_in_the_s
     assert (result.completed, result.waiting, result.running) == (4, 2, 0)
 
 
+def test_a_run_in_which_no_step_runs_leaves_every_request_waiting():
+    scenario = _serving(count=2, scheduler={"name": "static", "batch_size": 4})
+    records = serve(scenario, _blocks(scenario), warmup=0)
+    result = Result.from_records(records).serving
+    assert records.steps.tokens.size == 0 and (result.completed, result.waiting) == (0, 2)
+
+
 def test_a_one_rank_run_reports_each_finished_request_as_it_goes():
     scenario = _serving(count=4, arrival={"process": "constant", "rate": 200.0})
     seen = []
