@@ -60,7 +60,8 @@ class KVBlocks:
             self._held_R = grown
         held = self._held_R[ids]
         extra = np.maximum(self.blocks_for(np.asarray(tokens)) - held, 0)
-        extra = np.broadcast_to(extra, ids.shape)
+        if extra.shape != ids.shape:
+            extra = np.broadcast_to(extra, ids.shape)
         total = int(extra.sum())
         if total > self.free_blocks:
             raise KVOverflow(f"{total} KV blocks asked for, {self.free_blocks} free")

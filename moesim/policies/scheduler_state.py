@@ -101,7 +101,7 @@ def advance(state: ServingState, plan: StepPlan, steps: int = 1) -> StepOutcome:
     """Apply ``plan`` (``steps`` times for a decode stretch, see ``decode_stretch``): preempt,
     admit, allocate KV, make progress, emit tokens, finish and free."""
     request = plan.request
-    if not np.array_equal(state.context_R[request], plan.context):
+    if request.size and not (state.context_R[request] == plan.context).all():
         raise RuntimeError("step plan applied to a state it was not planned from")
     prefills = bool(plan.is_prefill.any())
     if steps > 1 and (prefills or plan.preempted.size):

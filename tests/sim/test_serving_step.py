@@ -8,7 +8,7 @@ from moesim.config import GATING
 from moesim.hardware import DeviceCosts, build_topology
 from moesim.policies import plan_placement
 from moesim.sim.serving_step import step_shape, time_step
-from tests.conftest import SIMPLE_PROFILE, make_scenario, workload
+from tests.conftest import SIMPLE_PROFILE, TINY_MODEL, make_scenario, workload
 
 GATINGS = [{"name": "dynamic"}, {"name": "static", "capacity_factor": 1.0}]
 
@@ -70,3 +70,34 @@ def test_step_shape_splits_tokens_and_contexts_per_gpu() -> None:
     assert shape.decode_context_G.tolist() == [8.0, 5.0]
     assert shape.logits_G.tolist() == [1, 2]
     assert shape.source_T.tolist() == [0] * 5 + [1] * 2
+
+
+@pytest.mark.parametrize("gating", GATINGS, ids=["dynamic", "static"])
+def test_a_step_costs_the_same_from_counts_as_from_its_tokens(gating) -> None:
+    # 2 nodes of 2 GPUs, 8 experts: tokens cross GPUs and nodes
+    scenario = make_scenario(
+        model={**TINY_MODEL, "num_experts": 8, "top_k": 2, "moe_every": 1},
+        cluster={"nodes": 2, "gpus_per_node": 2, "device": SIMPLE_PROFILE},
+        policies={"gating": gating},
+    )
+    model, gpus = scenario.model, scenario.cluster.gpus
+    layers = model.moe_layers(scenario.stack())
+    costs = DeviceCosts.from_profile(scenario.cluster.device, model.dtype)
+    plan = plan_placement(scenario)
+    gpu_R = np.array([0, 0, 1, 2, 2, 2, 3])
+    shape = step_shape(
+        gpu_R, [5, 1, 1, 1, 1, 1, 1], [0, 3, 4, 5, 6, 7, 8], [True] + [False] * 6, [True] * 7, gpus
+    )
+    rng = np.random.default_rng(2)
+    ids = np.argsort(rng.random((3, layers, int(shape.tokens_G.sum()), model.num_experts)))
+    ids = ids[..., : model.top_k]
+    cell = np.arange(3 * layers)[:, None, None] * gpus + shape.source_T[None, :, None]
+    keys = (cell.reshape(3, layers, -1, 1) * model.num_experts + ids).ravel()
+    counts = np.bincount(keys, minlength=3 * layers * gpus * model.num_experts)
+    counts = counts.reshape(3, layers, gpus, model.num_experts)
+    topology, gate = build_topology(scenario.cluster), GATING.build(scenario.policies.gating)
+    tokens = time_step(scenario, costs, topology, plan, gate, shape, ids)
+    counted = time_step(scenario, costs, topology, plan, gate, shape, counts_NLGE=counts)
+    assert counted.latency_N.tolist() == pytest.approx(tokens.latency_N.tolist(), rel=1e-12)
+    assert np.allclose(counted.breakdown_NP, tokens.breakdown_NP, rtol=1e-12, atol=0)
+    assert np.array_equal(counted.tokens_NLG, tokens.tokens_NLG)
