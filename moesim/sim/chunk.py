@@ -141,13 +141,14 @@ def time_chunk(
         rows_NLGD = domain_rows(plan, topology, units_NLTK, source_T, counts_NLGU)
         egress, ingress = via_domains(egress, ingress, rows_NLGD, tokens_G, model.top_k, topology)
 
-    def alltoall(row_bytes: int) -> np.ndarray:
+    def alltoall(egress: np.ndarray, ingress: np.ndarray, row_bytes: int) -> np.ndarray:
         seconds = alltoall_time(egress, ingress, topology, costs.launch_overhead_s, row_bytes)
         return np.broadcast_to(seconds, (n, layers))
 
-    dispatch_NL = alltoall(dispatch_row)
+    dispatch_NL = alltoall(egress, ingress, dispatch_row)
     # the same rows travel back over full-duplex ports, in the combine's precision
-    combine_NL = dispatch_NL if combine_row == dispatch_row else alltoall(combine_row)
+    same = combine_row == dispatch_row
+    combine_NL = dispatch_NL if same else alltoall(egress, ingress, combine_row)
     # Bytes crossing each link kind, dispatch and combine (local traffic stays at zero).
     rows_KN = egress.sum(axis=(2, 3))
     row_bytes = dispatch_row + combine_row
@@ -171,33 +172,19 @@ def time_chunk(
     latency_N = breakdown_NP.sum(axis=1)
     timeline = None
     if micro_batch is not None:  # two micro-batches of half the rows each, overlapped
-
-        def half(rows: np.ndarray) -> np.ndarray:
-            return -(-rows // 2)
-
-        full = egress, ingress
-        egress, ingress = half(egress), half(ingress)  # what ``alltoall`` moves
-        expert_h_NLG = plan.per_gpu_sum(local.expert_time(half(outcome.slots_NLE)))
+        half_in, half_out = _half(ingress), _half(egress)
+        expert_h_NLG = plan.per_gpu_sum(local.expert_time(_half(outcome.slots_NLE)))
         expert_h_NLG = expert_h_NLG + micro_batch.shared_G
         expert_h_NLG = expert_h_NLG + local.expert_launch_s * (slots_NLG > 0)
         expert_h_NL = expert_h_NLG.max(axis=-1) if layers else np.zeros((n, 0))
-        # compute runs on the SMs the communication kernels leave (the whole step, as an
-        # approximation: in steady state one micro-batch is always communicating)
-        slower = 1.0 / (1.0 - getattr(scenario.policies.overlap, "comm_sm_fraction", 0.0))
-        pre_NL = np.broadcast_to(micro_batch.pre_LG.max(axis=-1, initial=0.0), (n, layers))
-        combine_h_NL = alltoall(combine_row)
-        timeline = two_batch(
-            slower * pre_NL,
-            count_NL + alltoall(dispatch_row),
-            slower * expert_h_NL,
-            combine_h_NL,
-            np.full(n, slower * micro_batch.tail_G.max()),
+        timeline, breakdown_NP = _two_batch(
+            scenario,
+            micro_batch,
+            count_NL + alltoall(half_out, half_in, dispatch_row),
+            expert_h_NL,
+            alltoall(half_out, half_in, combine_row),
         )
-        egress, ingress = full  # both micro-batches' buffers are alive at once
-        breakdown_NP = 2 * _compute_breakdown(micro_batch, None, expert_h_NL, n)
-        breakdown_NP[:, _COMPUTE] *= slower
         latency_N = timeline.latency_N
-        breakdown_NP[:, _ALLTOALL] = np.maximum(latency_N - breakdown_NP.sum(axis=1), 0.0)
 
     sent_NLG = egress.sum(axis=0)
     received_NLG = slots_NLG
@@ -232,6 +219,39 @@ def time_chunk(
         load_imbalance_N=load_imbalance(tokens_NLG),
         activation_NG=activation_NG,
     )
+
+
+def _half(rows: np.ndarray) -> np.ndarray:
+    """One micro-batch's share of whole rows (rounded up)."""
+    return -(-rows // 2)
+
+
+def _two_batch(
+    scenario: Scenario,
+    micro_batch: LocalWork,
+    dispatch_NL: np.ndarray,
+    expert_NL: np.ndarray,
+    combine_NL: np.ndarray,
+) -> tuple[TwoBatchTimeline, np.ndarray]:
+    """The two micro-batches' timeline and the step's breakdown: the compute stream's
+    phases, and as ``alltoall`` the communication left exposed. Compute runs on the SMs the
+    communication kernels leave (``comm_sm_fraction``; for the whole step, as in steady
+    state one micro-batch is always communicating)."""
+    n, layers = dispatch_NL.shape
+    slower = 1.0 / (1.0 - getattr(scenario.policies.overlap, "comm_sm_fraction", 0.0))
+    pre_NL = np.broadcast_to(micro_batch.pre_LG.max(axis=-1, initial=0.0), (n, layers))
+    timeline = two_batch(
+        slower * pre_NL,
+        dispatch_NL,
+        slower * expert_NL,
+        combine_NL,
+        np.full(n, slower * micro_batch.tail_G.max()),
+    )
+    breakdown_NP = 2 * _compute_breakdown(micro_batch, None, expert_NL, n)
+    breakdown_NP[:, _COMPUTE] *= slower
+    exposed = timeline.latency_N - breakdown_NP.sum(axis=1)
+    breakdown_NP[:, _ALLTOALL] = np.maximum(exposed, 0.0)
+    return timeline, breakdown_NP
 
 
 def _compute_breakdown(
