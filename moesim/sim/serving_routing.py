@@ -8,12 +8,12 @@ the next; each token picks ``K`` distinct popularity ranks, i.i.d. across tokens
 in blocks, each block with its own generator and consumed in order: rankings
 ``_RANKING_BLOCK`` steps at a time, token-layer rows ``_ROW_BLOCK`` at a time. A row is a
 token's ``K`` ranks (``SyntheticRouter.ranks``), or, where a token has few sets of ``K`` ranks
-to pick from (Mixtral: 28 pairs of 8), the index of its set drawn from ``p_J``, each set's exact
-chance under that draw (``rank_sets``); a big step's GPU with ``S`` tokens then picks its sets
-as one ``Multinomial(S, p_J)``, at a cost that does not grow with ``S``. All three are the
-token-level law. A step whose tokens ``Scenario.routing_resolution`` gives to counts draws them
-with ``CountRouter`` on the same rankings. Multinomials draw each step with a generator of its
-own.
+to pick from (Mixtral: 28 pairs of 8), the index of its set, drawn by the alias method from
+``p_J``, each set's exact chance under that draw (``rank_sets``); a big step's GPU with ``S``
+tokens then picks its sets as one ``Multinomial(S, p_J)``, at a cost that does not grow with
+``S``. All three are the token-level law. A step whose tokens ``Scenario.routing_resolution``
+gives to counts draws them with ``CountRouter`` on the same rankings. Multinomials draw each
+step with a generator of its own.
 
 Steps are peeked (``draw`` from ``ahead`` steps past the cursor) and then ``commit``-ed: a step
 timed past the end of a stretch and dropped gives its rows back, so the routing of the run's
@@ -32,7 +32,7 @@ from moesim.config import Scenario
 from moesim.workload import SyntheticRouter
 from moesim.workload.counts import CountRouter, choice_law
 
-__all__ = ["ServingRouting", "rank_sets"]
+__all__ = ["ServingRouting", "alias_table", "rank_sets"]
 
 SERVING_ROUTING_STREAM = 5  # spawn key of the serving routing streams (the reference's too)
 _ROWS, _RANKINGS, _COUNTS, _LAW, _REPLICAS, _SETS = 2, 3, 4, 5, 6, 7  # a generator each
@@ -56,6 +56,7 @@ class ServingRouting:
         )
         self._counts: CountRouter | None = None
         self._sets = rank_sets(self._router)
+        self._alias = None if self._sets is None else alias_table(self._sets[1])
         # "counts" once a step was drawn at count level
         self.resolution: Literal["tokens", "counts"] = "tokens"
         # committed steps and rank rows; the drawn rankings and rank rows beyond a base
@@ -173,9 +174,11 @@ class ServingRouting:
         if self._sets is None:
             self._router.reseed(rng)
             return self._router.ranks(_ROW_BLOCK)
-        cumulative_J = np.cumsum(self._sets[1])
-        picked = np.searchsorted(cumulative_J, rng.random(_ROW_BLOCK) * cumulative_J[-1], "right")
-        return np.minimum(picked, cumulative_J.size - 1).astype(np.uint8)[None]
+        keep_J, alias_J = self._alias
+        uniform = rng.random(_ROW_BLOCK) * keep_J.size
+        column = uniform.astype(np.intp)
+        picked = np.where(uniform - column < keep_J[column], column, alias_J[column])
+        return picked.astype(np.uint8)[None]
 
     def _count_level(
         self, tokens_G: np.ndarray, ranking_XE: np.ndarray, row_NL: np.ndarray, first: int
@@ -225,3 +228,20 @@ def rank_sets(router: SyntheticRouter) -> tuple[np.ndarray, np.ndarray] | None:
     sets_JE, which_X = np.unique(sets_XE, axis=0, return_inverse=True)
     p_J = np.bincount(which_X.ravel(), weights=p_X, minlength=sets_JE.shape[0])
     return sets_JE, p_J / p_J.sum()
+
+
+def alias_table(p_J: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(keep_J, alias_J)`` of Walker's alias method (Vose's construction): a uniform column
+    ``j`` and a uniform ``u`` pick ``j`` if ``u < keep_J[j]``, else ``alias_J[j]``, each
+    ``j`` with chance ``p_J[j]`` exactly (to rounding)."""
+    size = p_J.size
+    scaled = np.asarray(p_J, dtype=np.float64) * size / p_J.sum()
+    keep_J, alias_J = np.ones(size), np.arange(size)
+    small = [j for j in range(size) if scaled[j] < 1.0]
+    large = [j for j in range(size) if scaled[j] >= 1.0]
+    while small and large:
+        low, high = small.pop(), large.pop()
+        keep_J[low], alias_J[low] = scaled[low], high
+        scaled[high] -= 1.0 - scaled[low]
+        (small if scaled[high] < 1.0 else large).append(high)
+    return keep_J, alias_J

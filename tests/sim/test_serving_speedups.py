@@ -6,7 +6,7 @@ import pytest
 
 from moesim.api import run
 from moesim.sim import serving_groups, serving_plans
-from moesim.sim.serving_routing import ServingRouting, rank_sets
+from moesim.sim.serving_routing import ServingRouting, alias_table, rank_sets
 from moesim.workload import SyntheticRouter
 from tests.conftest import SIMPLE_PROFILE, TINY_MODEL, make_scenario
 
@@ -191,3 +191,13 @@ def test_serving_routing_draws_the_token_level_law(model, tokens) -> None:
     error_E = spread_E / np.sqrt(ranks_X.shape[0]) + tokens * np.sqrt(p_E / drawn_KR.shape[1])
     assert np.all(np.abs(ranks_X.mean(axis=0) - tokens * p_E) < 5 * error_E)
     assert ranks_X.std(axis=0) == pytest.approx(spread_E, rel=0.1)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 28, 256])
+def test_the_alias_table_gives_each_choice_its_chance_exactly(size) -> None:
+    p_J = np.random.default_rng(size).random(size) ** 3
+    p_J /= p_J.sum()
+    keep_J, alias_J = alias_table(p_J)
+    implied_J = keep_J / size
+    np.add.at(implied_J, alias_J, (1 - keep_J) / size)
+    assert implied_J == pytest.approx(p_J, abs=1e-15)
