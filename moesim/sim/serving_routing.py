@@ -39,7 +39,7 @@ _ROWS, _RANKINGS, _COUNTS, _LAW, _REPLICAS, _SETS = 2, 3, 4, 5, 6, 7  # a genera
 _ROW_BLOCK = 1 << 16  # token-layer rows per block
 _MOST_SETS = 256  # rank sets a token can pick, at most, to draw them per GPU as a multinomial
 _MOST_ORDERS = 4096  # ordered choices summed up to find the sets' chances
-_SET_COST = 3.0  # a multinomial's category against one token row (measured, numpy 2)
+_SET_COST = 10.0  # a multinomial category (a binomial) against one token row, measured
 _RANKING_BLOCK = 64  # steps of rankings per block
 
 
@@ -57,6 +57,7 @@ class ServingRouting:
         self._counts: CountRouter | None = None
         self._sets = rank_sets(self._router)
         self._alias = None if self._sets is None else alias_table(self._sets[1])
+        self._rank_of_set_EJ = None if self._sets is None else self._sets[0].T.astype(np.float64)
         # "counts" once a step was drawn at count level
         self.resolution: Literal["tokens", "counts"] = "tokens"
         # committed steps and rank rows; the drawn rankings and rank rows beyond a base
@@ -93,7 +94,9 @@ class ServingRouting:
             return self._by_ranking(picked_NLXG, ranking_XE, row_NL)
         if rows_G.sum() < tokens:  # the GPUs with many tokens: a multinomial each
             picked_NLXG = picked_NLXG + self._set_multinomials(tokens_G - rows_G, steps, first)
-        return self._by_ranking(self._sets[0].T @ picked_NLXG, ranking_XE, row_NL)
+        # sets to their ranks: a float product (BLAS; exact for counts below 2**53)
+        ranks_NLEG = (self._rank_of_set_EJ @ picked_NLXG.astype(np.float64)).astype(np.int64)
+        return self._by_ranking(ranks_NLEG, ranking_XE, row_NL)
 
     def _by_ranking(
         self, ranks_NLEG: np.ndarray, ranking_XE: np.ndarray, row_NL: np.ndarray
