@@ -25,11 +25,14 @@ from moesim.errors import MoesimError
 from moesim.sweep.identity import ResolvedPoint
 from moesim.sweep.point import error_row, run_point
 
-__all__ = ["RETRIES", "WATCHDOG_S", "run_local", "run_ray", "usable_cores", "worker_count"]
+__all__ = ["RETRIES", "WATCHDOG_S", "Task", "run_local", "run_ray", "usable_cores", "worker_count"]
 
 RETRIES = 2
 WATCHDOG_S = 0.5
 Row = Callable[[dict[str, Any]], None]
+# What a worker runs for each point: ``task(base, point, point_id)`` returns its row (a
+# picklable, module-level function or a ``functools.partial`` of one); ``run_point`` for sweeps.
+Task = Callable[[str, Any, str], dict[str, Any]]
 
 
 def usable_cores() -> int:
@@ -51,7 +54,7 @@ def _watchdog(parent: int) -> None:
 
 
 def _serve(connection: Connection, parent: int) -> None:
-    """A worker's loop: run each ``(base, point, id)`` received, send its row back."""
+    """A worker's loop: run each ``(task, base, point, id)`` received, send its row back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watchdog, args=(parent,), daemon=True).start()
     while True:
@@ -59,7 +62,8 @@ def _serve(connection: Connection, parent: int) -> None:
             job = connection.recv()
         except EOFError:
             return
-        connection.send(run_point(*job))
+        task, *args = job
+        connection.send(task(*args))
 
 
 class _Worker:
@@ -72,11 +76,11 @@ class _Worker:
         child.close()
         self.job: ResolvedPoint | None = None
 
-    def give(self, base: str, job: ResolvedPoint) -> bool:
+    def give(self, base: str, job: ResolvedPoint, task: Task = run_point) -> bool:
         """Send ``job``; False when the worker is gone."""
         self.job = job
         try:
-            self.connection.send((base, job.point, job.id))
+            self.connection.send((task, base, job.point, job.id))
         except OSError:  # it died while idle
             return False
         return True
@@ -98,12 +102,19 @@ class _Worker:
         return self.process.exitcode
 
 
-def run_local(base: str, points: list[ResolvedPoint], workers: int | None, on_row: Row) -> None:
-    """Run ``points`` on ``worker_count(workers, ...)`` processes; one runs in this process."""
+def run_local(
+    base: str,
+    points: list[ResolvedPoint],
+    workers: int | None,
+    on_row: Row,
+    task: Task = run_point,
+) -> None:
+    """Run ``task`` on ``points`` on ``worker_count(workers, ...)`` processes; one runs in
+    this process."""
     count = worker_count(workers, len(points))
     if count == 1:
         for job in points:
-            on_row(run_point(base, job.point, job.id))
+            on_row(task(base, job.point, job.id))
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process with threads
     queue, deaths = deque(points), Counter[str]()
@@ -111,7 +122,7 @@ def run_local(base: str, points: list[ResolvedPoint], workers: int | None, on_ro
 
     def feed(slot: int) -> None:
         """Give the next point to the worker in ``slot``, replacing it while it is gone."""
-        while queue and not pool[slot].give(base, queue[0]):
+        while queue and not pool[slot].give(base, queue[0], task):
             pool[slot].stop()
             pool[slot] = _Worker(context)
         if queue:
@@ -168,19 +179,21 @@ def _connect(ray: Any, address: str) -> bool:
     return True
 
 
-def run_ray(base: str, points: list[ResolvedPoint], address: str, on_row: Row) -> None:
-    """Tasks on the Ray cluster at ``address`` (``auto``: the one this machine belongs to;
-    ``local``: start one here; ``ray://host:port``: through the Ray Client)."""
+def run_ray(
+    base: str, points: list[ResolvedPoint], address: str, on_row: Row, task: Task = run_point
+) -> None:
+    """``task`` on each point on the Ray cluster at ``address`` (``auto``: the one this
+    machine belongs to; ``local``: start one here; ``ray://host:port``: the Ray Client)."""
     try:
         import ray
         from ray.exceptions import RayError
     except ImportError:
         raise MoesimError("--ray needs ray: pip install 'moesim[ray]'") from None
     started = _connect(ray, address)
-    task = ray.remote(max_retries=RETRIES)(run_point)
+    remote = ray.remote(max_retries=RETRIES)(task)
     pending: list[Any] = []
     try:
-        jobs = {task.remote(base, job.point, job.id): job for job in points}
+        jobs = {remote.remote(base, job.point, job.id): job for job in points}
         pending = list(jobs)
         while pending:
             finished, pending = ray.wait(pending, num_returns=1)
