@@ -9,25 +9,32 @@ Targets (issue #14, 2-core machine), each case in a fresh process:
 
 ``--scale`` multiplies the request counts (and keeps the rates), for a quick look.
 
-Measured 2026-12-01 (shared 2-core machine, numbers move by ±20% with its load):
+Measured 2026-12-01 on the shared 2-core machine (its load moves figures by ±30%; before and
+after alternate in fresh processes, medians of three; before is the commit a5b77b3):
 
-    case                 requests  steps events  x real  events/s  ms/event  RSS GiB
-    Mixtral, before          2000  10415   ~5000   ~7x      ~260     ~3.7      0.1
-    Mixtral, now             2000  10415    4068  13.6x       436      2.3      0.11
-    DeepSeek, before         2000    269      28   0.7x      0.4     2700       2.6
-    DeepSeek, now            2000    267      24   2.3x      0.7     1470       0.63
-    DeepSeek, now           20000    527     108   4.4x      0.6     1640       2.0
+    case                 requests  steps events  wall s  x real  events/s  ms/event  RSS GiB
+    Mixtral, before          2000  10417   4160    28.4    4.5x       146      6.8      0.12
+    Mixtral, after           2000  10415   4081    12.3   10.3x       332      3.0      0.12
+    DeepSeek, before         2000    269     28    ~76    0.7x      0.4     2700       2.6
+    DeepSeek, after          2000    267     24    27.0    3.0x      0.9     1120       0.45
+    DeepSeek, after         20000    527    108 166-190 3.8-4.4x    0.6     1640       1.8
 
-Where the time goes per event (Mixtral, 2000 requests, 2.4 ms): the layer model of one step
-(``chunk.time_chunk`` 0.72 ms, ``work_around`` and ``attention_time`` 0.19 ms: about 500 numpy
-calls whatever the step's size), routing 0.6 ms (2.5 steps an event, ~100 tokens x 32 layers
-each), the scheduler and ``advance`` 0.5 ms (only the groups that changed replan), the rest
-0.3 ms. An arrival makes two events (its prefill step, then the decodes up to the next arrival),
-so with the layer model as it is the floor is about 0.9 ms an event, ~35x real time.
-DeepSeek-V3 is routing-bound: a step of ``T`` tokens draws ``T x 58 x 8`` assignments (~40 ns
-each at token level), and steps past 65,536 tokens, which the 20,000-request run is made of
-(up to 16,384 running), draw ``CountRouter``'s 8 multinomials over 64 x 256 x 58 cells
-(1-2 s a step); a decode step of 2000 tokens costs ~40 ms to route and ~35 ms simulated.
+(Mixtral after reaches 13.6x, 2.3 ms an event, when the machine is quiet; DeepSeek before is the
+figure of issue #14's brief, on the model card of that day.)
+
+Where the time goes per event (Mixtral, 2000 requests, quiet machine, 2.3 ms): the layer model
+of one step (``chunk.time_chunk`` 0.76 ms, ``work_around`` and ``attention_time`` 0.2 ms: about
+500 numpy calls whatever the step's size), routing 0.45 ms (2.5 steps an event, ~86 tokens x 32
+layers each, and a prefill's multinomials), the scheduler and ``advance`` 0.45 ms (only groups
+that changed replan; every group with work advances), the rest 0.4 ms. An arrival makes two
+events (its prefill step, then the decodes up to the next arrival), so with the layer model as
+it is the floor is about 1 ms an event, ~30x real time.
+
+DeepSeek-V3 is routing-bound (96% of the wall time of 20,000 requests): a step of ``T`` tokens
+draws ``T x 58 x 8`` assignments at token level (~45 ns each: K distinct ranks by rejection,
+then counting), and a step past 65,536 tokens (``Scenario.routing_resolution``) draws
+``CountRouter``'s 8 rounds of multinomials over 64 x 256 x 58 cells (1-2 s). Its steps average
+1.4 s simulated and 0.3 s of wall time; 50x would need routing at ~1 ns an assignment.
 """
 
 from __future__ import annotations
