@@ -17,6 +17,7 @@ from rich.text import Text
 
 import moesim
 from moesim import api
+from moesim.cli_advise import add_advise_parser, run_advise
 from moesim.cli_list import add_list_parser, run_list
 from moesim.cli_serving import print_serving
 from moesim.cli_sweep import add_sweep_parsers, run_plot, run_sweep_command
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     add_validate_parser(commands)
     add_trace_parser(commands)
     add_sweep_parsers(commands)
+    add_advise_parser(commands)
     add_list_parser(commands)
     return parser
 
@@ -267,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_sweep_command(args, console)
         elif args.command == "plot":
             run_plot(args, console)
+        elif args.command == "advise":
+            return run_advise(args, console)
         elif args.command == "list":
             run_list(args)
     except MoesimError as error:

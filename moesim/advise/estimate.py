@@ -1,0 +1,189 @@
+"""The screen's steady-state estimate of a candidate's capacity under the SLO.
+
+Continuous batching on ``groups`` data-parallel attention groups that step together, each
+receiving ``lambda / groups`` requests/s: a step decodes the ``n`` running sequences of each
+group and prefills the prompts that arrived during the previous step. The step lasts as long
+as its slowest group, so the prefill it carries is that of the group with the most new prompts:
+
+    T = t_decode(n) + p * E[max over groups of Poisson(r T)],   n = r * output_mean * T
+
+with ``r`` the per-group rate and ``p`` the time one mean prompt adds to a step. TPOT is the
+step time ``T``; TTFT is a step of waiting, then a step with the request's own (percentile)
+prompt. The capacity is the highest rate whose fixed point exists with ``n`` within
+``max_sequences`` and the KV cache, and meets the targets. The screen's bound loosens the
+targets and the capacity by ``margin``, so that it drops a candidate only when even an
+optimistic reading of the layer model says it cannot win.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from moesim.advise.traffic import Traffic
+
+__all__ = ["Estimate", "SteadyState", "estimate", "expected_max_poisson", "steady_state"]
+
+_ITERATIONS = 500
+_BISECTIONS = 60
+
+
+def expected_max_poisson(mean: float, count: int) -> float:
+    """``E[max(N_1..N_count)]`` of i.i.d. Poisson(``mean``) counts: sum over k of
+    ``1 - F(k)^count``."""
+    if mean <= 0:
+        return 0.0
+    top = int(mean + 12 * math.sqrt(mean) + 12)
+    k = np.arange(top + 1)
+    log_pmf = -mean + k * math.log(mean) - np.array([math.lgamma(i + 1) for i in k])
+    cdf = np.minimum(np.cumsum(np.exp(log_pmf)), 1.0)
+    return float(np.sum(1.0 - cdf**count))
+
+
+@dataclass(frozen=True)
+class SteadyState:
+    """At one rate: the mean step (and TPOT) ``step_s``, running sequences per group, and the
+    TTFT of a percentile-length prompt."""
+
+    step_s: float
+    running: float
+    ttft_s: float
+
+
+@dataclass(frozen=True)
+class Model:
+    """A candidate's measured steps (see ``screen.time_steps``) and limits."""
+
+    groups: int
+    decode_batch: np.ndarray
+    decode_s: np.ndarray
+    prefill_mean_s: float
+    prefill_quantile_s: float
+    most_running: float  # max_sequences and the KV cache, per group
+    output_mean: float
+
+    def decode(self, running: float) -> float:
+        """Decode step time at ``running`` sequences per group: linear between the measured
+        batches, continued along the last segment past them."""
+        batch, seconds = self.decode_batch, self.decode_s
+        if running <= batch[-1] or batch.size == 1:
+            return float(np.interp(running, batch, seconds))
+        slope = (seconds[-1] - seconds[-2]) / (batch[-1] - batch[-2])
+        return float(seconds[-1] + slope * (running - batch[-1]))
+
+
+def steady_state(model: Model, rate: float) -> SteadyState | None:
+    """The fixed point at ``rate`` requests/s, or None where the deployment saturates."""
+    per_group = rate / model.groups
+    one = model.decode(1.0)
+    prompt = max(model.prefill_mean_s - one, 0.0)
+    quantile = max(model.prefill_quantile_s - one, 0.0)
+    step = one
+    for _ in range(_ITERATIONS):
+        running = per_group * model.output_mean * step
+        if running > model.most_running:
+            return None
+        arrivals = expected_max_poisson(per_group * step, model.groups)
+        following = model.decode(max(running, 1.0)) + prompt * arrivals
+        if abs(following - step) <= 1e-9 * step:
+            return SteadyState(following, running, following + model.decode(running) + quantile)
+        step = following
+    return None  # still climbing: at the edge of saturation
+
+
+def _meets(model: Model, rate: float, ttft_s: float | None, tpot_s: float | None) -> str:
+    """'' when the estimate at ``rate`` meets the targets, else what fails."""
+    state = steady_state(model, rate)
+    if state is None:
+        return "saturation"
+    if tpot_s is not None and state.step_s > tpot_s:
+        return "tpot"
+    if ttft_s is not None and state.ttft_s > ttft_s:
+        return "ttft"
+    return ""
+
+
+def _capacity(model: Model, ttft_s: float | None, tpot_s: float | None) -> tuple[float, str]:
+    """The highest rate meeting the targets (0 if none) and what fails just above it."""
+    high = 1.01 * model.groups * model.most_running / (model.output_mean * model.decode(1.0))
+    low = high * 1e-9
+    failing = _meets(model, low, ttft_s, tpot_s)
+    if failing:
+        return 0.0, failing
+    for _ in range(_BISECTIONS):
+        middle = math.sqrt(low * high)
+        if _meets(model, middle, ttft_s, tpot_s):
+            high = middle
+        else:
+            low = middle
+    return low, _meets(model, high, ttft_s, tpot_s) or "saturation"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The screen's reading of one candidate: the estimated ``capacity_rps`` and what limits
+    it, the optimistic ``bound_rps`` it is ranked by (0: it cannot meet the targets), the
+    floors (one sequence decoding, a percentile prompt prefilling alone), and, at the
+    estimated capacity, the step time and the tokens/s per GPU and per user."""
+
+    capacity_rps: float
+    binding: str
+    bound_rps: float
+    bound_binding: str
+    floor_tpot_s: float
+    floor_ttft_s: float
+    step_s: float | None
+    tokens_per_s_per_gpu: float
+    tokens_per_s_per_user: float
+
+
+def estimate(
+    timing: dict[str, Any],
+    traffic: Traffic,
+    ttft_s: float | None,
+    tpot_s: float | None,
+    max_sequences: int,
+    memory_fraction: float,
+    margin: float,
+) -> Estimate:
+    """The estimate from a ``time_steps`` row (status ok) for a candidate's scheduler limits."""
+    batch = np.asarray(timing["decode_batch"], dtype=float)
+    kv_per_sequence = timing["decode_kv_bytes"][-1] / batch[-1]
+    free = (
+        memory_fraction * timing["capacity_bytes"]
+        - timing["weights_bytes"]
+        - timing["decode_activation_bytes"][-1]
+    )
+    fits = free / kv_per_sequence if kv_per_sequence > 0 else math.inf
+    model = Model(
+        groups=int(timing["groups"]),
+        decode_batch=batch,
+        decode_s=np.asarray(timing["decode_s"], dtype=float),
+        prefill_mean_s=float(timing["prefill_mean_s"]),
+        prefill_quantile_s=float(timing["prefill_quantile_s"]),
+        most_running=max(min(float(max_sequences), fits), 0.0),
+        output_mean=traffic.output_mean,
+    )
+    loose = 1.0 + margin
+    capacity, binding = _capacity(model, ttft_s, tpot_s)
+    bound, bound_binding = _capacity(
+        model,
+        None if ttft_s is None else ttft_s * loose,
+        None if tpot_s is None else tpot_s * loose,
+    )
+    state = steady_state(model, capacity) if capacity > 0 else None
+    gpus = int(timing["gpus"])
+    return Estimate(
+        capacity_rps=capacity,
+        binding=binding,
+        bound_rps=bound * loose,
+        bound_binding=bound_binding,
+        floor_tpot_s=model.decode(1.0),
+        floor_ttft_s=model.prefill_quantile_s,
+        step_s=None if state is None else state.step_s,
+        tokens_per_s_per_gpu=capacity * traffic.output_mean / gpus,
+        tokens_per_s_per_user=0.0 if state is None else 1.0 / state.step_s,
+    )

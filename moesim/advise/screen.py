@@ -1,0 +1,118 @@
+"""The screen's measurements: fixed-batch steps of a candidate timed by the same layer model.
+
+For a candidate's cluster, layout and MoE policies (the scheduler does not change a step), a
+few decode steps at a ladder of sequences per attention group, at the traffic's mean decode
+context, and one prompt per group prefilled at the mean and at the SLO-percentile prompt
+length. A worker runs ``time_steps`` for each distinct set; ``estimate`` turns it into a
+capacity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from moesim import api
+from moesim.config import Scenario, load_scenario
+from moesim.errors import MoesimError
+from moesim.sweep import Point
+
+__all__ = ["DECODE_STEPS", "StepSet", "fixed_batch", "ladder", "time_steps"]
+
+DECODE_STEPS = 3  # a few steps: the routing's spread over experts, not one draw of it
+_GROWTH = 4  # the ladder multiplies sequences per group by this much
+
+
+def ladder(most: int) -> list[int]:
+    """Sequences per attention group to time decode at: 1, 4, 16, ... up to ``most``."""
+    batches = [1]
+    while batches[-1] < most:
+        batches.append(min(batches[-1] * _GROWTH, most))
+    return batches
+
+
+def fixed_batch(phase: str, batch_size: int, seq_len: int, steps: int) -> list[str]:
+    """Overrides that turn a serving candidate into a fixed batch of the same deployment."""
+    return [
+        f"workload.phase={phase}",
+        "workload.requests=null",
+        "slo=null",
+        f"workload.batch_size={batch_size}",
+        f"workload.seq_len={seq_len}",
+        f"workload.steps={steps}",
+    ]
+
+
+def groups_of(scenario: Scenario) -> int:
+    """Data-parallel attention groups: each has its own requests and KV cache."""
+    return scenario.cluster.gpus // scenario.cluster.parallel.attention_tp
+
+
+@dataclass(frozen=True)
+class StepSet:
+    """What to time: ``batches`` (sequences per group) at ``context`` for decode, and one prompt
+    per group of ``prompts`` tokens (the mean and the percentile lengths)."""
+
+    batches: tuple[int, ...]
+    context: int
+    prompts: tuple[int, int]
+
+
+def _run(base: str, overrides: list[str]) -> Any:
+    result, _ = api.run(load_scenario(base, overrides))
+    return result
+
+
+def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[str, Any]:
+    """A candidate's step times and memory (a worker task: never raises; a failure is the
+    row's status). Decode stops at the first batch whose KV cache does not fit."""
+    row: dict[str, Any] = {"point_id": point_id}
+    try:
+        first = load_scenario(base, point.overrides + fixed_batch("decode", 1, 1, 1))
+        groups = groups_of(first)
+        decode: dict[str, list[float]] = {"batch": [], "s": [], "kv": [], "activation": []}
+        weights = capacity = 0.0
+        for batch in steps.batches:
+            overrides = fixed_batch("decode", batch * groups, steps.context, DECODE_STEPS)
+            try:
+                result = _run(base, point.overrides + overrides)
+            except api.OutOfMemoryError as error:
+                if not decode["batch"]:
+                    return row | {"status": "out_of_memory", "error": str(error)}
+                break
+            memory = result.memory
+            if memory.out_of_memory and decode["batch"]:
+                break
+            weights = max(memory.weights_bytes_per_device)
+            capacity = memory.capacity_bytes
+            decode["batch"].append(batch)
+            decode["s"].append(result.latency_s.mean)
+            decode["kv"].append(max(memory.kv_cache_bytes_per_device))
+            decode["activation"].append(max(memory.activation_peak_bytes_per_device))
+        prefill = []
+        for prompt in steps.prompts:
+            try:
+                result = _run(base, point.overrides + fixed_batch("prefill", groups, prompt, 1))
+                prefill.append(result.latency_s.mean)
+            except api.OutOfMemoryError:  # a prompt's activations alone: not servable
+                prefill.append(float("inf"))
+    except api.OutOfMemoryError as error:
+        return row | {"status": "out_of_memory", "error": str(error)}
+    except MoesimError as error:
+        return row | {"status": "error", "error": " ".join(str(error).split())}
+    except Exception as error:  # a candidate's failure is its row; the search goes on
+        return row | {"status": "error", "error": f"{type(error).__name__}: {error}"}
+    return row | {
+        "status": "ok",
+        "error": "",
+        "groups": groups,
+        "gpus": first.cluster.gpus,
+        "weights_bytes": weights,
+        "capacity_bytes": capacity,
+        "decode_batch": decode["batch"],
+        "decode_s": decode["s"],
+        "decode_kv_bytes": decode["kv"],
+        "decode_activation_bytes": decode["activation"],
+        "prefill_mean_s": prefill[0],
+        "prefill_quantile_s": prefill[1],
+    }

@@ -1,0 +1,342 @@
+"""The search: prepare every configuration, screen them, simulate the ones that can still win.
+
+1. Each configuration is loaded as a serving scenario (a refusal makes it ``unsupported``) and
+   as a fixed batch of the same deployment (a refusal makes it ``invalid``).
+2. The screen times each distinct deployment's steps on the executors (``screen.time_steps``)
+   and estimates every configuration's capacity (``estimate``): a deployment whose weights or
+   KV cache do not fit is ``out_of_memory``; one whose optimistic bound meets no rate
+   ``cannot_meet_slo``.
+3. The rest are simulated in rounds, best optimistic objective first (``capacity``), until no
+   configuration left can beat or tie the ``1 + runners_up``-th best simulated one: what is
+   left is ``screened_out``. The result is exact as long as the bound is optimistic.
+
+Every finished evaluation is written at once under ``OUT/screen`` and ``OUT/capacity`` (see
+``moesim.sweep.ResultStore``); a rerun repeats none of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moesim import __version__
+from moesim.advise.capacity import CapacitySettings, search_capacity
+from moesim.advise.estimate import Estimate, estimate
+from moesim.advise.screen import StepSet, fixed_batch, ladder, time_steps
+from moesim.advise.spec import LoadedAdvice
+from moesim.advise.traffic import Traffic, traffic_of
+from moesim.config import Scenario, load_scenario
+from moesim.errors import ConfigError
+from moesim.sweep import Point, ResolvedPoint, ResultStore
+from moesim.sweep.executors import Task, run_local, run_ray, worker_count
+
+__all__ = ["Candidate", "Search", "run_search"]
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Candidate:
+    """One configuration through the search: what it is, its status and the figures so far."""
+
+    point: Point
+    status: str = ""
+    reason: str = ""
+    serving: Scenario | None = None
+    device: str = ""
+    gpus: int = 0
+    price: float = 0.0
+    max_sequences: int = 0
+    memory_fraction: float = 0.9
+    timing_id: str = ""
+    capacity_id: str = ""
+    timing: dict[str, Any] = field(default_factory=dict)
+    estimate: Estimate | None = None
+    simulated: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cost_per_hour(self) -> float:
+        """Dollars per hour of one replica."""
+        return self.gpus * self.price
+
+
+@dataclass
+class Search:
+    """A finished search: the spec, the traffic, every candidate, the ranking of those that
+    meet the SLO (best first) and how much ran now."""
+
+    advice: LoadedAdvice
+    traffic: Traffic
+    candidates: list[Candidate]
+    ranking: list[Candidate]
+    screened_now: int
+    simulated_now: int
+    workers: int
+
+
+def _digest(document: Any) -> str:
+    text = json.dumps(
+        {"moesim": __version__, "numpy": np.__version__, "document": document},
+        sort_keys=True,
+        allow_nan=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _prepare(advice: LoadedAdvice, point: Point, steps: StepSet) -> Candidate:
+    candidate = Candidate(point)
+    base = advice.base
+    try:
+        fixed = load_scenario(base, point.overrides + fixed_batch("decode", 1, 1, 1))
+    except ConfigError as error:
+        candidate.status, candidate.reason = "invalid", str(error)
+        return candidate
+    try:
+        candidate.serving = load_scenario(base, [*advice.fixed, *point.overrides])
+    except ConfigError as error:
+        candidate.status, candidate.reason = "unsupported", f"{error.message} (serving)"
+    scheduler = (candidate.serving or fixed).policies.scheduler
+    candidate.max_sequences = getattr(scheduler, "max_sequences", None) or getattr(
+        scheduler, "batch_size", 1
+    )
+    candidate.memory_fraction = scheduler.memory_fraction
+    candidate.device = fixed.cluster.device.name
+    candidate.gpus = fixed.cluster.gpus
+    candidate.price = advice.spec.prices[candidate.device]
+    deployment = fixed.model_dump(mode="json")
+    deployment["policies"].pop("scheduler")
+    candidate.timing_id = _digest({"timing": deployment, "steps": steps.__dict__})
+    return candidate
+
+
+def _rows(store: ResultStore, ids: set[str]) -> dict[str, dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for point_id in ids:
+        for name in (f"{point_id}.parquet", f"{point_id}.error.parquet"):
+            path = store.parts / name
+            if path.is_file():
+                rows[point_id] = pq.read_table(path).to_pylist()[0]
+                break
+    return rows
+
+
+def _execute(
+    store: ResultStore,
+    jobs: list[ResolvedPoint],
+    task: Task,
+    advice: LoadedAdvice,
+    workers: int | None,
+    ray_address: str | None,
+    progress: Callable[[], None],
+) -> int:
+    """Run the jobs without a row in ``store``; returns how many ran."""
+    done = store.done()
+    todo = list({job.id: job for job in jobs if job.id not in done}.values())
+
+    def on_row(row: dict[str, Any]) -> None:
+        store.add(row)
+        progress()
+
+    for _ in range(len(jobs) - len(todo)):
+        progress()
+    if not todo:
+        return 0
+    if ray_address is not None:
+        run_ray(str(advice.base), todo, ray_address, on_row, task)
+    else:
+        run_local(str(advice.base), todo, workers, on_row, task)
+    return len(todo)
+
+
+def _screen(candidate: Candidate, advice: LoadedAdvice, traffic: Traffic) -> None:
+    """The screen's verdict from the candidate's timing row."""
+    timing = candidate.timing
+    if timing.get("status") != "ok":
+        status = timing.get("status", "error")
+        candidate.status = "out_of_memory" if status == "out_of_memory" else "error"
+        candidate.reason = timing.get("error", "not screened")
+        return
+    room = candidate.memory_fraction * timing["capacity_bytes"] - timing["weights_bytes"]
+    gib = 2.0**30
+    if room <= 0:
+        candidate.status = "out_of_memory"
+        candidate.reason = (
+            f"weights {timing['weights_bytes'] / gib:.1f} GiB per GPU, more than "
+            f"{candidate.memory_fraction:g} x {timing['capacity_bytes'] / gib:.1f} GiB"
+        )
+        return
+    slo = advice.slo
+    candidate.estimate = estimate(
+        timing,
+        traffic,
+        slo.ttft_s,
+        slo.tpot_s,
+        candidate.max_sequences,
+        candidate.memory_fraction,
+        advice.spec.evaluate.margin,
+    )
+    if candidate.status == "unsupported":
+        return
+    if candidate.estimate.bound_rps <= 0:
+        floors = candidate.estimate
+        what = floors.bound_binding
+        candidate.status = "cannot_meet_slo"
+        candidate.reason = {
+            "ttft": f"TTFT: a percentile prompt alone takes {floors.floor_ttft_s:.3g} s to "
+            f"prefill (target {slo.ttft_s:g} s)",
+            "tpot": f"TPOT: one sequence per group decodes at {floors.floor_tpot_s:.3g} s a "
+            f"token (target {slo.tpot_s:g} s)",
+        }.get(what, "saturates before it meets the targets")
+        return
+    candidate.status = "screened"
+
+
+def optimistic(candidate: Candidate, rate: float | None) -> float:
+    """The best objective the candidate could reach by its bound: the cost per hour of
+    serving ``rate`` (to minimise), or minus its goodput per dollar (maximise)."""
+    bound = candidate.estimate.bound_rps if candidate.estimate else 0.0
+    if rate is not None:
+        return math.ceil(rate / bound * (1 - 1e-12)) * candidate.cost_per_hour
+    return -bound * 3600 / candidate.cost_per_hour
+
+
+def achieved(candidate: Candidate, rate: float | None) -> float:
+    """The objective the simulation found, in the same sense as ``optimistic``."""
+    simulated = candidate.simulated
+    if rate is not None:
+        return simulated["replicas"] * candidate.cost_per_hour
+    return -simulated["capacity_rps"] * 3600 / candidate.cost_per_hour
+
+
+def _sort_key(candidate: Candidate, rate: float | None) -> tuple[float, float, int]:
+    capacity = candidate.simulated.get("capacity_rps", 0.0)
+    return (achieved(candidate, rate), -capacity, candidate.point.index)
+
+
+def run_search(
+    advice: LoadedAdvice,
+    out: Path,
+    *,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    fresh: bool = False,
+    on_progress: Progress | None = None,
+) -> Search:
+    """Screen every configuration of ``advice`` and simulate those that can win."""
+    evaluate, rate = advice.spec.evaluate, advice.spec.objective.rate
+    traffic = traffic_of(advice.scenario, advice.slo.percentile)
+    most = max(
+        [v for p in advice.configurations for k, v in p.params if k.endswith("max_sequences")]
+        + [getattr(advice.scenario.policies.scheduler, "max_sequences", 1) or 1],
+        default=1,
+    )
+    steps = StepSet(
+        tuple(ladder(int(most))),
+        traffic.decode_context,
+        (max(1, round(traffic.prompt_mean)), traffic.prompt_quantile),
+    )
+    candidates = [_prepare(advice, point, steps) for point in advice.configurations]
+    screen_store = ResultStore(out / "screen", fresh=fresh)
+    capacity_store = ResultStore(out / "capacity", fresh=fresh)
+    report = on_progress or (lambda stage, done, total: None)
+
+    timed = [c for c in candidates if c.timing_id]
+    jobs = list({c.timing_id: ResolvedPoint(c.point, c.timing_id) for c in timed}.values())
+    counter = [0]
+
+    def tick(stage: str, total: int) -> Callable[[], None]:
+        counter[0] = 0
+        report(stage, 0, total)
+
+        def step() -> None:
+            counter[0] += 1
+            report(stage, counter[0], total)
+
+        return step
+
+    task = functools.partial(time_steps, steps)
+    screened_now = _execute(
+        screen_store, jobs, task, advice, workers, ray_address, tick("screening", len(jobs))
+    )
+    timings = _rows(screen_store, {job.id for job in jobs})
+    for candidate in timed:
+        candidate.timing = timings.get(candidate.timing_id, {})
+        _screen(candidate, advice, traffic)
+
+    viable = sorted(
+        (c for c in candidates if c.status == "screened"),
+        key=lambda c: (optimistic(c, rate), -c.estimate.bound_rps, c.point.index),
+    )
+    keep = 1 + evaluate.runners_up
+    chunk = max(keep, 2 * worker_count(workers, max(len(viable), 1)))
+    settings = CapacitySettings(
+        tuple(advice.fixed), evaluate.duration_s, evaluate.rate_tolerance, rate, {}
+    )
+    for candidate in viable:
+        start = candidate.estimate.capacity_rps or candidate.estimate.bound_rps
+        candidate.capacity_id = _digest(
+            {
+                "capacity": candidate.serving.model_dump(mode="json"),
+                "fixed": settings.fixed,
+                "duration_s": settings.duration_s,
+                "tolerance": settings.tolerance,
+                "rate": rate,
+                "start": start,
+            }
+        )
+        settings.starts[candidate.capacity_id] = start
+    simulated_now, pending = 0, list(viable)
+    finished: list[Candidate] = []
+    step = tick("simulating", len(viable))
+    while pending:
+        winners = sorted(
+            (c for c in finished if c.status == "ok"), key=lambda c: _sort_key(c, rate)
+        )
+        if len(winners) >= keep:
+            kth = winners[keep - 1]
+            bar = (achieved(kth, rate), -kth.simulated["capacity_rps"])
+            pending = [c for c in pending if (optimistic(c, rate), -c.estimate.bound_rps) < bar]
+        batch, pending = pending[:chunk], pending[chunk:]
+        if not batch:
+            break
+        jobs = [ResolvedPoint(c.point, c.capacity_id) for c in batch]
+        task = functools.partial(search_capacity, settings)
+        simulated_now += _execute(capacity_store, jobs, task, advice, workers, ray_address, step)
+        rows = _rows(capacity_store, {c.capacity_id for c in batch})
+        for candidate in batch:
+            candidate.simulated = rows.get(candidate.capacity_id, {})
+            status = candidate.simulated.get("status", "error")
+            candidate.status = {"ok": "ok", "miss": "misses_slo"}.get(status, status)
+            candidate.reason = candidate.simulated.get("error", "")
+            finished.append(candidate)
+    ranking = sorted((c for c in finished if c.status == "ok"), key=lambda c: _sort_key(c, rate))
+    for candidate in viable:
+        if candidate.status == "screened":
+            candidate.status = "screened_out"
+            candidate.reason = _why_not(candidate, ranking[keep - 1], rate, keep)
+    count = 0 if ray_address is not None else worker_count(workers, len(timed) or 1)
+    return Search(advice, traffic, candidates, ranking, screened_now, simulated_now, count)
+
+
+def _why_not(candidate: Candidate, kth: Candidate, rate: float | None, keep: int) -> str:
+    place = "the best" if keep == 1 else f"the {keep} best"
+    if rate is not None:
+        return (
+            f"its bound ({candidate.estimate.bound_rps:.3g} requests/s) needs at least "
+            f"${optimistic(candidate, rate):,.2f} an hour; {place} simulated cost at most "
+            f"${achieved(kth, rate):,.2f}"
+        )
+    return (
+        f"its bound gives at most {-optimistic(candidate, rate):,.0f} requests per dollar; "
+        f"{place} simulated reach {-achieved(kth, rate):,.0f}"
+    )
