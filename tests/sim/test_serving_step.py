@@ -72,13 +72,17 @@ def test_step_shape_splits_tokens_and_contexts_per_gpu() -> None:
     assert shape.source_T.tolist() == [0] * 5 + [1] * 2
 
 
-@pytest.mark.parametrize("gating", GATINGS, ids=["dynamic", "static"])
-def test_a_step_costs_the_same_from_counts_as_from_its_tokens(gating) -> None:
+@pytest.mark.parametrize(
+    ("gating", "alltoall"),
+    [(GATINGS[0], "direct"), (GATINGS[1], "direct"), (GATINGS[0], "hierarchical")],
+    ids=["dynamic", "static", "hierarchical"],
+)
+def test_a_step_costs_the_same_from_counts_as_from_its_tokens(gating, alltoall) -> None:
     # 2 nodes of 2 GPUs, 8 experts: tokens cross GPUs and nodes
     scenario = make_scenario(
         model={**TINY_MODEL, "num_experts": 8, "top_k": 2, "moe_every": 1},
         cluster={"nodes": 2, "gpus_per_node": 2, "device": SIMPLE_PROFILE},
-        policies={"gating": gating},
+        policies={"gating": gating, "alltoall": alltoall},
     )
     model, gpus = scenario.model, scenario.cluster.gpus
     layers = model.moe_layers(scenario.stack())
