@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.config import GATING, Scenario
+from moesim.config import GATING, ParallelSpec, Scenario
 from moesim.errors import MoesimError
 from moesim.policies import (
     PlacementPlan,
@@ -26,6 +26,7 @@ from moesim.workload import routing_chunks, tokens_per_gpu
 __all__ = [
     "UnsupportedScenarioError",
     "Workplan",
+    "check_layout",
     "check_model",
     "make_workplan",
     "resident_bytes",
@@ -115,11 +116,40 @@ def check_model(scenario: Scenario) -> None:
             f"{scenario.name}: model.architecture: the reference executor runs decoder models, "
             f"not {model.architecture}"
         )
-    if model.attention_params is not None or model.kv_dim is not None:
+    if model.attention_params is not None or model.kv_dim is not None or model.mla is not None:
         raise UnsupportedScenarioError(
             f"{scenario.name}: model: the reference executor builds standard multi-head "
-            "attention; attention_params/kv_dim overrides are not supported"
+            "attention; attention_params/kv_dim overrides and MLA are not supported"
         )
+    parts = ("attention", "kv_cache", "dispatch", "combine")
+    if any(model.part_dtype(part) != model.dtype for part in parts):
+        raise UnsupportedScenarioError(
+            f"{scenario.name}: model: the reference executor runs one dtype; per-part "
+            "precisions (attention_dtype, kv_cache_dtype, dispatch_dtype, combine_dtype) "
+            "are not supported"
+        )
+    check_layout(scenario)
+
+
+def check_layout(scenario: Scenario) -> None:
+    """Refuse in one line a layout or policy the executor does not run: it runs data-parallel
+    attention, expert parallelism, one batch per step, each expert's FFN as its own kernels
+    and direct all-to-alls."""
+    cluster, policies, workload = scenario.cluster, scenario.policies, scenario.workload
+    refused = {
+        "cluster.parallel": cluster.parallel != ParallelSpec(),
+        "policies.overlap": policies.overlap.name != "none",
+        "policies.alltoall": policies.alltoall != "direct",
+        "policies.expert_kernel": policies.expert_kernel != "loop",
+        "workload.mtp": workload.mtp is not None,
+    }
+    for field, differs in refused.items():
+        if differs:
+            raise UnsupportedScenarioError(
+                f"{scenario.name}: {field}: the reference executor runs data-parallel "
+                "attention with expert parallelism, one batch per step, loop expert kernels "
+                "and direct all-to-alls; simulate this one (--executor sim)"
+            )
 
 
 def _check(scenario: Scenario, plan: PlacementPlan, device: str) -> None:

@@ -8,6 +8,7 @@ import pytest
 from moesim.errors import MoesimError
 from moesim.metrics import Result
 from moesim.reference import UnsupportedScenarioError, execute, make_workplan
+from moesim.reference.workplan import check_layout
 from moesim.sim import simulate
 from tests.conftest import SIMPLE_PROFILE, SMALL_MOE, make_scenario, workload
 
@@ -130,3 +131,21 @@ def test_a_capacity_of_zero_drops_everything_on_both_sides():
     predicted, measured, _ = _both(_scenario(gating=gating))
     _assert_same_accounting(predicted, measured)
     assert measured.tokens.processed == 0 and measured.tokens.dropped == measured.tokens.routed
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"cluster": {"parallel": {"attention_tp": 2}}}, "cluster.parallel"),
+        ({"policies": {"overlap": {"name": "two_batch"}}}, "policies.overlap"),
+        ({"policies": {"expert_kernel": "grouped"}}, "policies.expert_kernel"),
+        ({"workload": {"mtp": {"tokens": 1}}}, "workload.mtp"),
+    ],
+)
+def test_layouts_the_executor_does_not_run_are_refused_in_one_line(changes, field) -> None:
+    base = make_scenario(model={**SMALL_MOE, "heads": 2})
+    data = base.model_dump()
+    for section, values in changes.items():
+        data[section] = {**data[section], **values}
+    with pytest.raises(UnsupportedScenarioError, match=field):
+        check_layout(type(base).model_validate(data))

@@ -6,10 +6,10 @@ import copy
 import numpy as np
 import pytest
 
+from moesim.api import run
 from moesim.config import ClusterSpec
 from moesim.hardware import KINDS, build_topology, port_time_is_monotone
 from moesim.policies import PlacementPlan, contiguous_plan
-from moesim.api import run
 from moesim.sim.traffic import alltoall_time, routed_tokens, via_domains
 from tests.conftest import SIMPLE_PROFILE, TINY_MODEL, make_scenario, workload
 
