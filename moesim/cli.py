@@ -224,23 +224,17 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     if args.out:
         writable_dir(args.out, "--out")
     label = "simulating" if args.executor == "sim" else "running for real"
-    with progress_bar(label) as progress:
-        serving = scenario.workload.phase == "serving"
-        unit, total = (
-            ("requests", scenario.workload.requests.count)
-            if serving
-            else (
-                "steps",
-                scenario.workload.steps,
-            )
-        )
-        task = progress.add_task(unit, total=total)
+    serving = scenario.workload.phase == "serving"
+    # serving: simulated seconds up to the last arrival (the reference: finished requests)
+    unit = ("simulated s" if args.executor == "sim" else "requests") if serving else "steps"
+    with progress_bar(label, unit) as progress:
+        task = progress.add_task(unit, total=0 if serving else scenario.workload.steps)
         result, records = api.run(
             scenario,
             executor=args.executor,
             device=args.device,
             trace_steps=trace_steps,
-            on_step=lambda done, _total: progress.update(task, completed=done),
+            on_step=lambda done, total: progress.update(task, completed=done, total=total),
         )
     if args.out:
         written = api.write_outputs(args.out, scenario, result, records)

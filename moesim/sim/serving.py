@@ -30,7 +30,8 @@ from moesim.workload import request_table
 
 __all__ = ["PlanCallback", "simulate_serving"]
 
-ProgressCallback = Callable[[float, float], None]  # (requests done, requests in all)
+# (simulated seconds so far, the last arrival's time or now if later): a long run's progress
+ProgressCallback = Callable[[float, float], None]
 # (each group's plan, steps it runs): a plan of decodes runs ``steps`` times, contexts one
 # longer each time; replaying these in order repeats the run's work exactly
 PlanCallback = Callable[[list[StepPlan], int], None]
@@ -64,7 +65,8 @@ def simulate_serving(
     on_progress: ProgressCallback | None = None,
     on_plans: PlanCallback | None = None,
 ) -> RunRecords:
-    """Serve the scenario's requests; ``on_progress(finished, requests)`` reports progress,
+    """Serve the scenario's requests; ``on_progress(now, until)`` reports progress in
+    simulated seconds (``ProgressCallback``),
     ``on_plans(plans, steps)`` each step's plans as they run (``PlanCallback``); the first
     ``trace_steps`` steps become spans (each step on every GPU's compute stream)."""
     wall_start = time.perf_counter()
@@ -80,6 +82,7 @@ def simulate_serving(
     stepper = Stepper(scenario, groups, plan, most_rows)
     planner = Planner(scheduler, groups.states)
     total = groups.arrival_s.size
+    last_arrival = float(groups.arrival_s[-1]) if total else 0.0
     steps: list[StepRecords] = []
     events = 0
     env = simpy.Environment()
@@ -139,7 +142,7 @@ def simulate_serving(
             events += 1
             groups.emit(start, latency_n, outcomes)
             if on_progress is not None:
-                on_progress(groups.done, total)
+                on_progress(round(float(env.now), 1), round(max(last_arrival, float(env.now)), 1))
 
     env.process(arrivals())
     env.process(engine())

@@ -243,3 +243,17 @@ def test_the_plans_it_reports_are_the_steps_it_ran() -> None:
     # every prompt token is prefilled once (no preemption at this load), every other once decoded
     assert prefill.sum() == 20 * PROMPT
     assert decode.sum() == 20 * (OUTPUT - 1)
+
+
+def test_progress_counts_simulated_seconds_up_to_the_last_arrival() -> None:
+    from moesim.sim.serving import simulate_serving
+
+    reported = []
+    records = simulate_serving(
+        _serving(rate=200.0, count=20), on_progress=lambda now, until: reported.append((now, until))
+    )
+    last_arrival = float(records.serving.requests.arrival_s.max())
+    nows = [now for now, _ in reported]
+    assert nows == sorted(nows) and nows[-1] == pytest.approx(records.serving.duration_s, abs=0.05)
+    # the total is the last arrival until the run passes it, then the run's time
+    assert all(until == pytest.approx(max(last_arrival, now), abs=0.05) for now, until in reported)
