@@ -43,7 +43,7 @@ def check_trace_files(scenario: Scenario) -> None:
 def serving_kv_blocks(scenario: Scenario) -> np.ndarray:
     """The KV blocks of each attention group (GPU) of a serving scenario, as the simulator
     sizes them from the profile: the reference executor serves with the same cache."""
-    return kv_cache(scenario, plan_placement(scenario), request_table(scenario)).blocks_G
+    return kv_cache(scenario, plan_placement(scenario), request_table(scenario)).blocks_A
 
 
 def run(

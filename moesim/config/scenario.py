@@ -334,13 +334,6 @@ class Scenario(Frozen):
                 f"{cache.layers} (it is a {self.model.architecture} model)"
             )
         if self.workload.phase == "serving":  # the serving loop sizes each step from its plan
-            plain = self.cluster.parallel == ParallelSpec()
-            if not plain or self.policies.overlap.name != "none":
-                raise ValueError(
-                    "serving runs data-parallel attention and expert parallelism without "
-                    "micro-batch overlap (cluster.parallel attention_tp 1, expert_tp 1; "
-                    "policies.overlap none) for now"
-                )
             return self
         layers = max(self.model.moe_layers(self.stack()), 1)
         assignments = layers * self.workload.tokens_per_step * self.model.top_k

@@ -108,6 +108,7 @@ def time_chunk(
     source_T: np.ndarray | None = None,
     attention_NG: np.ndarray | None = None,
     micro_batch: LocalWork | None = None,
+    micro_attention_NG: np.ndarray | None = None,
 ) -> ChunkTiming:
     """Durations of a chunk from its gating outcome and its routing in placement slots, at
     token level (``units_NLTK`` with each token's GPU ``source_T``) or count level
@@ -115,7 +116,8 @@ def time_chunk(
     they differ from ``local``'s (a serving stretch, whose contexts grow); ``micro_batch``:
     the local work of half the step's tokens, to time the step as two overlapped micro-batches
     (``sim/overlap``; the breakdown then gives the compute stream's phases and, as
-    ``alltoall``, the communication left exposed)."""
+    ``alltoall``, the communication left exposed), ``micro_attention_NG`` its attention per
+    step where it differs from ``micro_batch``'s."""
     model = scenario.model
     n, layers, _units = outcome.tokens_NLE.shape
     dispatch_row = model.d_model * model.part_bytes("dispatch")
@@ -180,6 +182,7 @@ def time_chunk(
         timeline, breakdown_NP = _two_batch(
             scenario,
             micro_batch,
+            micro_attention_NG,
             count_NL + alltoall(half_out, half_in, dispatch_row),
             expert_h_NL,
             alltoall(half_out, half_in, combine_row),
@@ -229,6 +232,7 @@ def _half(rows: np.ndarray) -> np.ndarray:
 def _two_batch(
     scenario: Scenario,
     micro_batch: LocalWork,
+    attention_NG: np.ndarray | None,
     dispatch_NL: np.ndarray,
     expert_NL: np.ndarray,
     combine_NL: np.ndarray,
@@ -239,7 +243,9 @@ def _two_batch(
     state one micro-batch is always communicating)."""
     n, layers = dispatch_NL.shape
     slower = 1.0 / (1.0 - getattr(scenario.policies.overlap, "comm_sm_fraction", 0.0))
-    pre_NL = np.broadcast_to(micro_batch.pre_LG.max(axis=-1, initial=0.0), (n, layers))
+    pre_NL = np.broadcast_to(
+        micro_batch.pre_XLG(attention_NG).max(axis=-1, initial=0.0), (n, layers)
+    )
     timeline = two_batch(
         slower * pre_NL,
         dispatch_NL,
@@ -247,7 +253,7 @@ def _two_batch(
         combine_NL,
         np.full(n, slower * micro_batch.tail_G.max()),
     )
-    breakdown_NP = 2 * _compute_breakdown(micro_batch, None, expert_NL, n)
+    breakdown_NP = 2 * _compute_breakdown(micro_batch, attention_NG, expert_NL, n)
     breakdown_NP[:, _COMPUTE] *= slower
     exposed = timeline.latency_N - breakdown_NP.sum(axis=1)
     breakdown_NP[:, _ALLTOALL] = np.maximum(exposed, 0.0)
@@ -262,8 +268,7 @@ def _compute_breakdown(
     the GPU that finishes last."""
     attention_XG = local.attention_G[None] if attention_NG is None else attention_NG
     pre_attention_XLG = local.blocks_L[None, :, None] * attention_XG[:, None, :]
-    pre_XLG = pre_attention_XLG + (local.pre_dense_LG + local.gate_G[None])[None]
-    pre_XLG = pre_XLG + local.pre_allreduce_LG[None]
+    pre_XLG = local.pre_XLG(attention_NG)
     critical_XL1 = pre_XLG.argmax(axis=-1)[..., None]
     tail_XG = local.tail_blocks * attention_XG + local.tail_dense * local.dense_G
     tail_XG = tail_XG + local.lm_head_G + local.tail_allreduce_G

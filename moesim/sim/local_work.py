@@ -66,6 +66,14 @@ class LocalWork:
         router."""
         return self.pre_attention_LG + self.pre_dense_LG + self.gate_G[None] + self.pre_allreduce_LG
 
+    def pre_XLG(self, attention_XG: np.ndarray | None = None) -> np.ndarray:
+        """``pre_LG`` for each step ``X`` whose attention blocks take ``attention_XG``
+        (default: this work's, one row)."""
+        attention_XG = self.attention_G[None] if attention_XG is None else attention_XG
+        pre_attention_XLG = self.blocks_L[None, :, None] * attention_XG[:, None, :]
+        rest_LG = self.pre_dense_LG + self.gate_G[None] + self.pre_allreduce_LG
+        return pre_attention_XLG + rest_LG[None]
+
     @property
     def tail_allreduce_G(self) -> np.ndarray:
         return (self.tail_blocks + self.tail_dense) * self.allreduce_G

@@ -123,9 +123,11 @@ def dense_activation_bytes(
 
 
 def kv_bytes_per_token(scenario: Scenario) -> float:
-    """KV-cache bytes one token of context holds on its GPU: K and V in every attention block."""
+    """KV-cache bytes one token of context holds on each GPU of its attention group: K and V
+    in every attention block, split by KV head over the group (MLA's latent: replicated)."""
     model = scenario.model
-    return float(model.kv_width * model.part_bytes("kv_cache") * model.layers)
+    split = min(scenario.cluster.parallel.attention_tp, model.kv_splits)
+    return float(model.kv_width * model.part_bytes("kv_cache") * model.layers) / split
 
 
 def serving_kv_blocks(

@@ -22,6 +22,7 @@ from moesim.errors import ConfigError
 from moesim.metrics import DeviceRecords, RunRecords, SpanRecords, StepRecords
 from moesim.metrics.serving import ServingRecords
 from moesim.policies import StepPlan, advance, plan_placement
+from moesim.sim.layout import Layout
 from moesim.sim.memory import expert_weights_bytes, kv_bytes_per_token
 from moesim.sim.serving_groups import Groups, KVCache, kv_cache, step_tokens
 from moesim.sim.serving_plans import Planner
@@ -72,13 +73,14 @@ def simulate_serving(
     wall_start = time.perf_counter()
     _refuse_unsupported(scenario)
     params = scenario.policies.scheduler
-    requests, plan = request_table(scenario), plan_placement(scenario)
+    layout = Layout.of(scenario)
+    requests, plan = request_table(scenario), plan_placement(layout.view(scenario))
     kv = kv_cache(scenario, plan, requests)
     scheduler = SCHEDULER.build(params)
-    groups = Groups(requests, kv.blocks_G, params.block_tokens)
+    groups = Groups(requests, kv.blocks_A, params.block_tokens)
     for state in groups.states:
         scheduler.check(state)
-    most_rows = scenario.cluster.gpus * step_tokens(scenario, requests)
+    most_rows = kv.blocks_A.size * step_tokens(scenario, requests)
     stepper = Stepper(scenario, groups, plan, most_rows)
     planner = Planner(scheduler, groups.states)
     total = groups.arrival_s.size
@@ -147,7 +149,7 @@ def simulate_serving(
     env.process(arrivals())
     env.process(engine())
     env.run()
-    serving = groups.records(int(kv.blocks_G.sum()), env.now, scenario.slo)
+    serving = groups.records(int(kv.blocks_A.sum()), env.now, scenario.slo)
     all_steps = StepRecords.concat(steps) if steps else StepRecords.empty(stepper.layers)
     return RunRecords(
         scenario=scenario.name,
@@ -169,15 +171,19 @@ def simulate_serving(
 
 
 def _devices(scenario: Scenario, kv: KVCache, stepper: Stepper) -> DeviceRecords:
-    """Per GPU: weights, the KV cache as reserved, the activation peak it leaves room for."""
-    params = scenario.policies.scheduler
+    """Per GPU: weights, the KV cache as reserved (its group's, its share of the heads), the
+    activation peak it leaves room for, its expert rank's tokens and expert weights."""
+    params, layout = scenario.policies.scheduler, Layout.of(scenario)
+    blocks_G = np.repeat(kv.blocks_A, layout.attention_tp)
     return DeviceRecords(
         capacity_bytes=scenario.cluster.device.memory.capacity,
         weights_bytes=kv.weights_G,
-        kv_cache_bytes=kv.blocks_G * params.block_tokens * kv_bytes_per_token(scenario),
+        kv_cache_bytes=blocks_G * params.block_tokens * kv_bytes_per_token(scenario),
         activation_peak_bytes=kv.activation_G,
-        expert_tokens_LG=stepper.expert_tokens_LG,
-        expert_weights_bytes=expert_weights_bytes(scenario, stepper.plan),
+        expert_tokens_LG=layout.to_gpus(stepper.expert_tokens_LG),
+        expert_weights_bytes=layout.to_gpus(
+            expert_weights_bytes(layout.view(scenario), stepper.plan)
+        ),
     )
 
 

@@ -1,5 +1,5 @@
-"""The requests of a serving run, held by the data-parallel attention groups (one per GPU)
-that serve them, and the paged KV cache each group gets."""
+"""The requests of a serving run, held by the data-parallel attention groups that serve them
+(one per GPU, or per ``attention_tp`` GPUs), and the paged KV cache each group gets."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ _GIB = 2.0**30
 
 @dataclass(frozen=True)
 class KVCache:
-    """Per GPU: weight bytes, the KV blocks left for the cache and the activation peak of
-    the largest step they leave room for."""
+    """Per GPU: weight bytes and the activation peak of the largest step; per attention
+    group ``A``: the KV blocks left for its cache (each of its GPUs holds its share)."""
 
     weights_G: np.ndarray
-    blocks_G: np.ndarray
+    blocks_A: np.ndarray
     activation_G: np.ndarray
 
 
@@ -42,7 +42,7 @@ def step_tokens(scenario: Scenario, requests: Requests) -> int:
 
 
 def kv_cache(scenario: Scenario, plan: PlacementPlan, requests: Requests) -> KVCache:
-    """Each GPU's KV cache; refuses a GPU with no room for one block."""
+    """Each attention group's KV cache; refuses a GPU with no room for one block."""
     params, cluster = scenario.policies.scheduler, scenario.cluster
     weights_G = weights_bytes(scenario, plan)
     blocks_G, activation_G = serving_kv_blocks(
@@ -61,19 +61,20 @@ def kv_cache(scenario: Scenario, plan: PlacementPlan, requests: Requests) -> KVC
             f"{(weights_G[worst] + activation_G[worst]) / _GIB:.2f} GiB of "
             f"{params.memory_fraction:g} x {cluster.device.memory.capacity / _GIB:.2f} GiB",
         )
-    return KVCache(weights_G, blocks_G, activation_G)
+    blocks_A = blocks_G.reshape(-1, cluster.parallel.attention_tp).min(axis=1)
+    return KVCache(weights_G, blocks_A, activation_G)
 
 
 class Groups:
     """Every attention group's state, the per-request timestamps and the per-step rows."""
 
-    def __init__(self, requests: Requests, blocks_G: np.ndarray, block_tokens: int) -> None:
+    def __init__(self, requests: Requests, blocks_A: np.ndarray, block_tokens: int) -> None:
         self.arrival_s = requests.arrival_s
         self.prompt, self.output = requests.prompt_tokens, requests.output_tokens
         size = len(requests)
-        self.group_R = np.arange(size) % blocks_G.size
+        self.group_R = np.arange(size) % blocks_A.size
         self.states = [
-            ServingState(self.prompt, self.output, KVBlocks(int(b), block_tokens)) for b in blocks_G
+            ServingState(self.prompt, self.output, KVBlocks(int(b), block_tokens)) for b in blocks_A
         ]
         self.scheduled_s = np.full(size, _NAN)
         self.first_token_s = np.full(size, _NAN)

@@ -1,12 +1,15 @@
 """The duration of one serving step: the fixed-batch layer model on the step's actual tokens.
 
-A serving step mixes prompt chunks and decodes of requests that live on different GPUs (each
-GPU is a data-parallel attention group holding its requests' KV cache). Per GPU, prefill and
-decode attention are priced apart, as engines run them (a variable-length prefill kernel, a
-paged decode kernel): prefill tokens attend over the mean position of their chunk, decode
-tokens read their request's whole context. Everything after attention (dense FFNs, router,
-gating, all-to-alls, experts, LM head) is the fixed-batch model of ``chunk.time_chunk`` for the
-step's tokens, routed as counts per source GPU and expert (``serving_routing``).
+A serving step mixes prompt chunks and decodes of requests that live in different
+data-parallel attention groups ``A`` (a GPU each, or ``attention_tp`` GPUs that split its
+heads), each holding its requests' KV cache. Per group, prefill and decode attention are
+priced apart, as engines run them (a variable-length prefill kernel, a paged decode kernel):
+prefill tokens attend over the mean position of their chunk, decode tokens read their
+request's whole context. A group's tokens are shared evenly by its GPUs beyond attention
+(the sources of the all-to-alls); everything after attention (dense FFNs, router, gating,
+all-to-alls, experts, LM head, all-reduces, micro-batch overlap) is the fixed-batch model of
+``chunk.time_chunk`` on the layout's expert ranks (``sim/layout``), routed as counts per
+source and expert (``serving_routing``).
 """
 
 from __future__ import annotations
@@ -15,17 +18,27 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from moesim.config import GATING, Scenario
+from moesim.config import GATING, OVERLAP, Scenario
 from moesim.hardware import DeviceCosts, Topology, build_topology
 from moesim.metrics import StepRecords
 from moesim.policies import DynamicGating, PlacementPlan, StaticGating, StepPlan
 from moesim.sim.chunk import ChunkTiming, time_chunk
 from moesim.sim.layer_costs import attention_time
-from moesim.sim.local_work import expert_table, work_around
+from moesim.sim.layout import Layout
+from moesim.sim.local_work import LocalWork, expert_table, work_around
 from moesim.sim.serving_groups import Groups
 from moesim.sim.serving_routing import ServingRouting
 
-__all__ = ["StepShape", "Stepper", "Timed", "step_shape", "stretch", "time_step"]
+__all__ = [
+    "StepShape",
+    "Stepper",
+    "Timed",
+    "gpu_shares",
+    "sources",
+    "step_shape",
+    "stretch",
+    "time_step",
+]
 
 _CALL_CELLS = 1 << 22  # (step, layer, GPU, expert) counts timed in one call at most
 _CALL_ASSIGNMENTS = 1 << 23  # and token-expert assignments drawn for it
@@ -34,8 +47,9 @@ _GUESS_MARGIN = 1.05  # steps timed past those the last latency predicts, as a s
 
 @dataclass(frozen=True)
 class StepShape:
-    """One step's work per GPU ``G``: prefill tokens and the mean position they attend over,
-    decode tokens and the mean context they read, positions that need logits."""
+    """One step's work per attention group (``_G`` arrays: a GPU each unless attention is
+    tensor-parallel): prefill tokens and the mean position they attend over, decode tokens
+    and the mean context they read, positions that need logits."""
 
     prefill_G: np.ndarray
     prefill_context_G: np.ndarray
@@ -49,8 +63,25 @@ class StepShape:
 
     @property
     def source_T(self) -> np.ndarray:
-        """The GPU of each of the step's tokens, GPU by GPU."""
+        """The group of each of the step's tokens, group by group."""
         return np.repeat(np.arange(self.tokens_G.size), self.tokens_G)
+
+    def halved(self) -> StepShape:
+        """One micro-batch of two: half of every group's tokens (rounded up)."""
+        return replace(
+            self,
+            prefill_G=-(-self.prefill_G // 2),
+            decode_G=-(-self.decode_G // 2),
+            logits_G=-(-self.logits_G // 2),
+        )
+
+
+def gpu_shares(values_A: np.ndarray, attention_tp: int) -> np.ndarray:
+    """Per GPU, its share of its attention group's ``values`` (equal, the first ones +1)."""
+    if attention_tp == 1:
+        return values_A
+    base, extra = np.divmod(np.asarray(values_A, dtype=np.int64), attention_tp)
+    return (base[:, None] + (np.arange(attention_tp)[None] < extra[:, None])).ravel()
 
 
 def step_shape(
@@ -101,55 +132,90 @@ def time_step(
     counts_NLGE: np.ndarray | None = None,
     replica_rng: np.random.Generator | None = None,
 ) -> ChunkTiming:
-    """The timing of ``N`` steps of ``shape`` whose tokens route to ``expert_ids_NLTK`` (GPU
-    by GPU, as ``shape.source_T``) or, at count level, ``counts_NLGE`` (tokens each source
-    GPU sends each expert; ``replica_rng`` splits them over replicas), gated by ``gating``:
+    """The timing of ``N`` steps of ``shape`` whose tokens route to ``expert_ids_NLTK``
+    (source by source, the layout's expert ranks: ``sources``) or, at count level,
+    ``counts_NLGE`` (tokens each source sends each expert; ``replica_rng`` splits them over
+    replicas), gated by ``gating`` over ``plan`` (placed on the ranks, ``topology`` theirs):
     step ``n`` is the shape ``n`` decodes later, every decode's context ``n`` tokens longer
     (a decode stretch; ``N = 1``: the shape itself)."""
-    model = scenario.model
-    tokens_G = shape.tokens_G
+    model, layout = scenario.model, Layout.of(scenario)
+    ranks = layout.view(scenario)
     routing = expert_ids_NLTK if counts_NLGE is None else counts_NLGE
-    later_N1 = np.arange(routing.shape[0])[:, None]
-    attention_NG = attention_time(
-        model, costs, shape.prefill_G[None], shape.prefill_context_G[None], False
-    ) + attention_time(
-        model, costs, shape.decode_G[None], shape.decode_context_G[None] + later_N1, True
-    )
-    units = counts = None
+    attention_NG = _attention(scenario, costs, shape, routing.shape[0])
+    gpu_tokens_G = gpu_shares(shape.tokens_G, layout.attention_tp)
+    tokens_V = layout.rank_sum(gpu_tokens_G)
+    units = counts = source_T = None
     if counts_NLGE is None:
         units = plan.to_units(expert_ids_NLTK)
-        outcome = gating.gate(units, shape.source_T, plan.gpus, plan.units)
+        source_T = np.repeat(np.arange(tokens_V.size), tokens_V)
+        outcome = gating.gate(units, source_T, plan.gpus, plan.units)
     else:
         counts = plan.to_unit_counts(counts_NLGE, replica_rng)
-        outcome = gating.gate_counts(counts, tokens_G, model.top_k)
+        outcome = gating.gate_counts(counts, tokens_V, model.top_k)
     static = outcome.capacity_G is not None
-    needed = max(int(tokens_G.sum()), int(outcome.capacity_G.sum()) if static else 0)
+    needed = max(int(tokens_V.sum()), int(outcome.capacity_G.sum()) if static else 0)
     if expert_by_rows is None or expert_by_rows.size <= needed:
-        expert_by_rows = expert_table(scenario, costs, tokens_G, outcome.capacity_G)
-    local = work_around(
-        scenario,
-        costs,
-        tokens_G,
-        attention_NG[0],
-        shape.logits_G,
-        outcome.capacity_G,
-        outcome.einsum_dispatch,
-        plan.units,
-        expert_by_rows,
-    )
+        expert_by_rows = expert_table(ranks, costs, tokens_V, outcome.capacity_G)
+
+    def local(step: StepShape, attention_G: np.ndarray, parts: int = 1) -> LocalWork:
+        capacity = outcome.capacity_G
+        return work_around(
+            scenario,
+            costs,
+            gpu_shares(step.tokens_G, layout.attention_tp),
+            attention_G,
+            gpu_shares(step.logits_G, layout.attention_tp),
+            capacity if capacity is None or parts == 1 else -(-capacity // parts),
+            outcome.einsum_dispatch,
+            plan.units,
+            expert_by_rows,
+        )
+
+    micro_batch = micro_attention_NG = None
+    if OVERLAP.build(scenario.policies.overlap).micro_batches > 1:
+        half = shape.halved()
+        micro_attention_NG = _attention(scenario, costs, half, routing.shape[0])
+        micro_batch = local(half, micro_attention_NG[0], parts=2)
+        micro_attention_NG = layout.rank_max(micro_attention_NG)
     return time_chunk(
-        scenario,
+        ranks,
         costs,
         topology,
         plan,
-        local,
+        local(shape, attention_NG[0]),
         outcome,
-        tokens_G,
+        tokens_V,
         units_NLTK=units,
         counts_NLGU=counts,
-        source_T=None if units is None else shape.source_T,
-        attention_NG=attention_NG,
+        source_T=source_T,
+        attention_NG=layout.rank_max(attention_NG),
+        micro_batch=micro_batch,
+        micro_attention_NG=micro_attention_NG,
     )
+
+
+def sources(scenario: Scenario, shape: StepShape) -> np.ndarray:
+    """The step's tokens per source of the all-to-alls: the layout's expert ranks."""
+    layout = Layout.of(scenario)
+    return layout.rank_sum(gpu_shares(shape.tokens_G, layout.attention_tp))
+
+
+def _attention(scenario: Scenario, costs: DeviceCosts, shape: StepShape, steps: int) -> np.ndarray:
+    """``attention_NG``: each GPU's attention block in each step of a decode stretch of
+    ``shape`` (decode contexts one longer each step), on its group's tokens and heads."""
+    model, tp = scenario.model, scenario.cluster.parallel.attention_tp
+
+    def on_gpus(values_A: np.ndarray) -> np.ndarray:
+        return np.repeat(values_A, tp)[None]
+
+    later_N1 = np.arange(steps)[:, None]
+    prefill = attention_time(
+        model, costs, on_gpus(shape.prefill_G), on_gpus(shape.prefill_context_G), False, tp
+    )
+    decode = attention_time(
+        model, costs, on_gpus(shape.decode_G), on_gpus(shape.decode_context_G) + later_N1, True, tp
+    )
+    return prefill + decode
 
 
 @dataclass(frozen=True)
@@ -179,22 +245,24 @@ class Stepper:
     ) -> None:
         """``most_rows``: the most rows one expert can get in a step (its time is tabulated)."""
         model, cluster = scenario.model, scenario.cluster
+        layout = Layout.of(scenario)
+        ranks = layout.view(scenario)  # the sources and destinations of the all-to-alls
         self.scenario, self.groups = scenario, groups
-        self.gpus = cluster.gpus
+        self.ranks = layout.ranks
         self.costs = DeviceCosts.from_profile(cluster.device, model.dtype)
-        self.topology = build_topology(cluster)
+        self.topology = build_topology(cluster, layout.expert_tp)
         self.plan = plan
         self.gating = GATING.build(scenario.policies.gating)
         self.layers = model.moe_layers(scenario.stack())
-        self.routing = ServingRouting(scenario, self.layers)
-        self.expert_tokens_LG = np.zeros((self.layers, self.gpus))
-        self.expert_by_rows = expert_table(scenario, self.costs, np.array([most_rows]), None)
+        self.routing = ServingRouting(ranks, self.layers)
+        self.expert_tokens_LG = np.zeros((self.layers, self.ranks))
+        self.expert_by_rows = expert_table(ranks, self.costs, np.array([most_rows]), None)
         self.decode_latency_s: float | None = None  # of the last decode step timed
 
     def most_steps(self, shape: StepShape) -> int:
         """Steps of ``shape`` timed in one call at most (what bounds its memory)."""
         model = self.scenario.model
-        cells = max(1, self.layers * self.gpus * model.num_experts)
+        cells = max(1, self.layers * self.ranks * model.num_experts)
         assignments = max(1, self.layers * int(shape.tokens_G.sum()) * model.top_k)
         return max(1, min(_CALL_CELLS // cells, _CALL_ASSIGNMENTS // assignments))
 
@@ -219,7 +287,7 @@ class Stepper:
             np.concatenate([p.context for p in plans]),
             is_prefill,
             logits,
-            self.gpus,
+            len(groups.states),
         )
 
     def time(self, shape: StepShape, steps: int, ahead: int = 0) -> Timed:
@@ -228,9 +296,8 @@ class Stepper:
         the committed ones."""
         if ahead:
             shape = replace(shape, decode_context_G=shape.decode_context_G + ahead)
-        tokens_G = shape.tokens_G
-        tokens = int(tokens_G.sum())
-        counts = self.routing.draw(tokens_G, steps, ahead)
+        tokens = int(shape.tokens_G.sum())
+        counts = self.routing.draw(sources(self.scenario, shape), steps, ahead)
         replicas = None
         if self.plan.units != self.plan.num_experts:
             replicas = self.routing.replica_rng(self.routing.step + ahead)
@@ -252,7 +319,7 @@ class Stepper:
 
     def keep(self, timed: Timed, shape: StepShape) -> None:
         """Commit the steps of ``timed`` (the first ones drawn) as run."""
-        self.routing.commit(timed.tokens_NLG.shape[0], shape.tokens_G)
+        self.routing.commit(timed.tokens_NLG.shape[0], sources(self.scenario, shape))
         self.expert_tokens_LG += timed.tokens_NLG.sum(axis=0)
 
 

@@ -166,7 +166,7 @@ def run_serving(
     predicted = Result.from_records(records)
     dump(folder / "predicted.json", predicted)
     on_run()
-    blocks_G = kv_cache(scenario, plan_placement(scenario), request_table(scenario)).blocks_G
+    blocks_G = kv_cache(scenario, plan_placement(scenario), request_table(scenario)).blocks_A
     measured = []
     for repeat in range(repeats):
         result = Result.from_records(serve(scenario, blocks_G, device=device, warmup=warmup))

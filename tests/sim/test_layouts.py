@@ -158,23 +158,6 @@ def test_a_grouped_expert_kernel_launches_once_per_gpu_and_layer() -> None:
     assert phases["grouped"] == pytest.approx(2 * 3e-3, rel=1e-5)
 
 
-def test_serving_refuses_layouts_it_does_not_model_in_one_line() -> None:
-    requests = {
-        "count": 2,
-        "arrival": {"process": "offline"},
-        "prompt_tokens": {"distribution": "fixed", "value": 4},
-        "output_tokens": {"distribution": "fixed", "value": 2},
-    }
-    serving = {"phase": "serving", "requests": requests, "routing": {"source": "synthetic"}}
-    cluster = {"nodes": 1, "gpus_per_node": 2, "device": copy.deepcopy(SIMPLE_PROFILE)}
-    for changes in (
-        {"cluster": {**cluster, "parallel": {"attention_tp": 2}}},
-        {"policies": {"overlap": {"name": "two_batch"}}},
-    ):
-        with pytest.raises(ValidationError, match="serving runs data-parallel attention"):
-            make_scenario(**{"model": MODEL, "cluster": cluster, "workload": serving, **changes})
-
-
 def test_multi_token_prediction_verifies_drafts_and_emits_the_accepted_ones() -> None:
     plain = run(_scenario())[0]
     mtp = make_scenario(

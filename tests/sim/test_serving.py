@@ -257,3 +257,55 @@ def test_progress_counts_simulated_seconds_up_to_the_last_arrival() -> None:
     assert nows == sorted(nows) and nows[-1] == pytest.approx(records.serving.duration_s, abs=0.05)
     # the total is the last arrival until the run passes it, then the run's time
     assert all(until == pytest.approx(max(last_arrival, now), abs=0.05) for now, until in reported)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "layout"),
+    [
+        (2, {"cluster.parallel": {"attention_tp": 2, "expert_tp": 2}}),
+        (1, {"policies.overlap": {"name": "two_batch"}}),
+    ],
+    ids=["tp2", "two_batch"],
+)
+def test_a_lone_request_costs_the_fixed_batch_steps_of_its_layout(gpus, layout) -> None:
+    """Under tensor-parallel attention and experts (one group, one expert rank), or two
+    overlapped micro-batches, a lone request's TTFT is the fixed-batch prefill of its prompt
+    in the same layout and its TPOT the mean of the one-sequence decodes."""
+    model = {**TINY_MODEL, "heads": 2}
+
+    def with_layout(scenario):
+        data = scenario.model_dump()
+        for key, value in layout.items():
+            section, field = key.split(".")
+            data[section][field] = value
+        return type(scenario).model_validate(data)
+
+    def fixed(phase: str, seq_len: int) -> float:
+        scenario = make_scenario(
+            model=model,
+            cluster={"nodes": 1, "gpus_per_node": gpus, "device": SIMPLE_PROFILE},
+            workload=workload(phase=phase, batch_size=1, seq_len=seq_len, steps=1),
+        )
+        return run(with_layout(scenario))[0].latency_s.p50
+
+    served = with_layout(_serving(rate=None, count=1, gpus=gpus, model=model))
+    lone = run(served)[1].serving.requests
+    assert lone.ttft_s[0] == pytest.approx(fixed("prefill", PROMPT), rel=1e-9)
+    decodes = [fixed("decode", PROMPT + k) for k in range(1, OUTPUT)]
+    assert lone.tpot_s[0] == pytest.approx(np.mean(decodes), rel=1e-9)
+
+
+def test_tensor_parallel_groups_share_their_kv_cache_by_head() -> None:
+    scenario = _serving(rate=2000.0, count=16, gpus=2, model={**TINY_MODEL, "heads": 2})
+    data = scenario.model_dump()
+    data["cluster"]["parallel"] = {"attention_tp": 2}
+    tp = type(scenario).model_validate(data)
+    (dp_result, dp), (tp_result, tp_records) = run(scenario), run(tp)
+    assert (tp_result.serving.completed, tp_result.serving.waiting) == (16, 0)
+    assert tp_result.serving.kv_cache.capacity_blocks >= dp_result.serving.kv_cache.capacity_blocks
+    # one group; each GPU holds half of every token's K and V (heads 2 of 2 wide, 2 layers,
+    # fp32: 64 B a token), for the group's blocks of 16 tokens
+    blocks = tp_result.serving.kv_cache.capacity_blocks
+    assert tp_records.devices.kv_cache_bytes.tolist() == [blocks * 16 * 64 / 2] * 2
+    per_gpu = dp_result.serving.kv_cache.capacity_blocks / 2
+    assert dp.devices.kv_cache_bytes.tolist() == [per_gpu * 16 * 64] * 2

@@ -81,8 +81,8 @@ def test_a_kv_cache_that_runs_out_preempts_alike_with_reused_plans(monkeypatch) 
 
     def small_cache(scenario, plan, requests):
         full = full_cache(scenario, plan, requests)
-        blocks_G = np.full_like(full.blocks_G, 14)
-        return serving_groups.KVCache(full.weights_G, blocks_G, full.activation_G)
+        blocks_A = np.full_like(full.blocks_A, 14)
+        return serving_groups.KVCache(full.weights_G, blocks_A, full.activation_G)
 
     monkeypatch.setattr("moesim.sim.serving.kv_cache", small_cache)
     scheduler = {"name": "continuous", "max_sequences": 8, "max_batch_tokens": 256}
