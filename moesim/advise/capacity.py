@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from moesim import api
+from moesim.advise.spec import override, point_overrides
 from moesim.config import MAX_REQUESTS, load_scenario
-from moesim.errors import MoesimError
+from moesim.errors import ConfigError, MoesimError
 from moesim.sweep import Point
 
 __all__ = ["MIN_REQUESTS", "CapacitySettings", "at_percentile", "rate_overrides", "search_capacity"]
@@ -51,7 +52,7 @@ def at_percentile(values: np.ndarray, finished: np.ndarray, percentile: float) -
 def rate_overrides(rate: float, duration_s: float) -> list[str]:
     """A run at ``rate`` requests/s for ``duration_s`` of traffic."""
     count = min(max(math.ceil(rate * duration_s), MIN_REQUESTS), MAX_REQUESTS)
-    return [f"workload.requests.arrival.rate={rate!r}", f"workload.requests.count={count}"]
+    return [override("workload.requests.arrival.rate", rate), f"workload.requests.count={count}"]
 
 
 def _probe(base: str, overrides: list[str], rate: float, duration_s: float) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def search_capacity(
     settings: CapacitySettings, base: str, point: Point, point_id: str
 ) -> dict[str, Any]:
     """A candidate's capacity search (a worker task: never raises)."""
-    prober = _Prober(base, [*settings.fixed, *point.overrides], settings.duration_s)
+    prober = _Prober(base, [*settings.fixed, *point_overrides(point)], settings.duration_s)
     row: dict[str, Any] = {"point_id": point_id}
     try:
         capacity = _capacity(prober, settings.starts[point_id], settings.tolerance)
@@ -136,10 +137,12 @@ def search_capacity(
                 replicas = None
     except api.OutOfMemoryError as error:
         return row | {"status": "out_of_memory", "error": str(error)}
+    except ConfigError as error:  # what serving refuses when it runs
+        room = "no room for a KV cache" in error.message
+        status = "out_of_memory" if room else "unsupported"
+        return row | {"status": status, "error": f"{error.message} (serving)"}
     except MoesimError as error:
-        message = " ".join(str(error).split())
-        status = "out_of_memory" if "no room for a KV cache" in message else "error"
-        return row | {"status": status, "error": message}
+        return row | {"status": "error", "error": " ".join(str(error).split())}
     except Exception as error:  # a candidate's failure is its row; the search goes on
         return row | {"status": "error", "error": f"{type(error).__name__}: {error}"}
     target = prober.runs.get(at_rate) if capacity > 0 else prober.runs[min(prober.runs)]

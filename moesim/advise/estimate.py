@@ -10,9 +10,10 @@ as its slowest group, so the prefill it carries is that of the group with the mo
 with ``r`` the per-group rate and ``p`` the time one mean prompt adds to a step. TPOT is the
 step time ``T``; TTFT is a step of waiting, then a step with the request's own (percentile)
 prompt. The capacity is the highest rate whose fixed point exists with ``n`` within
-``max_sequences`` and the KV cache, and meets the targets. The screen's bound loosens the
-targets and the capacity by ``margin``, so that it drops a candidate only when even an
-optimistic reading of the layer model says it cannot win.
+``max_sequences`` and the KV cache, and meets the targets; ``relaxed_rps`` is the same for
+targets loosened by the margin and ``ceiling_rps`` without targets. The floors (one sequence
+decoding, one percentile prompt prefilling, alone in the cluster) are what no load goes
+below: a candidate whose floor misses a loosened target cannot meet it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ import numpy as np
 
 from moesim.advise.traffic import Traffic
 
-__all__ = ["Estimate", "SteadyState", "estimate", "expected_max_poisson", "steady_state"]
+__all__ = [
+    "Estimate",
+    "Model",
+    "SteadyState",
+    "estimate",
+    "expected_max_poisson",
+    "sequences_fit",
+    "steady_state",
+]
 
 _ITERATIONS = 500
 _BISECTIONS = 60
@@ -61,7 +70,8 @@ class Model:
     decode_batch: np.ndarray
     decode_s: np.ndarray
     prefill_mean_s: float
-    prefill_quantile_s: float
+    prefill_lone_s: float
+    decode_lone_s: float
     most_running: float  # max_sequences and the KV cache, per group
     output_mean: float
 
@@ -80,7 +90,7 @@ def steady_state(model: Model, rate: float) -> SteadyState | None:
     per_group = rate / model.groups
     one = model.decode(1.0)
     prompt = max(model.prefill_mean_s - one, 0.0)
-    quantile = max(model.prefill_quantile_s - one, 0.0)
+    quantile = max(model.prefill_lone_s - model.decode_lone_s, 0.0)
     step = one
     for _ in range(_ITERATIONS):
         running = per_group * model.output_mean * step
@@ -125,19 +135,31 @@ def _capacity(model: Model, ttft_s: float | None, tpot_s: float | None) -> tuple
 @dataclass(frozen=True)
 class Estimate:
     """The screen's reading of one candidate: the estimated ``capacity_rps`` and what limits
-    it, the optimistic ``bound_rps`` it is ranked by (0: it cannot meet the targets), the
-    floors (one sequence decoding, a percentile prompt prefilling alone), and, at the
-    estimated capacity, the step time and the tokens/s per GPU and per user."""
+    it, the capacity for targets loosened by the margin and without targets, the floors and
+    which loosened target a floor misses (''), and, at the estimated capacity, the tokens/s
+    per GPU and per user."""
 
     capacity_rps: float
     binding: str
-    bound_rps: float
-    bound_binding: str
+    relaxed_rps: float
+    ceiling_rps: float
     floor_tpot_s: float
     floor_ttft_s: float
-    step_s: float | None
+    floor_misses: str
     tokens_per_s_per_gpu: float
     tokens_per_s_per_user: float
+
+
+def sequences_fit(timing: dict[str, Any], memory_fraction: float) -> float:
+    """Sequences of the mean decode context whose KV cache fits beside the weights and the
+    largest step's activations, per attention group."""
+    kv_per_sequence = timing["decode_kv_bytes"][-1] / timing["decode_batch"][-1]
+    free = (
+        memory_fraction * timing["capacity_bytes"]
+        - timing["weights_bytes"]
+        - timing["decode_activation_bytes"][-1]
+    )
+    return free / kv_per_sequence if kv_per_sequence > 0 else math.inf
 
 
 def estimate(
@@ -150,40 +172,38 @@ def estimate(
     margin: float,
 ) -> Estimate:
     """The estimate from a ``time_steps`` row (status ok) for a candidate's scheduler limits."""
-    batch = np.asarray(timing["decode_batch"], dtype=float)
-    kv_per_sequence = timing["decode_kv_bytes"][-1] / batch[-1]
-    free = (
-        memory_fraction * timing["capacity_bytes"]
-        - timing["weights_bytes"]
-        - timing["decode_activation_bytes"][-1]
-    )
-    fits = free / kv_per_sequence if kv_per_sequence > 0 else math.inf
     model = Model(
         groups=int(timing["groups"]),
-        decode_batch=batch,
+        decode_batch=np.asarray(timing["decode_batch"], dtype=float),
         decode_s=np.asarray(timing["decode_s"], dtype=float),
         prefill_mean_s=float(timing["prefill_mean_s"]),
-        prefill_quantile_s=float(timing["prefill_quantile_s"]),
-        most_running=max(min(float(max_sequences), fits), 0.0),
+        prefill_lone_s=float(timing["prefill_lone_s"]),
+        decode_lone_s=float(timing["decode_lone_s"]),
+        most_running=max(min(float(max_sequences), sequences_fit(timing, memory_fraction)), 0.0),
         output_mean=traffic.output_mean,
     )
     loose = 1.0 + margin
     capacity, binding = _capacity(model, ttft_s, tpot_s)
-    bound, bound_binding = _capacity(
+    relaxed, _ = _capacity(
         model,
         None if ttft_s is None else ttft_s * loose,
         None if tpot_s is None else tpot_s * loose,
     )
+    ceiling, _ = _capacity(model, None, None)
+    misses = ""
+    if ttft_s is not None and model.prefill_lone_s > ttft_s * loose:
+        misses = "ttft"
+    elif tpot_s is not None and model.decode_lone_s > tpot_s * loose:
+        misses = "tpot"
     state = steady_state(model, capacity) if capacity > 0 else None
-    gpus = int(timing["gpus"])
     return Estimate(
         capacity_rps=capacity,
         binding=binding,
-        bound_rps=bound * loose,
-        bound_binding=bound_binding,
-        floor_tpot_s=model.decode(1.0),
-        floor_ttft_s=model.prefill_quantile_s,
-        step_s=None if state is None else state.step_s,
-        tokens_per_s_per_gpu=capacity * traffic.output_mean / gpus,
+        relaxed_rps=relaxed,
+        ceiling_rps=ceiling,
+        floor_tpot_s=model.decode_lone_s,
+        floor_ttft_s=model.prefill_lone_s,
+        floor_misses=misses,
+        tokens_per_s_per_gpu=capacity * traffic.output_mean / int(timing["gpus"]),
         tokens_per_s_per_user=0.0 if state is None else 1.0 / state.step_s,
     )

@@ -13,6 +13,7 @@ import yaml
 
 from moesim.advise.capacity import rate_overrides
 from moesim.advise.search import Candidate, Search
+from moesim.advise.spec import point_overrides
 from moesim.config import find_file, parse_override, read_yaml
 from moesim.files import publish
 from moesim.sweep.point import label
@@ -88,7 +89,7 @@ def candidate_rows(search: Search) -> list[dict[str, Any]]:
             if "weights_bytes" in timing
             else None,
             "estimated_capacity_rps": estimate.capacity_rps if estimate else None,
-            "bound_capacity_rps": estimate.bound_rps if estimate else None,
+            "bound_capacity_rps": candidate.bound_rps or None,
             "capacity_rps": capacity,
             "capacity_rps_per_gpu": capacity / candidate.gpus if capacity is not None else None,
             "replicas": None,
@@ -134,7 +135,7 @@ def best_overrides(search: Search) -> list[str]:
     best = search.ranking[0]
     rate = best.simulated["at_rate_rps"]
     duration_s = search.advice.spec.evaluate.duration_s
-    return [*search.advice.fixed, *best.point.overrides, *rate_overrides(rate, duration_s)]
+    return [*search.advice.fixed, *point_overrides(best.point), *rate_overrides(rate, duration_s)]
 
 
 def _set(data: dict[str, Any], key: str, value: Any, near: Path) -> None:

@@ -18,7 +18,7 @@ def _params(candidate: Candidate) -> str:
 
 
 def _ms(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds * 1e3:,.0f} ms"
+    return "n/a" if seconds is None else f"{seconds * 1e3:,.4g} ms"
 
 
 def binding(candidate: Candidate, search: Search) -> tuple[str, float, float, float] | None:

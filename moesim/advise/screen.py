@@ -2,8 +2,9 @@
 
 For a candidate's cluster, layout and MoE policies (the scheduler does not change a step), a
 few decode steps at a ladder of sequences per attention group, at the traffic's mean decode
-context, and one prompt per group prefilled at the mean and at the SLO-percentile prompt
-length. A worker runs ``time_steps`` for each distinct set; ``estimate`` turns it into a
+context, one prompt of the mean length per group prefilled, and, for the floors no load can go
+below, one sequence decoding and one prompt of the SLO-percentile length prefilling alone in
+the cluster. A worker runs ``time_steps`` for each distinct set; ``estimate`` turns it into a
 capacity.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moesim import api
+from moesim.advise.spec import point_overrides
 from moesim.config import Scenario, load_scenario
 from moesim.errors import MoesimError
 from moesim.sweep import Point
@@ -68,14 +70,14 @@ def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[s
     row's status). Decode stops at the first batch whose KV cache does not fit."""
     row: dict[str, Any] = {"point_id": point_id}
     try:
-        first = load_scenario(base, point.overrides + fixed_batch("decode", 1, 1, 1))
+        first = load_scenario(base, point_overrides(point) + fixed_batch("decode", 1, 1, 1))
         groups = groups_of(first)
         decode: dict[str, list[float]] = {"batch": [], "s": [], "kv": [], "activation": []}
         weights = capacity = 0.0
         for batch in steps.batches:
             overrides = fixed_batch("decode", batch * groups, steps.context, DECODE_STEPS)
             try:
-                result = _run(base, point.overrides + overrides)
+                result = _run(base, point_overrides(point) + overrides)
             except api.OutOfMemoryError as error:
                 if not decode["batch"]:
                     return row | {"status": "out_of_memory", "error": str(error)}
@@ -90,12 +92,15 @@ def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[s
             decode["kv"].append(max(memory.kv_cache_bytes_per_device))
             decode["activation"].append(max(memory.activation_peak_bytes_per_device))
         prefill = []
-        for prompt in steps.prompts:
+        for batch, prompt in ((groups, steps.prompts[0]), (1, steps.prompts[1])):
             try:
-                result = _run(base, point.overrides + fixed_batch("prefill", groups, prompt, 1))
+                result = _run(
+                    base, point_overrides(point) + fixed_batch("prefill", batch, prompt, 1)
+                )
                 prefill.append(result.latency_s.mean)
             except api.OutOfMemoryError:  # a prompt's activations alone: not servable
                 prefill.append(float("inf"))
+        lone = _run(base, point_overrides(point) + fixed_batch("decode", 1, steps.context, 1))
     except api.OutOfMemoryError as error:
         return row | {"status": "out_of_memory", "error": str(error)}
     except MoesimError as error:
@@ -114,5 +119,6 @@ def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[s
         "decode_kv_bytes": decode["kv"],
         "decode_activation_bytes": decode["activation"],
         "prefill_mean_s": prefill[0],
-        "prefill_quantile_s": prefill[1],
+        "prefill_lone_s": prefill[1],
+        "decode_lone_s": lone.latency_s.mean,
     }

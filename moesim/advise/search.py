@@ -31,7 +31,7 @@ from moesim import __version__
 from moesim.advise.capacity import CapacitySettings, search_capacity
 from moesim.advise.estimate import Estimate, estimate
 from moesim.advise.screen import StepSet, fixed_batch, ladder, time_steps
-from moesim.advise.spec import LoadedAdvice
+from moesim.advise.spec import LoadedAdvice, point_overrides
 from moesim.advise.traffic import Traffic, traffic_of
 from moesim.config import Scenario, load_scenario
 from moesim.errors import ConfigError
@@ -60,6 +60,7 @@ class Candidate:
     capacity_id: str = ""
     timing: dict[str, Any] = field(default_factory=dict)
     estimate: Estimate | None = None
+    bound_rps: float = 0.0
     simulated: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -95,12 +96,12 @@ def _prepare(advice: LoadedAdvice, point: Point, steps: StepSet) -> Candidate:
     candidate = Candidate(point)
     base = advice.base
     try:
-        fixed = load_scenario(base, point.overrides + fixed_batch("decode", 1, 1, 1))
+        fixed = load_scenario(base, point_overrides(point) + fixed_batch("decode", 1, 1, 1))
     except ConfigError as error:
         candidate.status, candidate.reason = "invalid", str(error)
         return candidate
     try:
-        candidate.serving = load_scenario(base, [*advice.fixed, *point.overrides])
+        candidate.serving = load_scenario(base, [*advice.fixed, *point_overrides(point)])
     except ConfigError as error:
         candidate.status, candidate.reason = "unsupported", f"{error.message} (serving)"
     scheduler = (candidate.serving or fixed).policies.scheduler
@@ -187,27 +188,53 @@ def _screen(candidate: Candidate, advice: LoadedAdvice, traffic: Traffic) -> Non
     )
     if candidate.status == "unsupported":
         return
-    if candidate.estimate.bound_rps <= 0:
-        floors = candidate.estimate
-        what = floors.bound_binding
+    floors = candidate.estimate
+    if floors.floor_misses:
         candidate.status = "cannot_meet_slo"
         candidate.reason = {
             "ttft": f"TTFT: a percentile prompt alone takes {floors.floor_ttft_s:.3g} s to "
             f"prefill (target {slo.ttft_s:g} s)",
-            "tpot": f"TPOT: one sequence per group decodes at {floors.floor_tpot_s:.3g} s a "
+            "tpot": f"TPOT: one sequence alone decodes at {floors.floor_tpot_s:.3g} s a "
             f"token (target {slo.tpot_s:g} s)",
-        }.get(what, "saturates before it meets the targets")
-        return
-    candidate.status = "screened"
+        }[floors.floor_misses]
+    elif floors.ceiling_rps <= 0:
+        candidate.status, candidate.reason = "cannot_meet_slo", "saturates at any rate"
+    else:
+        candidate.status = "screened"
+
+
+def calibration(candidates: list[Candidate]) -> float:
+    """How far the simulation has beaten the estimate so far: the largest ratio of simulated
+    to estimated capacity among the simulated candidates, at least 1."""
+    ratios = [
+        c.simulated["capacity_rps"] / c.estimate.capacity_rps
+        for c in candidates
+        if c.status == "ok" and c.estimate is not None and c.estimate.capacity_rps > 0
+    ]
+    return max([1.0, *ratios])
+
+
+def bound(candidate: Candidate, margin: float, scale: float) -> float:
+    """The screen's optimistic capacity: the estimate for targets loosened by ``margin``
+    (without targets where that meets no rate), times ``1 + margin`` and the calibration."""
+    estimate = candidate.estimate
+    relaxed = estimate.relaxed_rps or estimate.ceiling_rps
+    return relaxed * (1.0 + margin) * scale
 
 
 def optimistic(candidate: Candidate, rate: float | None) -> float:
-    """The best objective the candidate could reach by its bound: the cost per hour of
-    serving ``rate`` (to minimise), or minus its goodput per dollar (maximise)."""
-    bound = candidate.estimate.bound_rps if candidate.estimate else 0.0
+    """The best objective the candidate could reach by its ``bound_rps``: the cost per hour
+    of serving ``rate`` (to minimise), or minus its goodput per dollar (maximise)."""
     if rate is not None:
-        return math.ceil(rate / bound * (1 - 1e-12)) * candidate.cost_per_hour
-    return -bound * 3600 / candidate.cost_per_hour
+        replicas = math.ceil(rate / candidate.bound_rps * (1 - 1e-12))
+        return replicas * candidate.cost_per_hour
+    return -candidate.bound_rps * 3600 / candidate.cost_per_hour
+
+
+def _optimistic_key(candidate: Candidate, rate: float | None) -> tuple[float, float]:
+    """``_sort_key``'s first two entries by the bound: what the candidate could reach."""
+    replicas = math.ceil(rate / candidate.bound_rps * (1 - 1e-12)) if rate is not None else 1
+    return (optimistic(candidate, rate), -candidate.bound_rps * replicas)
 
 
 def achieved(candidate: Candidate, rate: float | None) -> float:
@@ -219,8 +246,10 @@ def achieved(candidate: Candidate, rate: float | None) -> float:
 
 
 def _sort_key(candidate: Candidate, rate: float | None) -> tuple[float, float, int]:
-    capacity = candidate.simulated.get("capacity_rps", 0.0)
-    return (achieved(candidate, rate), -capacity, candidate.point.index)
+    """Best objective first; among equals, the most headroom (all replicas' capacity)."""
+    simulated = candidate.simulated
+    total = simulated.get("capacity_rps", 0.0) * (simulated.get("replicas") or 1)
+    return (achieved(candidate, rate), -total, candidate.point.index)
 
 
 def run_search(
@@ -273,42 +302,43 @@ def run_search(
         candidate.timing = timings.get(candidate.timing_id, {})
         _screen(candidate, advice, traffic)
 
-    viable = sorted(
-        (c for c in candidates if c.status == "screened"),
-        key=lambda c: (optimistic(c, rate), -c.estimate.bound_rps, c.point.index),
-    )
-    keep = 1 + evaluate.runners_up
+    margin, keep = evaluate.margin, 1 + evaluate.runners_up
+    viable = [c for c in candidates if c.status == "screened"]
     chunk = max(keep, 2 * worker_count(workers, max(len(viable), 1)))
     settings = CapacitySettings(
         tuple(advice.fixed), evaluate.duration_s, evaluate.rate_tolerance, rate, {}
     )
-    for candidate in viable:
-        start = candidate.estimate.capacity_rps or candidate.estimate.bound_rps
-        candidate.capacity_id = _digest(
-            {
-                "capacity": candidate.serving.model_dump(mode="json"),
-                "fixed": settings.fixed,
-                "duration_s": settings.duration_s,
-                "tolerance": settings.tolerance,
-                "rate": rate,
-                "start": start,
-            }
-        )
-        settings.starts[candidate.capacity_id] = start
     simulated_now, pending = 0, list(viable)
     finished: list[Candidate] = []
     step = tick("simulating", len(viable))
     while pending:
+        scale = calibration(finished)
+        for candidate in pending:
+            candidate.bound_rps = bound(candidate, margin, scale)
+        pending.sort(key=lambda c: (*_optimistic_key(c, rate), c.point.index))
         winners = sorted(
             (c for c in finished if c.status == "ok"), key=lambda c: _sort_key(c, rate)
         )
         if len(winners) >= keep:
             kth = winners[keep - 1]
-            bar = (achieved(kth, rate), -kth.simulated["capacity_rps"])
-            pending = [c for c in pending if (optimistic(c, rate), -c.estimate.bound_rps) < bar]
+            bar = _sort_key(kth, rate)[:2]
+            pending = [c for c in pending if _optimistic_key(c, rate) < bar]
         batch, pending = pending[:chunk], pending[chunk:]
         if not batch:
             break
+        for candidate in batch:
+            start = scale * (candidate.estimate.capacity_rps or candidate.estimate.ceiling_rps)
+            candidate.capacity_id = _digest(
+                {
+                    "capacity": candidate.serving.model_dump(mode="json"),
+                    "fixed": settings.fixed,
+                    "duration_s": settings.duration_s,
+                    "tolerance": settings.tolerance,
+                    "rate": rate,
+                    "start": start,
+                }
+            )
+            settings.starts[candidate.capacity_id] = start
         jobs = [ResolvedPoint(c.point, c.capacity_id) for c in batch]
         task = functools.partial(search_capacity, settings)
         simulated_now += _execute(capacity_store, jobs, task, advice, workers, ray_address, step)
@@ -332,7 +362,7 @@ def _why_not(candidate: Candidate, kth: Candidate, rate: float | None, keep: int
     place = "the best" if keep == 1 else f"the {keep} best"
     if rate is not None:
         return (
-            f"its bound ({candidate.estimate.bound_rps:.3g} requests/s) needs at least "
+            f"its bound ({candidate.bound_rps:.3g} requests/s) needs at least "
             f"${optimistic(candidate, rate):,.2f} an hour; {place} simulated cost at most "
             f"${achieved(kth, rate):,.2f}"
         )

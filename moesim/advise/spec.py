@@ -16,19 +16,27 @@ evaluate: {duration_s: 60, rate_tolerance: 0.05, margin: 0.25, runners_up: 3}   
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from moesim.config import Scenario, SloSpec, load_scenario, read_yaml
 from moesim.errors import ConfigError
 from moesim.sweep import Point
 
-__all__ = ["MAX_CONFIGURATIONS", "AdviseSpec", "Evaluate", "LoadedAdvice", "load_advise_spec"]
+__all__ = [
+    "MAX_CONFIGURATIONS",
+    "AdviseSpec",
+    "Evaluate",
+    "LoadedAdvice",
+    "load_advise_spec",
+    "override",
+    "point_overrides",
+]
 
 # Each configuration is screened (a few fixed-batch steps) and has a row in candidates.parquet;
 # ten thousand is hours of screening on a laptop.
@@ -40,6 +48,18 @@ _OWN_KEYS = {
     "workload.phase": "advise searches serving deployments",
     "slo": "the targets are the spec's slo",
 }
+
+
+def override(key: str, value: Any) -> str:
+    """``KEY=VALUE`` for ``load_scenario``, the value as flow YAML (JSON writes ``1e-07``,
+    which YAML reads as a string)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30)
+    return f"{key}={text.removesuffix(chr(10) + '...' + chr(10)).rstrip(chr(10))}"
+
+
+def point_overrides(point: Point) -> list[str]:
+    """A configuration's overrides of the base, in the search's order."""
+    return [override(key, value) for key, value in point.params]
 
 
 class _Strict(BaseModel):
@@ -98,7 +118,7 @@ class LoadedAdvice:
     @property
     def fixed(self) -> list[str]:
         """Overrides every candidate gets: the spec's SLO."""
-        return [f"slo={json.dumps(self.slo.model_dump(mode='json'))}"]
+        return [override("slo", self.slo.model_dump(mode="json"))]
 
 
 def _first(error: ValidationError) -> tuple[str | None, str]:
@@ -144,7 +164,7 @@ def _check_key(file: str, base: Path, key: str, values: list[Any]) -> None:
         raise ConfigError(file, where, "empty list: the search space is empty")
     for index, value in enumerate(values):
         try:
-            load_scenario(base, [f"{key}={json.dumps(value)}"])
+            load_scenario(base, [override(key, value)])
         except ConfigError as error:
             if error.message.startswith(_UNKNOWN):
                 field = (error.field or key).removeprefix("--set ")
@@ -160,7 +180,7 @@ def _devices(spec: AdviseSpec, base: Path, scenario: Scenario, file: str) -> Non
         names = set()
         for value in spec.search["cluster.device"]:
             try:
-                loaded = load_scenario(base, [f"cluster.device={json.dumps(value)}"])
+                loaded = load_scenario(base, [override("cluster.device", value)])
             except ConfigError:
                 continue  # a device that does not load is that candidate's status
             names.add(loaded.cluster.device.name)
