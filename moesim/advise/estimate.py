@@ -3,9 +3,12 @@
 Continuous batching on ``groups`` data-parallel attention groups that step together, each
 receiving ``lambda / groups`` requests/s: a step decodes the ``n`` running sequences of each
 group and prefills the prompts that arrived during the previous step. The step lasts as long
-as its slowest group, so the prefill it carries is that of the group with the most new prompts:
+as its slowest group: the part of a prefill outside the experts (attention, router,
+dispatch: share ``f``) is paid by the group with the most new prompts, the experts' part is
+spread over every GPU, so it follows the mean:
 
-    T = t_decode(n) + p * E[max over groups of Poisson(r T)],   n = r * output_mean * T
+    T = t_decode(n) + p * (f E[max over groups of Poisson(r T)] + (1 - f) r T),
+    n = r * output_mean * T
 
 with ``r`` the per-group rate and ``p`` the time one mean prompt adds to a step. TPOT is the
 step time ``T``; TTFT is a step of waiting, then a step with the request's own (percentile)
@@ -72,6 +75,7 @@ class Model:
     prefill_mean_s: float
     prefill_lone_s: float
     decode_lone_s: float
+    prefill_local_fraction: float
     most_running: float  # max_sequences and the KV cache, per group
     output_mean: float
 
@@ -96,7 +100,9 @@ def steady_state(model: Model, rate: float) -> SteadyState | None:
         running = per_group * model.output_mean * step
         if running > model.most_running:
             return None
-        arrivals = expected_max_poisson(per_group * step, model.groups)
+        mean = per_group * step
+        local = model.prefill_local_fraction
+        arrivals = local * expected_max_poisson(mean, model.groups) + (1 - local) * mean
         following = model.decode(max(running, 1.0)) + prompt * arrivals
         if abs(following - step) <= 1e-9 * step:
             return SteadyState(following, running, following + model.decode(running) + quantile)
@@ -179,6 +185,7 @@ def estimate(
         prefill_mean_s=float(timing["prefill_mean_s"]),
         prefill_lone_s=float(timing["prefill_lone_s"]),
         decode_lone_s=float(timing["decode_lone_s"]),
+        prefill_local_fraction=float(timing["prefill_local_fraction"]),
         most_running=max(min(float(max_sequences), sequences_fit(timing, memory_fraction)), 0.0),
         output_mean=traffic.output_mean,
     )

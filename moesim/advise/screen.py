@@ -2,7 +2,8 @@
 
 For a candidate's cluster, layout and MoE policies (the scheduler does not change a step), a
 few decode steps at a ladder of sequences per attention group, at the traffic's mean decode
-context, one prompt of the mean length per group prefilled, and, for the floors no load can go
+context, one prompt of the mean length per group prefilled (with the share of its time spent
+outside the experts, which the prompt's own group pays alone), and, for the floors no load can go
 below, one sequence decoding and one prompt of the SLO-percentile length prefilling alone in
 the cluster. A worker runs ``time_steps`` for each distinct set; ``estimate`` turns it into a
 capacity.
@@ -91,15 +92,19 @@ def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[s
             decode["s"].append(result.latency_s.mean)
             decode["kv"].append(max(memory.kv_cache_bytes_per_device))
             decode["activation"].append(max(memory.activation_peak_bytes_per_device))
-        prefill = []
+        prefill, local = [], 1.0
         for batch, prompt in ((groups, steps.prompts[0]), (1, steps.prompts[1])):
             try:
-                result = _run(
-                    base, point_overrides(point) + fixed_batch("prefill", batch, prompt, 1)
-                )
-                prefill.append(result.latency_s.mean)
+                overrides = point_overrides(point) + fixed_batch("prefill", batch, prompt, 1)
+                result = _run(base, overrides)
             except api.OutOfMemoryError:  # a prompt's activations alone: not servable
                 prefill.append(float("inf"))
+                continue
+            prefill.append(result.latency_s.mean)
+            if batch == groups:
+                phases = result.time_breakdown_s
+                shared = phases.get("expert", 0.0) + phases.get("transfer", 0.0)
+                local = 1.0 - shared / max(sum(phases.values()), 1e-30)
         lone = _run(base, point_overrides(point) + fixed_batch("decode", 1, steps.context, 1))
     except api.OutOfMemoryError as error:
         return row | {"status": "out_of_memory", "error": str(error)}
@@ -119,6 +124,7 @@ def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[s
         "decode_kv_bytes": decode["kv"],
         "decode_activation_bytes": decode["activation"],
         "prefill_mean_s": prefill[0],
+        "prefill_local_fraction": local,
         "prefill_lone_s": prefill[1],
         "decode_lone_s": lone.latency_s.mean,
     }
