@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from moesim.advise.outputs import candidate_rows, write_best, write_candidates
+from moesim.advise.outputs import atomic, candidate_rows, write_best, write_candidates
 from moesim.advise.pareto import write_pareto
 from moesim.advise.report import advice_markdown
 from moesim.advise.search import Candidate, Search, run_search
@@ -67,7 +67,8 @@ def advise(
     rows = candidate_rows(search)
     written = [out / "candidates.parquet", out / "advice.md", out / "pareto.png"]
     write_candidates(written[0], search)
-    (out / "advice.md").write_text(advice_markdown(search, rows) + "\n", encoding="utf-8")
+    text = advice_markdown(search, rows) + "\n"
+    atomic(written[1], lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
     write_pareto(written[2], search)
     best = out / "best.yaml"
     if search.ranking:

@@ -22,8 +22,8 @@ from moesim.sweep import Point
 __all__ = ["MIN_REQUESTS", "CapacitySettings", "at_percentile", "rate_overrides", "search_capacity"]
 
 MIN_REQUESTS = 20  # a percentile needs some requests however low the rate
-_STEP = 1.5  # bracketing factor
-_BRACKET_PROBES = 12  # 1.5^12 = 130x either way from the estimate
+_STEP = 1.25  # bracketing factor: the calibrated estimate is usually within it
+_BRACKET_PROBES = 22  # 1.25^22 = 135x either way from the estimate
 _MORE_REPLICAS = 8
 
 
@@ -89,7 +89,7 @@ class _Prober:
 
 
 def _capacity(prober: _Prober, start: float, tolerance: float) -> float:
-    """The highest rate found to meet the SLO (0 when none down to start / 1.5^12)."""
+    """The highest rate found to meet the SLO (0 when none down to start / 1.25^22)."""
     if prober.met(start):
         low, high = start, None
         for _ in range(_BRACKET_PROBES):

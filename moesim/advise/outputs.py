@@ -19,6 +19,7 @@ from moesim.files import publish
 from moesim.sweep.point import label
 
 __all__ = [
+    "atomic",
     "best_overrides",
     "candidate_rows",
     "probes",
@@ -110,7 +111,8 @@ def candidate_rows(search: Search) -> list[dict[str, Any]]:
     return [{k: str(v) if k in mixed and v is not None else v for k, v in r.items()} for r in rows]
 
 
-def _atomic(path: Path, write: Any) -> None:
+def atomic(path: Path, write: Any) -> None:
+    """``write(temporary)`` then publish it as ``path``: a crash never leaves half a file."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(handle)
     try:
@@ -126,7 +128,7 @@ def write_candidates(path: Path, search: Search) -> None:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist(candidate_rows(search))
-    _atomic(path, lambda temporary: pq.write_table(table, temporary))
+    atomic(path, lambda temporary: pq.write_table(table, temporary))
 
 
 def best_overrides(search: Search) -> list[str]:
@@ -203,4 +205,4 @@ def write_best(path: Path, search: Search) -> None:
     def write(temporary: str) -> None:
         Path(temporary).write_text(text, encoding="utf-8")
 
-    _atomic(path, write)
+    atomic(path, write)

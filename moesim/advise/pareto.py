@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moesim.advise.outputs import probes
+from moesim.advise.outputs import atomic, probes
 from moesim.advise.search import Search
 
 __all__ = ["frontier", "write_pareto"]
@@ -84,5 +84,5 @@ def write_pareto(path: Path, search: Search) -> None:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
     plt.close(figure)

@@ -7,8 +7,9 @@
    KV cache do not fit is ``out_of_memory``; one whose optimistic bound meets no rate
    ``cannot_meet_slo``.
 3. The rest are simulated in rounds, best optimistic objective first (``capacity``), until no
-   configuration left can beat or tie the ``1 + runners_up``-th best simulated one: what is
-   left is ``screened_out``. The result is exact as long as the bound is optimistic.
+   configuration left can beat the ``1 + runners_up``-th best simulated one (a tie in cost
+   is not simulated for its headroom): what is left is ``screened_out``. Nothing cheaper is
+   missed as long as the bound is optimistic.
 
 Every finished evaluation is written at once under ``OUT/screen`` and ``OUT/capacity`` (see
 ``moesim.sweep.ResultStore``); a rerun repeats none of them.
@@ -111,6 +112,9 @@ def _prepare(advice: LoadedAdvice, point: Point, steps: StepSet) -> Candidate:
     candidate.memory_fraction = scheduler.memory_fraction
     candidate.device = fixed.cluster.device.name
     candidate.gpus = fixed.cluster.gpus
+    if candidate.device not in advice.spec.prices:
+        candidate.status, candidate.reason = "invalid", f"no price for {candidate.device}"
+        return candidate
     candidate.price = advice.spec.prices[candidate.device]
     deployment = fixed.model_dump(mode="json")
     deployment["policies"].pop("scheduler")
@@ -321,8 +325,8 @@ def run_search(
         )
         if len(winners) >= keep:
             kth = winners[keep - 1]
-            bar = _sort_key(kth, rate)[:2]
-            pending = [c for c in pending if _optimistic_key(c, rate) < bar]
+            bar = achieved(kth, rate)
+            pending = [c for c in pending if optimistic(c, rate) < bar]
         batch, pending = pending[:chunk], pending[chunk:]
         if not batch:
             break
