@@ -122,8 +122,8 @@ def _why(search: Search) -> list[str]:
         "TTFT": "miss the TTFT target at every rate (at the screen's floor or in simulation)",
         "TPOT": "miss the TPOT target at every rate (at the screen's floor or in simulation)",
         "saturation": "saturate before they meet the targets",
-        "cost": "meet the SLO but cost more (simulated), or cannot beat the best even by the "
-        "screen's optimistic bound (screened out)",
+        "cost": "cost as much or more: simulated, or by the screen's optimistic bound "
+        "(screened out)",
         "unsupported": "are refused by the serving simulation (screened only; their estimates "
         "are in candidates.parquet)",
         "invalid": "are not valid configurations",
@@ -192,6 +192,18 @@ def advice_markdown(search: Search, rows: list[dict[str, Any]]) -> str:
         + ".",
         "",
     ]
+    ratios = [
+        c.simulated["capacity_rps"] / c.estimate.capacity_rps
+        for c in search.candidates
+        if c.status == "ok" and c.estimate is not None and c.estimate.capacity_rps > 0
+    ]
+    if ratios:
+        lines += [
+            f"The screen's estimates against the simulation: simulated / estimated capacity "
+            f"{min(ratios):.2f} to {max(ratios):.2f} over the {len(ratios)} simulated "
+            "configurations (the bound scales by the largest).",
+            "",
+        ]
     if search.ranking:
         lines += _best(search.ranking[0], search, by_index)
         lines += _runners_up(search, by_index)

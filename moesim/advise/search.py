@@ -39,9 +39,10 @@ from moesim.errors import ConfigError
 from moesim.sweep import Point, ResolvedPoint, ResultStore
 from moesim.sweep.executors import Task, run_local, run_ray, worker_count
 
-__all__ = ["Candidate", "Search", "run_search"]
+__all__ = ["ROUND", "Candidate", "Search", "run_search"]
 
 Progress = Callable[[str, int, int], None]
+ROUND = 4  # candidates simulated at least per round, before the bound is tightened again
 
 
 @dataclass
@@ -99,7 +100,8 @@ def _prepare(advice: LoadedAdvice, point: Point, steps: StepSet) -> Candidate:
     try:
         fixed = load_scenario(base, point_overrides(point) + fixed_batch("decode", 1, 1, 1))
     except ConfigError as error:
-        candidate.status, candidate.reason = "invalid", str(error)
+        field = (error.field or "").removeprefix("--set ")
+        candidate.status, candidate.reason = "invalid", f"{field}: {error.message}".lstrip(": ")
         return candidate
     try:
         candidate.serving = load_scenario(base, [*advice.fixed, *point_overrides(point)])
@@ -308,7 +310,7 @@ def run_search(
 
     margin, keep = evaluate.margin, 1 + evaluate.runners_up
     viable = [c for c in candidates if c.status == "screened"]
-    chunk = max(keep, 2 * worker_count(workers, max(len(viable), 1)))
+    chunk = max(keep, ROUND)  # not the workers: the search is the same on any executor
     settings = CapacitySettings(
         tuple(advice.fixed), evaluate.duration_s, evaluate.rate_tolerance, rate, {}
     )
