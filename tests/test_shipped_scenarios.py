@@ -21,7 +21,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 SCENARIOS = sorted(
     p
     for p in (ROOT / "scenarios").rglob("*.yaml")
-    if not {"models", "paper", "sweeps"} & set(p.parts)
+    if not {"models", "paper", "sweeps", "advise"} & set(p.parts)  # advise: specs, not scenarios
 )
 
 

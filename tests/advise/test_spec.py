@@ -96,3 +96,10 @@ def test_the_slo_defaults_to_the_base_one(tmp_path) -> None:
     spec.write_text(yaml.safe_dump(document))
     with pytest.raises(Exception, match="slo: required"):
         load_advise_spec(spec)
+
+
+def test_the_shipped_example_spec_is_valid(root) -> None:
+    loaded = load_advise_spec(root / "scenarios" / "advise" / "mixtral-colocated.yaml")
+    assert len(loaded.configurations) == 16
+    assert loaded.spec.objective.rate == 60.0
+    assert loaded.scenario.model.name == "mixtral-8x7b"
