@@ -35,6 +35,7 @@ def run_advise(args: argparse.Namespace, console: Console) -> int:
     """Run the search; exit status 1 when no configuration meets the targets."""
     from moesim.advise import advise
     from moesim.advise.spec import load_advise_spec
+    from moesim.sweep.point import label
 
     if args.workers is not None and args.workers < 1:
         raise MoesimError(f"--workers: expected at least 1, got {args.workers}")
@@ -69,10 +70,12 @@ def run_advise(args: argparse.Namespace, console: Console) -> int:
         console.print("no configuration meets the targets: see advice.md", markup=False)
     else:
         simulated_row = best.simulated
-        params = ", ".join(f"{k}={v}" for k, v in best.point.params)
+        replicas = simulated_row.get("replicas") or 1
+        params = ", ".join(f"{k}={label(v)}" for k, v in best.point.params)
         console.print(
-            f"best: {params} ({best.gpus} x {best.device}), capacity "
-            f"{simulated_row['capacity_rps']:.4g} requests/s",
+            f"best: {params} ({replicas} x {best.gpus} {best.device}), capacity "
+            f"{simulated_row['capacity_rps']:.4g} requests/s, "
+            f"${replicas * best.cost_per_hour:,.2f} an hour",
             markup=False,
         )
     for path in outcome.written:

@@ -29,7 +29,9 @@ DURATION_S = 0.01
 def searched(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("space")
     spec = write_space(folder, evaluate={"duration_s": DURATION_S, "runners_up": 1})
-    return spec, advise(spec, folder / "out", workers=1)
+    with pytest.MonkeyPatch.context() as patch:  # rounds of two: the screen prunes here
+        patch.setattr(search_module, "ROUND", 1)
+        return spec, advise(spec, folder / "out", workers=1)
 
 
 def _cost(device: str, gpus: int, replicas: int) -> float:
@@ -133,6 +135,7 @@ def test_a_rerun_repeats_nothing(searched, monkeypatch) -> None:
 
     monkeypatch.setattr(search_module, "time_steps", fail)
     monkeypatch.setattr(search_module, "search_capacity", fail)
+    monkeypatch.setattr(search_module, "ROUND", 1)
     again = advise(spec, out, workers=1)
     assert (again.search.screened_now, again.search.simulated_now) == (0, 0)
     assert (out / "advice.md").read_text() == before
@@ -144,7 +147,9 @@ def test_a_lost_evaluation_runs_again_alone(searched) -> None:
     out = spec.parent / "out"
     parts = sorted((out / "capacity" / "parts").glob("*.parquet"))
     parts[0].unlink()
-    again = advise(spec, out, workers=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search_module, "ROUND", 1)
+        again = advise(spec, out, workers=1)
     assert (again.search.screened_now, again.search.simulated_now) == (0, 1)
     assert again.best.point == outcome.best.point
 
