@@ -10,7 +10,7 @@ from moesim.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "scenarios").rglob("*.yaml"))
-SHIPPED = [p for p in SHIPPED if not {"models", "paper", "sweeps"} & set(p.parts)]  # sweep files
+SHIPPED = [p for p in SHIPPED if not {"models", "paper", "sweeps", "advise"} & set(p.parts)]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
