@@ -70,7 +70,8 @@ def _best(best: Candidate, search: Search, rows: dict[int, dict[str, Any]]) -> l
         f"- at {row['rate_per_replica_rps']:.4g} requests/s per replica: p99 TTFT "
         f"{_ms(row['ttft_p99_s'])} (target {_ms(slo.ttft_s)}), p99 TPOT "
         f"{_ms(row['tpot_p99_s'])} (target {_ms(slo.tpot_s)})",
-        "- `moesim run best.yaml` runs it again (one replica's share of the traffic)",
+        "- `moesim run best.yaml` runs it again ("
+        + ("one replica's share of the traffic)" if replicas else "at its capacity)"),
         "",
     ]
     return lines
@@ -122,8 +123,12 @@ def _why(search: Search) -> list[str]:
         "TTFT": "miss the TTFT target at every rate (at the screen's floor or in simulation)",
         "TPOT": "miss the TPOT target at every rate (at the screen's floor or in simulation)",
         "saturation": "saturate before they meet the targets",
-        "cost": "cost as much or more: simulated, or by the screen's optimistic bound "
-        "(screened out)",
+        "cost": (
+            "cost as much or more"
+            if search.advice.spec.objective.rate is not None
+            else "serve fewer requests within the SLO per dollar"
+        )
+        + ": simulated, or by the screen's optimistic bound (screened out)",
         "unsupported": "are refused by the serving simulation (screened only; their estimates "
         "are in candidates.parquet)",
         "invalid": "are not valid configurations",

@@ -208,3 +208,23 @@ def test_configurations_serving_refuses_are_unsupported_but_screened(tmp_path) -
     assert rows[1]["reason"].startswith("out of memory: GPU 0 holds")
     assert outcome.best.point.index == 0
     assert np.isfinite(rows[0]["capacity_rps"])
+
+
+def test_maximize_goodput_per_dollar_ranks_by_requests_per_dollar(tmp_path) -> None:
+    spec = write_space(
+        tmp_path,
+        objective={"maximize": "goodput_per_dollar"},
+        search={"cluster.device": ["slow", "fast"], "cluster.gpus_per_node": [2]},
+        evaluate={"duration_s": DURATION_S, "runners_up": 1},
+    )
+    outcome = advise(spec, tmp_path / "out", workers=1)
+    rows = pq.read_table(tmp_path / "out" / "candidates.parquet").to_pylist()
+    simulated = [row for row in rows if row["status"] == "ok"]
+    for row in simulated:
+        per_dollar = row["capacity_rps"] * 3600 / (PRICES[row["device"]] * row["gpus"])
+        assert row["goodput_per_dollar"] == pytest.approx(per_dollar)
+        assert row["replicas"] == 1 and row["rate_per_replica_rps"] == row["capacity_rps"]
+    best = max(simulated, key=lambda row: row["goodput_per_dollar"])
+    assert best["rank"] == 1 and outcome.best.point.index == best["candidate"]
+    scenario = load_scenario(tmp_path / "out" / "best.yaml")
+    assert scenario.workload.requests.arrival.rate == pytest.approx(best["capacity_rps"])
