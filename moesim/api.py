@@ -25,6 +25,7 @@ __all__ = [
     "check_out_dir",
     "check_trace_files",
     "load_scenario",
+    "request_table",
     "run",
     "serving_kv_blocks",
     "write_outputs",

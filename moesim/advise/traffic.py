@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moesim.api import request_table
 from moesim.config import Scenario
-from moesim.workload import request_table
 
 __all__ = ["Traffic", "traffic_of"]
 
