@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from moesim.config import read_yaml
@@ -133,11 +134,19 @@ class Point:
 
     @property
     def overrides(self) -> list[str]:
-        """``KEY=VALUE`` strings for ``load_scenario`` (values as JSON, which YAML reads)."""
-        return [f"{key}={json.dumps(value)}" for key, value in self.params]
+        """``KEY=VALUE`` strings for ``load_scenario``, values in YAML flow style (JSON would
+        write ``1e-07``, which YAML reads back as a string)."""
+        return [f"{key}={_flow_yaml(value)}" for key, value in self.params]
 
     def describe(self) -> str:
         return ", ".join(f"{key}={json.dumps(value)}" for key, value in self.params)
+
+
+def _flow_yaml(value: Any) -> str:
+    """``value`` as one line of YAML that reads back as the same value."""
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=float("inf"))
+    text = text.strip()
+    return text.removesuffix("...").strip()
 
 
 def _expand(spec: SweepSpec) -> list[tuple[tuple[str, Any], ...]]:

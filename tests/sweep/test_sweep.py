@@ -10,7 +10,7 @@ import yaml
 
 from moesim.cli import main
 from moesim.errors import ConfigError, MoesimError
-from moesim.sweep import ResultStore, load_sweep, resolve_points, run_sweep
+from moesim.sweep import Point, ResultStore, load_sweep, resolve_points, run_sweep
 from moesim.sweep.executors import run_local
 from tests.conftest import SCENARIOS
 
@@ -197,3 +197,11 @@ def test_the_table_holds_the_sweep_files_points_only(tmp_path):
     rows = pq.read_table(outcome.results).to_pylist()
     assert sorted(r["workload.batch_size"] for r in rows) == [8, 16]
     assert len(ResultStore(tmp_path / "out").done()) == 3  # batch 4's part stays on disk
+
+
+def test_point_overrides_read_back_as_the_values_swept() -> None:
+    """JSON writes 1e-07, which YAML reads as a string: overrides are written as YAML."""
+    values = [1e-07, 1e20, 2.5, 3, "dynamic", {"name": "static", "capacity_factor": 1e-7}, None]
+    point = Point(index=0, params=tuple((f"k{i}", v) for i, v in enumerate(values)))
+    read = [yaml.safe_load(override.split("=", 1)[1]) for override in point.overrides]
+    assert read == values
