@@ -4,9 +4,9 @@ For a candidate's cluster, layout and MoE policies (the scheduler does not chang
 few decode steps at a ladder of sequences per attention group, at the traffic's mean decode
 context, one prompt of the mean length per group prefilled (with the share of its time spent
 outside the experts, which the prompt's own group pays alone), and, for the floors no load can go
-below, one sequence decoding and one prompt of the SLO-percentile length prefilling alone in
-the cluster. A worker runs ``time_steps`` for each distinct set; ``estimate`` turns it into a
-capacity.
+below, one sequence decoding and one prompt of the SLO-percentile length prefilling alone (a
+lone request served: its group alone runs it). A worker runs ``time_steps`` for each
+distinct set; ``estimate`` turns it into a capacity.
 """
 
 from __future__ import annotations
@@ -66,6 +66,28 @@ def _run(base: str, overrides: list[str]) -> Any:
     return result
 
 
+def _lone_prefill_s(base: str, point: Point, prompt: int) -> float:
+    """The prefill of one prompt alone, as serving runs it: in one attention group, the
+    others idle (a fixed batch of one would spread its tokens over every GPU): a lone
+    request's TTFT in the serving simulation, or where serving refuses the candidate, the
+    fixed batch of one prompt."""
+    requests = (
+        "workload.requests={count: 1, arrival: {process: offline}, prompt_tokens: "
+        f"{{distribution: fixed, value: {prompt}}}, output_tokens: "
+        "{distribution: fixed, value: 1}}"
+    )
+    try:
+        return float(_run(base, [*point_overrides(point), requests, "slo=null"]).serving.ttft_s.p50)
+    except MoesimError:  # serving refuses it: the fixed batch of one prompt, spread out
+        pass
+    try:
+        return _run(
+            base, point_overrides(point) + fixed_batch("prefill", 1, prompt, 1)
+        ).latency_s.mean
+    except api.OutOfMemoryError:  # a prompt's activations alone: not servable
+        return float("inf")
+
+
 def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[str, Any]:
     """A candidate's step times and memory (a worker task: never raises; a failure is the
     row's status). Decode stops at the first batch whose KV cache does not fit."""
@@ -93,18 +115,16 @@ def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[s
             decode["kv"].append(max(memory.kv_cache_bytes_per_device))
             decode["activation"].append(max(memory.activation_peak_bytes_per_device))
         prefill, local = [], 1.0
-        for batch, prompt in ((groups, steps.prompts[0]), (1, steps.prompts[1])):
-            try:
-                overrides = point_overrides(point) + fixed_batch("prefill", batch, prompt, 1)
-                result = _run(base, overrides)
-            except api.OutOfMemoryError:  # a prompt's activations alone: not servable
-                prefill.append(float("inf"))
-                continue
+        try:
+            overrides = fixed_batch("prefill", groups, steps.prompts[0], 1)
+            result = _run(base, point_overrides(point) + overrides)
             prefill.append(result.latency_s.mean)
-            if batch == groups:
-                phases = result.time_breakdown_s
-                shared = phases.get("expert", 0.0) + phases.get("transfer", 0.0)
-                local = 1.0 - shared / max(sum(phases.values()), 1e-30)
+            phases = result.time_breakdown_s
+            shared = phases.get("expert", 0.0) + phases.get("transfer", 0.0)
+            local = 1.0 - shared / max(sum(phases.values()), 1e-30)
+        except api.OutOfMemoryError:  # a prompt's activations alone: not servable
+            prefill.append(float("inf"))
+        prefill.append(_lone_prefill_s(base, point, steps.prompts[1]))
         lone = _run(base, point_overrides(point) + fixed_batch("decode", 1, steps.context, 1))
     except api.OutOfMemoryError as error:
         return row | {"status": "out_of_memory", "error": str(error)}
