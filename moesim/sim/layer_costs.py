@@ -60,11 +60,13 @@ def attention_time(
     context: float,
     decode: bool,
     tp: int = 1,
+    queries: int = 1,
 ) -> np.ndarray:
     """One attention block for ``tokens`` tokens that each attend over ``context`` positions,
-    on one of ``tp`` GPUs that split its heads."""
+    on one of ``tp`` GPUs that split its heads; in decode, ``queries`` tokens of a sequence
+    (its next one and drafted ones) read its cache together, once."""
     if costs.gemm is not None:
-        return _measured_attention(model, costs, tokens, context, decode, tp)
+        return _measured_attention(model, costs, tokens, context, decode, tp, queries)
     wb, ab = model.dtype_bytes, model.part_bytes("attention")
     kv_split = min(tp, model.kv_splits)
     params = model.attention_params_per_block / tp
@@ -72,7 +74,7 @@ def attention_time(
     flops = 2.0 * tokens * params + costs.flops_as(core, model.part_dtype("attention"))
     act = tokens * (2 * model.d_model + model.q_dim / tp + model.kv_width / kv_split) * ab
     kv_row = model.kv_width * model.part_bytes("kv_cache") / kv_split
-    kv = tokens * context * kv_row if decode else tokens * kv_row
+    kv = tokens / queries * context * kv_row if decode else tokens * kv_row
     busy = np.asarray(tokens) > 0
     return np.where(busy, costs.op_time(flops, params * wb + act + kv, ATTENTION_LAUNCHES), 0.0)
 
@@ -140,14 +142,22 @@ def lm_head_time(
 
 
 def _measured_attention(
-    model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray, context: float, decode: bool, tp: int
+    model: ModelSpec,
+    costs: DeviceCosts,
+    tokens: np.ndarray,
+    context: float,
+    decode: bool,
+    tp: int,
+    queries: int,
 ) -> np.ndarray:
     """Measured projections; norm, residual, the K/V write and the attention core as ops."""
     ab, d = model.dtype_bytes, model.d_model
     q, kv = model.q_dim // tp, model.kv_width // min(tp, model.kv_splits)
     projections = costs.matmul_time(tokens, d, q + kv) + costs.matmul_time(tokens, q, d)
-    read = tokens * context * kv * ab if decode else tokens * kv * ab
-    flops = 2.0 * tokens * context * core_width(model, decode) / tp
+    kv_bytes = model.part_bytes("kv_cache")
+    read = tokens / queries * context * kv * kv_bytes if decode else tokens * kv * kv_bytes
+    core = 2.0 * tokens * context * core_width(model, decode) / tp
+    flops = costs.flops_as(core, model.part_dtype("attention"))
     core = costs.attention_core_time(flops, read, read + 2.0 * tokens * q * ab, decode)
     # norm, the K/V write (decode), heads back to rows, residual
     glue = costs.op_time(0.0, 5.0 * tokens * d * ab + decode * tokens * kv * ab, 3 + decode)

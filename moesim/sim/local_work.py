@@ -138,7 +138,8 @@ def local_work(
     encoder = scenario.stack() == "encoder"
     context = workload.seq_len if (decode or encoder) else (workload.seq_len + 1) / 2
     group_G, tp = layout.group_sum(tokens_G), layout.attention_tp
-    attention_G = attention_time(model, costs, group_G, context, decode, tp)
+    queries = 1 + (workload.mtp.tokens if workload.mtp is not None else 0)
+    attention_G = attention_time(model, costs, group_G, context, decode, tp, queries)
     if model.architecture == "encoder-decoder" and not encoder:
         attention_G = attention_G + attention_time(
             model, costs, group_G, workload.seq_len, True, tp

@@ -79,6 +79,8 @@ def kv_cache_bytes(scenario: Scenario, tokens_G: np.ndarray) -> np.ndarray:
     model, workload = scenario.model, scenario.workload
     layout = Layout.of(scenario)
     tokens_G = layout.group_sum(tokens_G) / min(layout.attention_tp, model.kv_splits)
+    if workload.mtp is not None:  # a sequence's drafted positions share its cache
+        tokens_G = tokens_G / (1 + workload.mtp.tokens)
     if workload.phase == "prefill" and scenario.stack() == "encoder":
         return (tokens_G * model.d_model * model.dtype_bytes).astype(np.float64)
     ab = model.part_bytes("kv_cache")

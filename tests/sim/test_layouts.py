@@ -166,8 +166,11 @@ def test_multi_token_prediction_verifies_drafts_and_emits_the_accepted_ones() ->
         workload=workload(batch_size=4, mtp={"tokens": 2, "acceptance": 0.5}),
     )
     assert mtp.workload.tokens_per_step == 4 * 3  # each sequence's next token and 2 drafts
-    result = run(mtp)[0]
+    result, records = run(mtp)
     assert result.tokens.routed == 2 * 12 * 1  # 2 MoE layers, top-1
+    # the drafts share their sequence's cache: the KV memory of 4 sequences, as without MTP
+    plain_kv = run(_scenario())[1].devices.kv_cache_bytes
+    np.testing.assert_array_equal(records.devices.kv_cache_bytes, plain_kv)
     # 1 + 0.5 + 0.25 tokens per sequence per step on average
     step = result.latency_s.mean
     assert result.output_tokens_per_s == pytest.approx(4 * 1.75 / step)
