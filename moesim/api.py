@@ -16,6 +16,7 @@ from moesim.metrics import Result, RunRecords, chrome_trace
 from moesim.policies import PlacementPlan, plan_placement, save_eplb
 from moesim.sim import OutOfMemoryError, simulate
 from moesim.sim.engine import StepCallback
+from moesim.sim.layout import Layout
 from moesim.sim.serving import simulate_serving
 from moesim.sim.serving_groups import kv_cache
 from moesim.workload import read_trace, request_table
@@ -44,7 +45,8 @@ def check_trace_files(scenario: Scenario) -> None:
 def serving_kv_blocks(scenario: Scenario) -> np.ndarray:
     """The KV blocks of each attention group (GPU) of a serving scenario, as the simulator
     sizes them from the profile: the reference executor serves with the same cache."""
-    return kv_cache(scenario, plan_placement(scenario), request_table(scenario)).blocks_A
+    ranks = Layout.of(scenario).view(scenario)
+    return kv_cache(scenario, plan_placement(ranks), request_table(scenario)).blocks_A
 
 
 def run(

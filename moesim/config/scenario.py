@@ -348,7 +348,8 @@ class Scenario(Frozen):
 
     def _check_layout(self) -> None:
         """A layout the model cannot take: TP that does not divide the heads (or the FFNs),
-        expert ranks that do not split the experts, TP groups that straddle NVLink domains."""
+        TP groups that straddle NVLink domains (placement refuses expert ranks that cannot
+        hold its slots evenly where it needs them)."""
         model, cluster = self.model, self.cluster
         attention_tp, expert_tp = cluster.parallel.attention_tp, cluster.parallel.expert_tp
         if model.heads % attention_tp:

@@ -224,14 +224,16 @@ def simulate(
             routed = layers * workload.tokens_per_step * model.top_k
             expert_bytes = model.expert_params * model.dtype_bytes
             collected.steps.append(
-                timing.records(
-                    start_N,
-                    workload.tokens_per_step,
-                    routed,
-                    latency_N=latency_N,
-                    breakdown_NP=breakdown_NP,
-                    cache_NC=cache_NC,
-                    expert_bytes=float(expert_bytes),
+                layout.gpu_steps(
+                    timing.records(
+                        start_N,
+                        workload.tokens_per_step,
+                        routed,
+                        latency_N=latency_N,
+                        breakdown_NP=breakdown_NP,
+                        cache_NC=cache_NC,
+                        expert_bytes=float(expert_bytes),
+                    )
                 )
             )
             collected.expert_tokens_LG += timing.tokens_NLG.sum(axis=0)
@@ -247,7 +249,7 @@ def simulate(
         weights_bytes=weights_G,
         kv_cache_bytes=kv_G,
         activation_peak_bytes=layout.to_gpus(collected.activation_G),
-        expert_tokens_LG=layout.to_gpus(collected.expert_tokens_LG),
+        expert_tokens_LG=layout.share_gpus(collected.expert_tokens_LG),
         expert_weights_bytes=layout.to_gpus(expert_weights_bytes(ranks, plan)),
     )
     cache = scenario.policies.cache

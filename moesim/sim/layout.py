@@ -14,12 +14,13 @@ all-reduce of the rank's rows over its GPUs. ``1, 1`` is the identity.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from moesim.config import LinkSpec, Scenario
 from moesim.hardware import allreduce_time
+from moesim.metrics import StepRecords
 
 __all__ = ["Layout"]
 
@@ -55,7 +56,8 @@ class Layout:
                 "nodes": self.ranks // domain,
                 "gpus_per_node": domain,
                 "nvlink_domain": None,
-                "parallel": cluster.parallel.model_copy(update={"expert_tp": 1}),
+                # one device per rank: its attention groups are the GPUs' business
+                "parallel": cluster.parallel.model_copy(update={"attention_tp": 1, "expert_tp": 1}),
             }
         )
         return scenario.model_copy(
@@ -82,6 +84,24 @@ class Layout:
     def to_gpus(self, values_V: np.ndarray) -> np.ndarray:
         """Per GPU, its rank's value (last axis)."""
         return values_V if self.expert_tp == 1 else np.repeat(values_V, self.expert_tp, axis=-1)
+
+    def share_gpus(self, values_V: np.ndarray) -> np.ndarray:
+        """Per GPU, its share of its rank's expert work (last axis): each of the rank's GPUs
+        computes a ``1/expert_tp`` slice of every row."""
+        return self.to_gpus(values_V) / self.expert_tp if self.expert_tp > 1 else values_V
+
+    def gpu_steps(self, steps: StepRecords) -> StepRecords:
+        """Step rows of the expert ranks as the GPUs see them: every GPU of a rank sends the
+        rank's rows through its own port (``expert_tp`` times the bytes), and the busiest
+        GPU's expert tokens are its share of the busiest rank's."""
+        x = self.expert_tp
+        if x == 1:
+            return steps
+        return replace(
+            steps,
+            alltoall_bytes_NK=steps.alltoall_bytes_NK * x,
+            busiest_tokens_NL=steps.busiest_tokens_NL / x,
+        )
 
     def link(self, scenario: Scenario, tp: int) -> LinkSpec | None:
         """The link a group of ``tp`` consecutive GPUs all-reduces over: NVLink inside a

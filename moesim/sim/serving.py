@@ -180,7 +180,7 @@ def _devices(scenario: Scenario, kv: KVCache, stepper: Stepper) -> DeviceRecords
         weights_bytes=kv.weights_G,
         kv_cache_bytes=blocks_G * params.block_tokens * kv_bytes_per_token(scenario),
         activation_peak_bytes=kv.activation_G,
-        expert_tokens_LG=layout.to_gpus(stepper.expert_tokens_LG),
+        expert_tokens_LG=layout.share_gpus(stepper.expert_tokens_LG),
         expert_weights_bytes=layout.to_gpus(
             expert_weights_bytes(layout.view(scenario), stepper.plan)
         ),

@@ -247,7 +247,7 @@ class Stepper:
         model, cluster = scenario.model, scenario.cluster
         layout = Layout.of(scenario)
         ranks = layout.view(scenario)  # the sources and destinations of the all-to-alls
-        self.scenario, self.groups = scenario, groups
+        self.scenario, self.groups, self.layout = scenario, groups, layout
         self.ranks = layout.ranks
         self.costs = DeviceCosts.from_profile(cluster.device, model.dtype)
         self.topology = build_topology(cluster, layout.expert_tp)
@@ -315,7 +315,8 @@ class Stepper:
         if not shape.prefill_G.any():
             self.decode_latency_s = float(timing.latency_N[-1])
         routed = self.layers * tokens * self.scenario.model.top_k
-        return Timed(timing.records(np.zeros(steps), tokens, routed), timing.tokens_NLG)
+        records = timing.records(np.zeros(steps), tokens, routed)
+        return Timed(self.layout.gpu_steps(records), timing.tokens_NLG)
 
     def keep(self, timed: Timed, shape: StepShape) -> None:
         """Commit the steps of ``timed`` (the first ones drawn) as run."""

@@ -55,7 +55,12 @@ def test_expert_tp_is_expert_parallelism_over_ranks_with_narrower_ffns() -> None
     narrow, _ = run(_scenario(gpus=2, model={**MODEL, "d_ffn": MODEL["d_ffn"] // 2}))
     for phase in ("gate", "alltoall", "expert"):
         assert split.time_breakdown_s[phase] == pytest.approx(narrow.time_breakdown_s[phase])
-    assert split.alltoall_bytes == narrow.alltoall_bytes
+    # each of a rank's 2 GPUs sends the rank's rows through its own port
+    assert split.alltoall_bytes == 2 * narrow.alltoall_bytes
+    # each GPU computes half of its rank's rows: the shares add up to the rows routed
+    assert sum(map(sum, split.placement.gpu_tokens_by_layer)) == pytest.approx(
+        sum(map(sum, narrow.placement.gpu_tokens_by_layer))
+    )
     assert split.time_breakdown_s["allreduce"] == pytest.approx(2 * _switched_allreduce(2, 2))
 
 
