@@ -172,6 +172,20 @@ class ModelSpec(Frozen):
         kv_proj = self.kv_width  # K and V projections together
         return self.d_model * self.q_dim + self.d_model * kv_proj + self.q_dim * self.d_model
 
+    def attention_params_per_gpu(self, tp: int) -> float:
+        """One attention block's parameters on each of ``tp`` GPUs that split its heads:
+        per-head projections split ``tp`` ways, K/V projections ``min(tp, kv_splits)`` ways,
+        MLA's down-projections (to the query and the KV latent) whole on every GPU."""
+        total = self.attention_params_per_block
+        if tp == 1 or self.attention_params is not None:
+            return total / tp
+        d = self.d_model
+        if (mla := self.mla) is not None:
+            whole = d * mla.q_lora_rank + d * self.kv_width
+            return whole + (total - whole) / tp
+        kv = d * self.kv_width
+        return (total - kv) / tp + kv / min(tp, self.kv_splits)
+
     @property
     def expert_params(self) -> int:
         return self.ffn_matrices * self.d_model * self.d_ffn

@@ -69,7 +69,7 @@ def attention_time(
         return _measured_attention(model, costs, tokens, context, decode, tp, queries)
     wb, ab = model.dtype_bytes, model.part_bytes("attention")
     kv_split = min(tp, model.kv_splits)
-    params = model.attention_params_per_block / tp
+    params = model.attention_params_per_gpu(tp)
     core = 2.0 * tokens * context * core_width(model, decode) / tp
     flops = 2.0 * tokens * params + costs.flops_as(core, model.part_dtype("attention"))
     act = tokens * (2 * model.d_model + model.q_dim / tp + model.kv_width / kv_split) * ab

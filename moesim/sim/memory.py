@@ -61,8 +61,11 @@ def non_expert_bytes(scenario: Scenario) -> float:
     model, parallel = scenario.model, scenario.cluster.parallel
     a, x = parallel.attention_tp, parallel.expert_tp
     parts = model.non_expert_parts()
-    split = {"embedding": a, "attention": a, "dense": a, "router": 1, "shared": x}
-    return sum(parts[name] / split[name] for name in parts) * float(model.dtype_bytes)
+    split = {"embedding": a, "dense": a, "router": 1, "shared": x}
+    rest = sum(parts[name] / split[name] for name in split)
+    blocks = parts["attention"] / model.attention_params_per_block
+    attention = blocks * model.attention_params_per_gpu(a)
+    return (attention + rest) * float(model.dtype_bytes)
 
 
 def weights_bytes(scenario: Scenario, plan: PlacementPlan) -> np.ndarray:

@@ -86,6 +86,8 @@ def test_mla_latent_cache_replicates_across_tensor_parallel_ranks() -> None:
     model = {**MODEL, "mla": mla}
     _, dp = run(_scenario(model=model))
     _, tp = run(_scenario(model=model, attention_tp=2))
+    # 4x4 + 4x8 down-projections whole on each GPU, the 32 + 48 + 16 per-head ones halved
+    assert _scenario(model=model).model.attention_params_per_gpu(2) == 48 + 96 / 2
     # each GPU of the group caches all 4 sequences' latents (6 + 2 wide): twice DP's 2
     assert tp.devices.kv_cache_bytes.tolist() == [4 * 8 * 4 * 2] * 2
     assert dp.devices.kv_cache_bytes.tolist() == [2 * 8 * 4 * 2] * 2
