@@ -17,7 +17,7 @@ from moesim.config import Scenario
 from moesim.hardware import KINDS, DeviceCosts, Topology
 from moesim.metrics import PHASES, StepRecords, load_imbalance
 from moesim.policies import GatingOutcome, PlacementPlan
-from moesim.sim.local_work import LocalWork
+from moesim.sim.local_work import LocalWork, share
 from moesim.sim.memory import activation_bytes
 from moesim.sim.overlap import TwoBatchTimeline, two_batch
 from moesim.sim.traffic import (
@@ -107,16 +107,17 @@ def time_chunk(
     counts_NLGU: np.ndarray | None = None,
     source_T: np.ndarray | None = None,
     attention_NG: np.ndarray | None = None,
-    micro_batch: LocalWork | None = None,
-    micro_attention_NG: np.ndarray | None = None,
+    micro_batch: tuple[LocalWork, LocalWork] | None = None,
+    micro_attention_NG: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ChunkTiming:
     """Durations of a chunk from its gating outcome and its routing in placement slots, at
     token level (``units_NLTK`` with each token's GPU ``source_T``) or count level
     (``counts_NLGU``); ``attention_NG``: each step's attention block seconds per GPU, where
     they differ from ``local``'s (a serving stretch, whose contexts grow); ``micro_batch``:
-    the local work of half the step's tokens, to time the step as two overlapped micro-batches
+    the local work of each half of the step's tokens (``local_work.share``), to time the
+    step as two overlapped micro-batches
     (``sim/overlap``; the breakdown then gives the compute stream's phases and, as
-    ``alltoall``, the communication left exposed), ``micro_attention_NG`` its attention per
+    ``alltoall``, the communication left exposed), ``micro_attention_NG`` their attention per
     step where it differs from ``micro_batch``'s."""
     model = scenario.model
     n, layers, _units = outcome.tokens_NLE.shape
@@ -174,19 +175,24 @@ def time_chunk(
     latency_N = breakdown_NP.sum(axis=1)
     timeline = None
     if micro_batch is not None:  # two micro-batches of half the rows each, overlapped
-        half_in, half_out = _half(ingress), _half(egress)
-        expert_h_NLG = plan.per_gpu_sum(local.expert_time(_half(outcome.slots_NLE)))
-        expert_h_NLG = expert_h_NLG + micro_batch.shared_G
-        expert_h_NLG = expert_h_NLG + local.expert_launch_s * (slots_NLG > 0)
-        expert_h_NL = expert_h_NLG.max(axis=-1) if layers else np.zeros((n, 0))
-        timeline, breakdown_NP = _two_batch(
-            scenario,
-            micro_batch,
-            micro_attention_NG,
-            count_NL + alltoall(half_out, half_in, dispatch_row),
-            expert_h_NL,
-            alltoall(half_out, half_in, combine_row),
-        )
+        attention_M = micro_attention_NG or (None, None)
+        parts = []
+        for part, work in enumerate(micro_batch):
+            out, into = share(egress, 2, part), share(ingress, 2, part)
+            slots_NLE = share(outcome.slots_NLE, 2, part)
+            expert_NLG = plan.per_gpu_sum(local.expert_time(slots_NLE)) + work.shared_G
+            busy_NLG = plan.per_gpu_sum(slots_NLE) > 0
+            expert_NLG = expert_NLG + local.expert_launch_s * busy_NLG
+            parts.append(
+                _MicroBatch(
+                    work,
+                    attention_M[part],
+                    count_NL + alltoall(out, into, dispatch_row),
+                    expert_NLG.max(axis=-1) if layers else np.zeros((n, 0)),
+                    alltoall(out, into, combine_row),
+                )
+            )
+        timeline, breakdown_NP = _two_batch(scenario, parts)
         latency_N = timeline.latency_N
 
     sent_NLG = egress.sum(axis=0)
@@ -224,36 +230,38 @@ def time_chunk(
     )
 
 
-def _half(rows: np.ndarray) -> np.ndarray:
-    """One micro-batch's share of whole rows (rounded up)."""
-    return -(-rows // 2)
+@dataclass(frozen=True)
+class _MicroBatch:
+    """One micro-batch's local work (and attention per step, where it differs) and its
+    per-layer dispatch (count exchange included), slowest experts and combine."""
+
+    work: LocalWork
+    attention_NG: np.ndarray | None
+    dispatch_NL: np.ndarray
+    expert_NL: np.ndarray
+    combine_NL: np.ndarray
 
 
-def _two_batch(
-    scenario: Scenario,
-    micro_batch: LocalWork,
-    attention_NG: np.ndarray | None,
-    dispatch_NL: np.ndarray,
-    expert_NL: np.ndarray,
-    combine_NL: np.ndarray,
-) -> tuple[TwoBatchTimeline, np.ndarray]:
+def _two_batch(scenario: Scenario, parts: list[_MicroBatch]) -> tuple[TwoBatchTimeline, np.ndarray]:
     """The two micro-batches' timeline and the step's breakdown: the compute stream's
     phases, and as ``alltoall`` the communication left exposed. Compute runs on the SMs the
     communication kernels leave (``comm_sm_fraction``; for the whole step, as in steady
     state one micro-batch is always communicating)."""
-    n, layers = dispatch_NL.shape
+    n, layers = parts[0].dispatch_NL.shape
     slower = 1.0 / (1.0 - getattr(scenario.policies.overlap, "comm_sm_fraction", 0.0))
-    pre_NL = np.broadcast_to(
-        micro_batch.pre_XLG(attention_NG).max(axis=-1, initial=0.0), (n, layers)
-    )
+
+    def pre_NL(part: _MicroBatch) -> np.ndarray:
+        pre_XL = part.work.pre_XLG(part.attention_NG).max(axis=-1, initial=0.0)
+        return np.broadcast_to(pre_XL, (n, layers))
+
     timeline = two_batch(
-        slower * pre_NL,
-        dispatch_NL,
-        slower * expert_NL,
-        combine_NL,
-        np.full(n, slower * micro_batch.tail_G.max()),
+        slower * np.stack([pre_NL(p) for p in parts]),
+        np.stack([p.dispatch_NL for p in parts]),
+        slower * np.stack([p.expert_NL for p in parts]),
+        np.stack([p.combine_NL for p in parts]),
+        slower * np.stack([np.full(n, p.work.tail_G.max()) for p in parts]),
     )
-    breakdown_NP = 2 * _compute_breakdown(micro_batch, attention_NG, expert_NL, n)
+    breakdown_NP = sum(_compute_breakdown(p.work, p.attention_NG, p.expert_NL, n) for p in parts)
     breakdown_NP[:, _COMPUTE] *= slower
     exposed = timeline.latency_N - breakdown_NP.sum(axis=1)
     breakdown_NP[:, _ALLTOALL] = np.maximum(exposed, 0.0)

@@ -165,7 +165,7 @@ def simulate(
                 )
                 local = local_work(*work)
                 if micro_batches > 1:
-                    micro_batch = local_work(*work, parts=micro_batches)
+                    micro_batch = tuple(local_work(*work, parts=2, part=i) for i in (0, 1))
             timing = time_chunk(
                 ranks,
                 costs,

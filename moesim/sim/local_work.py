@@ -18,7 +18,14 @@ from moesim.hardware import DeviceCosts
 from moesim.sim.layer_costs import attention_time, ffn_time, gate_time, lm_head_time
 from moesim.sim.layout import Layout
 
-__all__ = ["LocalWork", "expert_table", "lm_head_tokens", "local_work", "work_around"]
+__all__ = [
+    "LocalWork",
+    "expert_table",
+    "lm_head_tokens",
+    "local_work",
+    "share",
+    "work_around",
+]
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,12 @@ def lm_head_tokens(scenario: Scenario, tokens_G: np.ndarray, source_T: np.ndarra
     return np.bincount(source_T[last_T], minlength=tokens_G.size)
 
 
+def share(values: np.ndarray, parts: int, part: int) -> np.ndarray:
+    """Micro-batch ``part`` of ``parts``'s share of whole counts: the first ones get the
+    remainder (5 in 2: 3 and 2)."""
+    return (np.asarray(values) + parts - 1 - part) // parts
+
+
 def local_work(
     scenario: Scenario,
     costs: DeviceCosts,
@@ -123,16 +136,17 @@ def local_work(
     einsum: bool,
     units: int | None = None,
     parts: int = 1,
+    part: int = 0,
 ) -> LocalWork:
     """Each device's local work in a fixed-batch step from each GPU's tokens ``tokens_G``
     (``source_T``: each token's GPU); ``capacity_G``: static slots per expert rank;
     ``units``: the placement's expert slots (replicas included); ``parts``: the step runs as
-    that many micro-batches, each with this share of every GPU's tokens (rounded up)."""
+    that many micro-batches, of which this is number ``part`` (``share``)."""
     model, workload = scenario.model, scenario.workload
-    lm_tokens_G = -(-lm_head_tokens(scenario, tokens_G, source_T) // parts)
-    tokens_G = -(-tokens_G // parts)
+    lm_tokens_G = share(lm_head_tokens(scenario, tokens_G, source_T), parts, part)
+    tokens_G = share(tokens_G, parts, part)
     if capacity_G is not None:
-        capacity_G = -(-capacity_G // parts)
+        capacity_G = share(capacity_G, parts, part)
     layout = Layout.of(scenario)
     decode = workload.phase == "decode"
     encoder = scenario.stack() == "encoder"

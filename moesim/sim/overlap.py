@@ -7,7 +7,7 @@ communication ops take the communication stream in the order dispatch 0, dispatc
 combine 1; each op also waits for the op before it in its own micro-batch (DeepSeek's dual
 micro-batch and SGLang's two-batch overlap schedule). After the last layer each micro-batch
 runs its tail (dense layers, LM head). The two micro-batches are the step's tokens halved on
-every GPU, so both take the same durations; arrays are over steps ``N`` and layers ``L``.
+every GPU (the first gets the odd one); arrays are over steps ``N`` and layers ``L``.
 """
 
 from __future__ import annotations
@@ -40,27 +40,32 @@ class TwoBatchTimeline:
     start_NLO: np.ndarray
     duration_NLO: np.ndarray
     tail_start_NM: np.ndarray
-    tail_duration_N: np.ndarray
+    tail_duration_NM: np.ndarray
     latency_N: np.ndarray
 
 
 def two_batch(
-    pre_NL: np.ndarray,
-    dispatch_NL: np.ndarray,
-    expert_NL: np.ndarray,
-    combine_NL: np.ndarray,
-    tail_N: np.ndarray,
+    pre_MNL: np.ndarray,
+    dispatch_MNL: np.ndarray,
+    expert_MNL: np.ndarray,
+    combine_MNL: np.ndarray,
+    tail_MN: np.ndarray,
 ) -> TwoBatchTimeline:
-    """The schedule of two micro-batches of one micro-batch's durations each (module doc)."""
-    n, layers = pre_NL.shape
+    """The schedule of two micro-batches ``M`` (module doc); each argument gives both
+    micro-batches' durations, or one set that both take (it broadcasts)."""
+    n, layers = np.shape(pre_MNL)[-2:]
     start_NLO = np.zeros((n, layers, len(OPS)))
     duration = {
-        "attention+router": pre_NL,
-        "dispatch": dispatch_NL,
-        "expert": expert_NL,
-        "combine": combine_NL,
+        name: np.broadcast_to(values, (2, n, layers))
+        for name, values in (
+            ("attention+router", pre_MNL),
+            ("dispatch", dispatch_MNL),
+            ("expert", expert_MNL),
+            ("combine", combine_MNL),
+        )
     }
-    duration_NLO = np.stack([duration[name] for name, _, _ in OPS], axis=-1)
+    duration_NLO = np.stack([duration[name][batch] for name, _, batch in OPS], axis=-1)
+    tail_2N = np.broadcast_to(tail_MN, (2, n))
     free = {"compute": np.zeros(n), "comm": np.zeros(n)}
     done_M = [np.zeros(n), np.zeros(n)]  # when each micro-batch's previous op ended
     for layer in range(layers):
@@ -71,5 +76,5 @@ def two_batch(
     tail_start_NM = np.zeros((n, 2))
     for batch in (0, 1):
         tail_start_NM[:, batch] = np.maximum(free["compute"], done_M[batch])
-        free["compute"] = tail_start_NM[:, batch] + tail_N
-    return TwoBatchTimeline(start_NLO, duration_NLO, tail_start_NM, tail_N, free["compute"])
+        free["compute"] = tail_start_NM[:, batch] + tail_2N[batch]
+    return TwoBatchTimeline(start_NLO, duration_NLO, tail_start_NM, tail_2N.T, free["compute"])

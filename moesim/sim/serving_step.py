@@ -25,7 +25,7 @@ from moesim.policies import DynamicGating, PlacementPlan, StaticGating, StepPlan
 from moesim.sim.chunk import ChunkTiming, time_chunk
 from moesim.sim.layer_costs import attention_time
 from moesim.sim.layout import Layout
-from moesim.sim.local_work import LocalWork, expert_table, work_around
+from moesim.sim.local_work import LocalWork, expert_table, share, work_around
 from moesim.sim.serving_groups import Groups
 from moesim.sim.serving_routing import ServingRouting
 
@@ -66,13 +66,14 @@ class StepShape:
         """The group of each of the step's tokens, group by group."""
         return np.repeat(np.arange(self.tokens_G.size), self.tokens_G)
 
-    def halved(self) -> StepShape:
-        """One micro-batch of two: half of every group's tokens (rounded up)."""
+    def half(self, part: int) -> StepShape:
+        """Micro-batch ``part`` of two: its half of every group's tokens (the first gets the
+        odd one)."""
         return replace(
             self,
-            prefill_G=-(-self.prefill_G // 2),
-            decode_G=-(-self.decode_G // 2),
-            logits_G=-(-self.logits_G // 2),
+            prefill_G=share(self.prefill_G, 2, part),
+            decode_G=share(self.decode_G, 2, part),
+            logits_G=share(self.logits_G, 2, part),
         )
 
 
@@ -157,15 +158,17 @@ def time_step(
     if expert_by_rows is None or expert_by_rows.size <= needed:
         expert_by_rows = expert_table(ranks, costs, tokens_V, outcome.capacity_G)
 
-    def local(step: StepShape, attention_G: np.ndarray, parts: int = 1) -> LocalWork:
+    def local(step: StepShape, attention_G: np.ndarray, part: int | None = None) -> LocalWork:
         capacity = outcome.capacity_G
+        if capacity is not None and part is not None:
+            capacity = share(capacity, 2, part)
         return work_around(
             scenario,
             costs,
             gpu_shares(step.tokens_G, layout.attention_tp),
             attention_G,
             gpu_shares(step.logits_G, layout.attention_tp),
-            capacity if capacity is None or parts == 1 else -(-capacity // parts),
+            capacity,
             outcome.einsum_dispatch,
             plan.units,
             expert_by_rows,
@@ -173,10 +176,13 @@ def time_step(
 
     micro_batch = micro_attention_NG = None
     if OVERLAP.build(scenario.policies.overlap).micro_batches > 1:
-        half = shape.halved()
-        micro_attention_NG = _attention(scenario, costs, half, routing.shape[0])
-        micro_batch = local(half, micro_attention_NG[0], parts=2)
-        micro_attention_NG = layout.rank_max(micro_attention_NG)
+        halves = [shape.half(part) for part in (0, 1)]
+        attention_M = [_attention(scenario, costs, h, routing.shape[0]) for h in halves]
+        micro_batch = tuple(
+            local(h, a[0], part)
+            for part, (h, a) in enumerate(zip(halves, attention_M, strict=True))
+        )
+        micro_attention_NG = tuple(layout.rank_max(a) for a in attention_M)
     return time_chunk(
         ranks,
         costs,

@@ -100,8 +100,8 @@ def _two_batch_spans(
                 label = f"{name} (micro-batch {batch})"
                 start = start_s + starts_LO[layer, o]
                 rows += [(gpu, stream, label, layer, start, seconds) for gpu in range(gpus)]
-    tail = timeline.tail_duration_N[index]
     for batch in (0, 1):
+        tail = timeline.tail_duration_NM[index, batch]
         if tail > 0:
             start = start_s + timeline.tail_start_NM[index, batch]
             label = f"tail (micro-batch {batch})"

@@ -7,7 +7,7 @@ import pytest
 from moesim.api import run
 from moesim.metrics import PHASES
 from moesim.sim.overlap import OPS, two_batch
-from tests.conftest import TINY_MODEL, make_scenario, workload
+from tests.conftest import SIMPLE_PROFILE, TINY_MODEL, make_scenario, workload
 
 
 def _one(value: float, layers: int = 1) -> np.ndarray:
@@ -83,3 +83,22 @@ def test_communication_kernels_holding_sms_slow_the_compute_beside_them() -> Non
     compute = [PHASES.index(p) for p in ("attention", "gate", "expert", "other")]
     # on half the SMs every compute phase takes twice as long
     np.testing.assert_allclose(shared[:, compute], 2 * free[:, compute], rtol=1e-12)
+
+
+def test_a_gpu_with_one_token_runs_it_in_one_micro_batch_only() -> None:
+    """Micro-batches split every GPU's tokens 1 and 0: the second is empty, so on one GPU
+    (nothing to hide) two-batch costs exactly what one batch does."""
+
+    def latency(overlap: str, batch: int) -> float:
+        scenario = make_scenario(
+            model={**TINY_MODEL, "moe_every": 1},
+            cluster={"nodes": 1, "gpus_per_node": 1, "device": SIMPLE_PROFILE},
+            workload=workload(batch_size=batch, steps=1),
+            policies={"overlap": {"name": overlap}},
+        )
+        return run(scenario)[0].latency_s.mean
+
+    assert latency("two_batch", 1) == pytest.approx(latency("none", 1), rel=1e-12)
+    # 3 tokens: micro-batches of 2 and 1; on this profile work is linear in the tokens (no
+    # launches, free memory), so the split costs nothing either (rounding both up: 4 tokens)
+    assert latency("two_batch", 3) == pytest.approx(latency("none", 3), rel=1e-12)
