@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     Field,
-    SerializeAsAny,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from moesim.config.cluster import MAX_GPUS, ClusterSpec
 from moesim.config.fields import Frozen
-from moesim.config.hardware import HardwareProfile
 from moesim.config.model import ModelSpec
-from moesim.config.parallel import ParallelSpec
-from moesim.config.registry import (
-    CACHE,
-    GATING,
-    OVERLAP,
-    PLACEMENT,
-    SCHEDULER,
-    PolicyParams,
-    Registry,
-)
+from moesim.config.policies import PoliciesSpec
 from moesim.config.serving import RequestsSpec, SloSpec
 
 __all__ = [
@@ -42,7 +31,6 @@ __all__ = [
 ]
 
 
-MAX_GPUS = 8192  # count-level routing and per-GPU traffic grow with G x E per layer
 # Each step is a row of result.json's per-step table (about 115 bytes) and costs about 0.1 to
 # 3 ms of wall time (tiny to 8192-GPU scenarios); a fixed batch's metrics settle far sooner.
 MAX_STEPS = 100_000
@@ -53,46 +41,6 @@ COUNT_CELL_COST = 4
 # Below this many token draws per layer a step costs microseconds at token level, which is
 # exact for every downstream use (reference replay, traces, per-token accounting).
 MIN_COUNT_LEVEL_DRAWS = 1 << 14
-
-
-class ClusterSpec(Frozen):
-    """``nodes`` of ``gpus_per_node`` GPUs; ``nvlink_domain`` GPUs share NVLink (default a
-    node; 72 for a GB200 NVL72 rack of 18 four-GPU trays); ``parallel``: the layout."""
-
-    nodes: int = Field(default=1, ge=1)
-    gpus_per_node: int = Field(default=8, ge=1)
-    device: HardwareProfile
-    nvlink_domain: int | None = Field(default=None, ge=1)
-    parallel: ParallelSpec = Field(default_factory=ParallelSpec)
-
-    @model_validator(mode="after")
-    def _size(self) -> ClusterSpec:
-        if self.gpus > MAX_GPUS:
-            raise ValueError(f"{self.gpus} GPUs; moesim models at most {MAX_GPUS}")
-        domain = self.domain
-        if domain > self.gpus:
-            raise ValueError(f"nvlink_domain is {domain} GPUs, more than the cluster's {self.gpus}")
-        if domain % self.gpus_per_node or self.gpus % domain:
-            raise ValueError(
-                f"nvlink_domain ({domain}) must be a whole number of nodes "
-                f"({self.gpus_per_node} GPUs each) and divide the cluster's {self.gpus} GPUs"
-            )
-        for name in ("attention_tp", "expert_tp"):
-            tp = getattr(self.parallel, name)
-            if self.gpus % tp:
-                raise ValueError(
-                    f"parallel.{name} ({tp}) does not divide the cluster's {self.gpus} GPUs"
-                )
-        return self
-
-    @property
-    def gpus(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-    @property
-    def domain(self) -> int:
-        """GPUs per NVLink domain."""
-        return self.nvlink_domain or self.gpus_per_node
 
 
 class SyntheticRouting(Frozen):
@@ -218,73 +166,6 @@ class WorkloadSpec(Frozen):
         if self.batch_size is None:
             raise ValueError("a serving step's tokens follow its plan")
         return self.batch_size * (self.mtp.expected_tokens if self.mtp is not None else 1.0)
-
-
-def _policy(registry: Registry[Any], raw: Any) -> PolicyParams:
-    try:
-        return registry.validate(raw)
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        raise PydanticCustomError(
-            "policy", "{message}", {"message": first["msg"], "field": field}
-        ) from None
-    except ValueError as error:
-        raise PydanticCustomError("policy", "{message}", {"message": str(error)}) from None
-
-
-class PoliciesSpec(Frozen):
-    gating: SerializeAsAny[PolicyParams] = Field(default_factory=lambda: GATING.validate("dynamic"))
-
-    placement: SerializeAsAny[PolicyParams] = Field(
-        default_factory=lambda: PLACEMENT.validate("contiguous")
-    )
-
-    cache: SerializeAsAny[PolicyParams] = Field(default_factory=lambda: CACHE.validate("none"))
-
-    scheduler: SerializeAsAny[PolicyParams] = Field(
-        default_factory=lambda: SCHEDULER.validate("continuous")
-    )
-
-    overlap: SerializeAsAny[PolicyParams] = Field(default_factory=lambda: OVERLAP.validate("none"))
-
-    alltoall: Literal["direct", "hierarchical"] = Field(
-        default="direct",
-        description="direct: every token-expert row travels to its expert's GPU; "
-        "hierarchical: a token crosses the network once per remote NVLink domain it needs "
-        "and is forwarded over NVLink inside it (DeepEP's normal kernels)",
-    )
-
-    expert_kernel: Literal["loop", "grouped"] = Field(
-        default="loop",
-        description="loop: each local expert's FFN is its own kernels (fairseq, the reference "
-        "executor); grouped: one grouped GEMM per GPU and layer (vLLM fused_moe, DeepGEMM)",
-    )
-
-    @field_validator("overlap", mode="before")
-    @classmethod
-    def _overlap(cls, raw: Any) -> PolicyParams:
-        return _policy(OVERLAP, raw)
-
-    @field_validator("gating", mode="before")
-    @classmethod
-    def _gating(cls, raw: Any) -> PolicyParams:
-        return _policy(GATING, raw)
-
-    @field_validator("cache", mode="before")
-    @classmethod
-    def _cache(cls, raw: Any) -> PolicyParams:
-        return _policy(CACHE, raw)
-
-    @field_validator("placement", mode="before")
-    @classmethod
-    def _placement(cls, raw: Any) -> PolicyParams:
-        return _policy(PLACEMENT, raw)
-
-    @field_validator("scheduler", mode="before")
-    @classmethod
-    def _scheduler(cls, raw: Any) -> PolicyParams:
-        return _policy(SCHEDULER, raw)
 
 
 class Scenario(Frozen):

@@ -22,9 +22,11 @@ _LAYER_TABLE_BITS = 16  # per-layer tables (fitted skews): 2**-16 granularity, 1
 
 
 def zipf_weights(num_experts: int, skew: float) -> np.ndarray:
-    """Popularity of the expert at each rank: ``(rank + 1) ** -skew``, normalised."""
+    """Popularity of the expert at each rank: ``(rank + 1) ** -skew``, normalised; no rank's
+    below the smallest normal float, so that a huge skew cannot zero one (a zero left the
+    top-k draw without enough experts to pick)."""
     weights = np.arange(1, num_experts + 1, dtype=np.float64) ** -skew
-    return weights / weights.sum()
+    return np.maximum(weights / weights.sum(), np.finfo(np.float64).tiny)
 
 
 def rank_table(weights_E: np.ndarray, bits: int = _TABLE_BITS) -> np.ndarray:
