@@ -112,6 +112,13 @@ def _layout(scenario: Scenario) -> str:
     ]
     if overlap != "none":
         parts.append(f"overlap {overlap}")
+    for pool in scenario.cluster.pools or []:
+        cluster = scenario.cluster.pool(pool)
+        tp = cluster.parallel.attention_tp, cluster.parallel.expert_tp
+        parts.append(
+            f"{pool.role} {cluster.nodes}x{cluster.gpus_per_node} {cluster.device.name}"
+            + (f" TP {tp[0]}/{tp[1]}" if tp != (1, 1) else "")
+        )
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -141,7 +148,8 @@ def _summary(console: Console, scenario: Scenario, result: Result) -> None:
     table.add_column("phase")
     table.add_column("seconds", justify="right")
     table.add_column("share", justify="right")
-    total = result.simulated_seconds or 1.0
+    # of the steps' time: the pools of a disaggregated run are busy at once
+    total = sum(result.time_breakdown_s.values()) or 1.0
     for phase, seconds in result.time_breakdown_s.items():
         table.add_row(phase, f"{seconds:.4f}", f"{100 * seconds / total:.1f}%")
     console.print(table)

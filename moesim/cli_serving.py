@@ -30,6 +30,8 @@ def print_serving(console: Console, serving: ServingResult) -> None:
         "E2E": serving.e2e_s,
         "queue": serving.queue_s,
     }
+    if serving.kv_transfer_s is not None:
+        rows["KV transfer"] = serving.kv_transfer_s
     for name, p in rows.items():
         table.add_row(name, _ms(p.mean), _ms(p.p50), _ms(p.p90), _ms(p.p99))
     console.print(table)

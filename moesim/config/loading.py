@@ -192,9 +192,20 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     data["model"] = _resolve("model", data.get("model"), near, sources, "model")
     cluster = data.get("cluster")
     if isinstance(cluster, dict):
+        pools = cluster.get("pools")
+        pools = (
+            [pool for pool in pools if isinstance(pool, dict)] if isinstance(pools, list) else []
+        )
+        named = [pool["device"] for pool in pools if "device" in pool]
+        if "device" not in cluster and named:  # a cluster of pools may name devices per pool
+            cluster["device"] = named[0]
         cluster["device"] = _resolve(
             "device", cluster.get("device"), near, sources, "cluster.device"
         )
+        for index, pool in enumerate(pools):
+            if "device" in pool:
+                where = f"cluster.pools.{index}.device"
+                pool["device"] = _resolve("device", pool["device"], near, sources, where)
     for key, value in pending:
         blocked = _apply(data, key, value)
         if blocked is not None:

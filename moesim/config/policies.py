@@ -71,6 +71,13 @@ class PoliciesSpec(Frozen):
         "executor); grouped: one grouped GEMM per GPU and layer (vLLM fused_moe, DeepGEMM)",
     )
 
+    router: Literal["round_robin", "least_loaded"] = Field(
+        default="round_robin",
+        description="serving: which data-parallel attention group gets a request (in a "
+        "pool of a disaggregated cluster too); round_robin in arrival order, least_loaded "
+        "the group with the fewest outstanding tokens (prompt and output not yet run)",
+    )
+
     @field_validator(*_FAMILIES, mode="before")
     @classmethod
     def _named(cls, raw: Any, info: ValidationInfo) -> PolicyParams:

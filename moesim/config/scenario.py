@@ -187,27 +187,19 @@ class Scenario(Frozen):
 
     @model_validator(mode="after")
     def _fits(self) -> Scenario:
-        peaks = self.cluster.device.compute.peak_flops
-        for field, dtype in (
-            ("dtype", self.model.dtype),
-            ("attention_dtype", self.model.part_dtype("attention")),
-        ):
-            if dtype not in peaks:
-                raise ValueError(
-                    f"device {self.cluster.device.name} has no peak_flops for the model's "
-                    f"{field} {dtype} (it lists {', '.join(sorted(peaks))})"
-                )
-        cluster = self.cluster
-        if cluster.gpus > cluster.domain and cluster.device.links.network is None:
+        if self.cluster.pools is not None and self.workload.phase != "serving":
             raise ValueError(
-                f"{cluster.gpus // cluster.domain} NVLink domains need links.network in the "
-                "device profile"
+                "cluster.pools: prefill and decode pools serve requests (workload.phase: "
+                f"serving), not a fixed {self.workload.phase} batch"
             )
-        if cluster.domain > 1 and cluster.device.links.nvlink is None:
-            raise ValueError(
-                "several GPUs per NVLink domain need links.nvlink in the device profile"
-            )
-        self._check_layout()
+        pools = self.cluster.pools or []
+        named = [(f"cluster.pools ({p.role}): ", self.cluster.pool(p)) for p in pools]
+        for where, cluster in named or [("", self.cluster)]:
+            try:
+                self._check_device(cluster)
+                self._check_layout(cluster)
+            except ValueError as error:
+                raise ValueError(f"{where}{error}") from None
         cache = self.policies.cache
         if cache.name != "none" and cache.layers not in ("all", *self.model.stacks()):
             raise ValueError(
@@ -227,11 +219,41 @@ class Scenario(Frozen):
             )
         return self
 
-    def _check_layout(self) -> None:
+    def clusters(self) -> list[ClusterSpec]:
+        """The clusters the scenario runs on: each pool's, or the one cluster."""
+        cluster = self.cluster
+        return [cluster.pool(pool) for pool in cluster.pools or []] or [cluster]
+
+    def on(self, cluster: ClusterSpec) -> Scenario:
+        """This scenario on ``cluster`` (one of ``clusters()``: already validated)."""
+        return self.model_copy(update={"cluster": cluster})
+
+    def _check_device(self, cluster: ClusterSpec) -> None:
+        peaks = cluster.device.compute.peak_flops
+        for field, dtype in (
+            ("dtype", self.model.dtype),
+            ("attention_dtype", self.model.part_dtype("attention")),
+        ):
+            if dtype not in peaks:
+                raise ValueError(
+                    f"device {cluster.device.name} has no peak_flops for the model's "
+                    f"{field} {dtype} (it lists {', '.join(sorted(peaks))})"
+                )
+        if cluster.gpus > cluster.domain and cluster.device.links.network is None:
+            raise ValueError(
+                f"{cluster.gpus // cluster.domain} NVLink domains need links.network in the "
+                "device profile"
+            )
+        if cluster.domain > 1 and cluster.device.links.nvlink is None:
+            raise ValueError(
+                "several GPUs per NVLink domain need links.nvlink in the device profile"
+            )
+
+    def _check_layout(self, cluster: ClusterSpec) -> None:
         """A layout the model cannot take: TP that does not divide the heads (or the FFNs),
         TP groups that straddle NVLink domains (placement refuses expert ranks that cannot
         hold its slots evenly where it needs them)."""
-        model, cluster = self.model, self.cluster
+        model = self.model
         attention_tp, expert_tp = cluster.parallel.attention_tp, cluster.parallel.expert_tp
         if model.heads % attention_tp:
             raise ValueError(

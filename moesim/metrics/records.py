@@ -96,14 +96,20 @@ class StepRecords:
 
     def head(self, steps: int) -> StepRecords:
         """The first ``steps`` steps."""
+        return self.take(slice(steps))
+
+    def take(self, index: slice | np.ndarray) -> StepRecords:
+        """The steps at ``index`` (a slice, or step numbers in the order wanted)."""
         names = StepRecords.__dataclass_fields__
-        return StepRecords(**{name: getattr(self, name)[:steps] for name in names})
+        return StepRecords(**{name: getattr(self, name)[index] for name in names})
 
 
 @dataclass(frozen=True)
 class DeviceRecords:
     """Per device: bytes of weights, KV cache and the activation peak over the run; expert
-    tokens each GPU received per MoE layer, summed over steps (``expert_tokens_LG``)."""
+    tokens each GPU received per MoE layer, summed over steps (``expert_tokens_LG``). Devices
+    of different memory (pools of different GPUs) give each one's in ``capacity_bytes_G``,
+    and the smallest as ``capacity_bytes``."""
 
     capacity_bytes: float
     weights_bytes: np.ndarray
@@ -111,6 +117,23 @@ class DeviceRecords:
     activation_peak_bytes: np.ndarray
     expert_tokens_LG: np.ndarray
     expert_weights_bytes: np.ndarray
+    capacity_bytes_G: np.ndarray | None = None
+
+    @staticmethod
+    def concat(parts: list[DeviceRecords]) -> DeviceRecords:
+        """The devices of ``parts`` (runs of one model) one after another."""
+        capacity_G = np.concatenate(
+            [np.full(p.weights_bytes.size, p.capacity_bytes) for p in parts]
+        )
+        return DeviceRecords(
+            capacity_bytes=float(capacity_G.min()),
+            weights_bytes=np.concatenate([p.weights_bytes for p in parts]),
+            kv_cache_bytes=np.concatenate([p.kv_cache_bytes for p in parts]),
+            activation_peak_bytes=np.concatenate([p.activation_peak_bytes for p in parts]),
+            expert_tokens_LG=np.concatenate([p.expert_tokens_LG for p in parts], axis=1),
+            expert_weights_bytes=np.concatenate([p.expert_weights_bytes for p in parts]),
+            capacity_bytes_G=capacity_G,
+        )
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,8 @@ class Result(_Out):
         simulated = serving.duration_s if serving is not None else float(latency.sum())
         percentiles = np.percentile(latency, [50, 99]) if latency.size else np.zeros(2)
         peak = devices.weights_bytes + devices.kv_cache_bytes + devices.activation_peak_bytes
+        capacity_G = devices.capacity_bytes_G
+        capacity_G = devices.capacity_bytes if capacity_G is None else capacity_G
         imbalance = steps.load_imbalance[~np.isnan(steps.load_imbalance)]
         breakdown = steps.breakdown_NP.sum(axis=0)
         served = serving_result(serving) if serving is not None else None
@@ -197,7 +199,7 @@ class Result(_Out):
                 weights_bytes_per_device=devices.weights_bytes.tolist(),
                 kv_cache_bytes_per_device=devices.kv_cache_bytes.tolist(),
                 activation_peak_bytes_per_device=devices.activation_peak_bytes.tolist(),
-                out_of_memory=bool((peak > devices.capacity_bytes).any()),
+                out_of_memory=bool((peak > capacity_G).any()),
             ),
             alltoall_bytes=float(steps.alltoall_bytes_NK.sum()),
             alltoall_bytes_by_kind={

@@ -32,6 +32,7 @@ class RequestRecords:
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     preemptions: np.ndarray
+    kv_transfer_s: np.ndarray | None = None  # disaggregated: KV ready to landed, NaN if none
 
     @property
     def ttft_s(self) -> np.ndarray:
@@ -60,7 +61,7 @@ class RequestRecords:
             "tpot_s": self.tpot_s,
             "e2e_s": self.e2e_s,
             "preemptions": self.preemptions,
-        }
+        } | ({} if self.kv_transfer_s is None else {"kv_transfer_s": self.kv_transfer_s})
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class ServingResult(_Out):
     preemptions: int
     max_running: int
     kv_cache: KvUse
+    kv_transfer_s: Percentiles | None = None  # disaggregated serving: each request's KV move
 
 
 def _meets(records: ServingRecords) -> np.ndarray | None:
@@ -193,5 +195,8 @@ def serving_result(records: ServingRecords) -> ServingResult:
             capacity_blocks=records.kv_capacity_blocks,
             peak_blocks=int(kv.max(initial=0)),
             mean_blocks=float(kv.mean()) if kv.size else 0.0,
+        ),
+        kv_transfer_s=(
+            None if requests.kv_transfer_s is None else Percentiles.of(requests.kv_transfer_s)
         ),
     )

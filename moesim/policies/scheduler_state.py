@@ -88,6 +88,17 @@ class ServingState:
         """Append arrived ids to the back of the waiting queue."""
         self.waiting = np.concatenate([self.waiting, np.atleast_1d(requests).astype(np.int64)])
 
+    def resume(self, requests: ArrayLike) -> None:
+        """Start decoding ``requests`` whose prompt's KV arrived from a prefill pool, with
+        their first token emitted there: their KV holds the prompt (and room for the first
+        token, reserved before the transfer) and they run from their next decode."""
+        ids = np.atleast_1d(requests).astype(np.int64)
+        prompt = self.prompt_tokens_R[ids]
+        self.kv.grow(ids, prompt + 1)
+        self.context_R[ids] = prompt
+        self.generated_R[ids] = 1
+        self.running = np.concatenate([self.running, ids])
+
     @property
     def idle(self) -> bool:
         return self.waiting.size == 0 and self.running.size == 0

@@ -138,6 +138,8 @@ def check_layout(scenario: Scenario) -> None:
     cluster, policies, workload = scenario.cluster, scenario.policies, scenario.workload
     refused = {
         "cluster.parallel": cluster.parallel != ParallelSpec(),
+        "cluster.pools": cluster.pools is not None,
+        "policies.router": policies.router != "round_robin",
         "policies.overlap": policies.overlap.name != "none",
         "policies.alltoall": policies.alltoall != "direct",
         "policies.expert_kernel": policies.expert_kernel != "loop",
@@ -147,8 +149,9 @@ def check_layout(scenario: Scenario) -> None:
         if differs:
             raise UnsupportedScenarioError(
                 f"{scenario.name}: {field}: the reference executor runs data-parallel "
-                "attention with expert parallelism, one batch per step, loop expert kernels "
-                "and direct all-to-alls; simulate this one (--executor sim)"
+                "attention with expert parallelism on one colocated pool, round-robin routing, "
+                "one batch per step, loop expert kernels and direct all-to-alls; simulate "
+                "this one (--executor sim)"
             )
 
 

@@ -72,7 +72,7 @@ class Groups:
         self.arrival_s = requests.arrival_s
         self.prompt, self.output = requests.prompt_tokens, requests.output_tokens
         size = len(requests)
-        self.group_R = np.arange(size) % blocks_A.size
+        self.group_R = np.full(size, -1, dtype=np.int64)  # set as each is routed
         self.states = [
             ServingState(self.prompt, self.output, KVBlocks(int(b), block_tokens)) for b in blocks_A
         ]

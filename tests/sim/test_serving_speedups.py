@@ -84,7 +84,7 @@ def test_a_kv_cache_that_runs_out_preempts_alike_with_reused_plans(monkeypatch) 
         blocks_A = np.full_like(full.blocks_A, 14)
         return serving_groups.KVCache(full.weights_G, blocks_A, full.activation_G)
 
-    monkeypatch.setattr("moesim.sim.serving.kv_cache", small_cache)
+    monkeypatch.setattr("moesim.sim.serving_pool.kv_cache", small_cache)
     scheduler = {"name": "continuous", "max_sequences": 8, "max_batch_tokens": 256}
     scenario = _serving(scheduler, count=24)
     reused = run(scenario)[1]
