@@ -24,9 +24,11 @@ __all__ = [
     "compare",
     "compare_values",
     "metric_values",
+    "phase_of",
 ]
 
 Kind = Literal["timing", "memory", "exact"]
+PHASE_SUFFIX = "_s_per_step"  # a phase's time per step: ``expert_s_per_step``
 EXACT_METRICS = (
     "tokens_processed",
     "tokens_dropped",
@@ -47,7 +49,7 @@ TOLERABLE = (
     "latency_p50_s",
     "latency_p99_s",
     "throughput_tokens_per_s",
-    *(f"{phase}_s_per_step" for phase in PHASES),
+    *(f"{phase}{PHASE_SUFFIX}" for phase in PHASES),
     "peak_bytes",
     "weights_bytes",
     "kv_cache_bytes",
@@ -56,8 +58,14 @@ TOLERABLE = (
     *(f"{name}_{q}_s" for name in ("ttft", "tpot", "e2e") for q in ("p50", "p99")),
     "output_tokens_per_s",
     "replay_latency_mean_s",
-    *(f"replay_{phase}_s_per_step" for phase in PHASES),
+    *(f"replay_{phase}{PHASE_SUFFIX}" for phase in PHASES),
 )
+
+
+def phase_of(metric: str) -> str | None:
+    """The phase a per-phase metric times (``expert`` of ``expert_s_per_step``,
+    ``replay_expert`` of the serving replay's ``replay_expert_s_per_step``); None otherwise."""
+    return metric.removesuffix(PHASE_SUFFIX) if metric.endswith(PHASE_SUFFIX) else None
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,14 @@ class MetricRow:
             return True
         return math.isclose(self.predicted, self.measured, rel_tol=1e-9, abs_tol=1e-9)
 
+    @property
+    def abs_error(self) -> float:
+        return abs(self.error)
+
+    @property
+    def phase(self) -> str | None:
+        return phase_of(self.metric)
+
 
 def metric_values(result: Result) -> dict[str, tuple[Kind, float]]:
     """The compared metrics of one result; per-phase times are seconds per step."""
@@ -89,7 +105,7 @@ def metric_values(result: Result) -> dict[str, tuple[Kind, float]]:
         "throughput_tokens_per_s": ("timing", result.throughput_tokens_per_s),
     }
     for phase in PHASES:
-        values[f"{phase}_s_per_step"] = ("timing", result.time_breakdown_s[phase] / steps)
+        values[f"{phase}{PHASE_SUFFIX}"] = ("timing", result.time_breakdown_s[phase] / steps)
     values |= {
         "peak_bytes": ("memory", max(memory.peak_bytes_per_device)),
         "weights_bytes": ("memory", max(memory.weights_bytes_per_device)),

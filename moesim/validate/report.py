@@ -1,4 +1,10 @@
-"""The validation report: a CSV of every comparison, a Markdown summary and a plot."""
+"""The validation report: a CSV of every comparison, a CSV and a Markdown summary over
+scenarios (absolute and signed errors, per metric and per phase) and a plot.
+
+A signed error shows bias where an absolute one shows only size: a cost model that leaves out
+work the executor does under-predicts in every scenario, and the median signed error, the
+count of under-predicted scenarios and the per-phase table say so and where.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from moesim.validate.compare import MetricRow
+from moesim.validate.compare import MetricRow, phase_of
+from moesim.validate.report_plots import plot_replays, plot_report
 from moesim.validate.serving import ReplayRow
 
-__all__ = ["LOAD_DIFFERENCE", "Report", "summarise"]
+__all__ = ["HEADLINE", "LOAD_DIFFERENCE", "Report", "headline", "phase_summary", "summarise"]
+
+HEADLINE = "latency_p50_s"  # the metric the report's first line sums up
 
 # Mean 1-minute load averages this far apart (runnable processes) mean that calibration and
 # the reference runs competed with different work for the cores.
@@ -58,16 +67,17 @@ class Report:
 
     def write(self, out: Path) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
-        paths = [out / "report.csv", out / "report.md", out / "report.png"]
+        paths = [out / "report.csv", out / "summary.csv", out / "report.md", out / "report.png"]
         _write_csv(self.rows, paths[0])
-        paths[1].write_text(self.markdown())
-        _plot(self.rows, paths[2])
+        _write_summary(self.rows, paths[1])
+        paths[2].write_text(self.markdown())
+        plot_report(self.rows, paths[3])
         replay = [out / "replay.csv", out / "replay.png"]
         for path in replay:
             path.unlink(missing_ok=True)  # an earlier report's
         if self.replays:
             _write_replays(self.replays, replay[0])
-            _plot_replays(self.replays, replay[1])
+            plot_replays(self.replays, replay[1])
             paths += replay
         return paths
 
@@ -83,19 +93,22 @@ class Report:
             f"{_load(self.calibration_load)}, reference runs {_load(self.reference_load)}",
             *(f"- NOTE: {note}" for note in self.notes()),
             "",
-            "error = (predicted - measured) / measured; spread = (max - min) / median of the "
-            "measured repetitions.",
+            "error = (predicted - measured) / measured, signed (negative: predicted too low); "
+            "spread = (max - min) / median of the measured repetitions.",
             *_serving_note(self.rows),
+            *(["", summary] if (summary := headline(self.rows)) else []),
             "",
             "## Summary over scenarios",
             "",
-            "| metric | scenarios | median abs error | max abs error | median spread |",
-            "|---|---:|---:|---:|---:|",
+            "| metric | scenarios | median abs error | median error | max abs error | "
+            "under-predicted | median spread |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for metric, stats in summarise(self.rows).items():
             lines.append(
                 f"| {metric} | {stats['scenarios']} | {_pct(stats['median_abs_error'])} | "
-                f"{_pct(stats['max_abs_error'])} | {_pct(stats['median_spread'])} |"
+                f"{_signed(stats['median_error'])} | {_pct(stats['max_abs_error'])} | "
+                f"{stats['under_predicted']} | {_pct(stats['median_spread'])} |"
             )
         exact = [row for row in self.rows if row.kind == "exact"]
         matched = sum(row.matches for row in exact)
@@ -105,6 +118,7 @@ class Report:
                 f"- MISMATCH {row.scenario} {row.metric}: predicted {row.predicted:g}, "
                 f"measured {row.measured:g}"
             )
+        lines += _phase_lines(self.rows)
         if self.skipped:
             lines += ["", "## Not run", ""]
             lines += [f"- {why}" for _, why in sorted(self.skipped.items())]
@@ -121,7 +135,7 @@ class Report:
                 "|---|---:|---:|---:|---:|",
             ]
             for row in rows:
-                error = "exact" if row.kind == "exact" and row.matches else _pct(row.error)
+                error = "exact" if row.kind == "exact" and row.matches else _signed(row.error)
                 lines.append(
                     f"| {row.metric} | {row.predicted:.4g} | {row.measured:.4g} | {error} | "
                     f"{_pct(row.spread)} |"
@@ -137,91 +151,146 @@ def _pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
 
 
+def _signed(value: float) -> str:
+    if math.isinf(value):
+        return "+inf (measured 0)"
+    return "n/a" if math.isnan(value) else f"{100 * value:+.1f}%"
+
+
 def _load(load: tuple[float, float] | None) -> str:
     return "not measured (profile given)" if load is None else f"{load[0]:.2f} -> {load[1]:.2f}"
 
 
 def summarise(rows: list[MetricRow]) -> dict[str, dict[str, float]]:
-    """Per timing or memory metric: scenarios, median and max absolute error, median spread."""
+    """Per timing or memory metric, over the scenarios that have it: their count; the median
+    and largest absolute error; the median, smallest and largest signed error; how many are
+    under-predicted (error < 0); the median spread."""
     grouped: dict[str, list[MetricRow]] = defaultdict(list)
     for row in rows:
         if row.kind != "exact" and not math.isnan(row.error):
             grouped[row.metric].append(row)
-    return {
-        metric: {
+    summary: dict[str, dict[str, float]] = {}
+    for metric, group in grouped.items():
+        errors = np.array([r.error for r in group])
+        summary[metric] = {
             "scenarios": len(group),
-            "median_abs_error": float(np.median([abs(r.error) for r in group])),
-            "max_abs_error": float(max(abs(r.error) for r in group)),
+            "median_abs_error": float(np.median(np.abs(errors))),
+            "max_abs_error": float(np.abs(errors).max()),
+            "median_error": float(np.median(errors)),
+            "min_error": float(errors.min()),
+            "max_error": float(errors.max()),
+            "under_predicted": int(np.count_nonzero(errors < 0)),
             "median_spread": float(np.median([r.spread for r in group])),
         }
-        for metric, group in grouped.items()
+    return summary
+
+
+def phase_summary(rows: list[MetricRow]) -> dict[str, dict[str, float]]:
+    """``summarise`` of the per-phase metrics, keyed by phase (``expert``, ``replay_expert``)."""
+    return {
+        phase: stats
+        for metric, stats in summarise(rows).items()
+        if (phase := phase_of(metric)) is not None
     }
 
 
+def headline(rows: list[MetricRow]) -> str | None:
+    """One line on p50 step latency over scenarios: median absolute and signed error, how many
+    are under-predicted, the largest absolute error and where; None without such rows."""
+    stats = summarise(rows).get(HEADLINE)
+    if stats is None:
+        return None
+    group = [r for r in rows if r.metric == HEADLINE and not math.isnan(r.error)]
+    worst = max(group, key=lambda r: r.abs_error)
+    return (
+        f"**p50 step latency** over {stats['scenarios']} scenarios: median |error| "
+        f"{_pct(stats['median_abs_error'])}, median signed error "
+        f"{_signed(stats['median_error'])} ({stats['under_predicted']} of "
+        f"{stats['scenarios']} under-predicted), max |error| {_pct(stats['max_abs_error'])} "
+        f"({worst.scenario})."
+    )
+
+
+def _phase_lines(rows: list[MetricRow]) -> list[str]:
+    phases = phase_summary(rows)
+    if not phases:
+        return []
+    lines = [
+        "",
+        "## Per phase",
+        "",
+        "Each phase's time per step over scenarios; signed error, negative where the phase is "
+        "predicted too short. A phase whose errors all share a sign, beyond the spread, is a "
+        "bias of the cost model, not noise.",
+        "",
+        "| phase | scenarios | median error | median abs error | min error | max error | "
+        "under-predicted | median spread |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for phase, stats in phases.items():
+        lines.append(
+            f"| {phase} | {stats['scenarios']} | {_signed(stats['median_error'])} | "
+            f"{_pct(stats['median_abs_error'])} | {_signed(stats['min_error'])} | "
+            f"{_signed(stats['max_error'])} | {stats['under_predicted']} | "
+            f"{_pct(stats['median_spread'])} |"
+        )
+    return lines
+
+
 def _write_csv(rows: list[MetricRow], path: Path) -> None:
+    """One row per comparison: the original columns, then ``abs_error`` and ``phase`` (empty
+    for a metric that is not a phase's time)."""
     with path.open("w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["scenario", "metric", "kind", "predicted", "measured", "error", "spread"])
+        writer.writerow(
+            [
+                "scenario",
+                "metric",
+                "kind",
+                "predicted",
+                "measured",
+                "error",
+                "spread",
+                "abs_error",
+                "phase",
+            ]
+        )
         for r in rows:
             writer.writerow(
-                [r.scenario, r.metric, r.kind, r.predicted, r.measured, r.error, r.spread]
+                [
+                    r.scenario,
+                    r.metric,
+                    r.kind,
+                    r.predicted,
+                    r.measured,
+                    r.error,
+                    r.spread,
+                    r.abs_error,
+                    r.phase or "",
+                ]
             )
 
 
-def _plot(rows: list[MetricRow], path: Path) -> None:
-    """Left: predicted against measured p50 step latency per scenario (the diagonal is a
-    perfect prediction). Right: each phase's error per scenario."""
-    import matplotlib
+_SUMMARY_COLUMNS = (
+    "scenarios",
+    "median_error",
+    "median_abs_error",
+    "min_error",
+    "max_error",
+    "max_abs_error",
+    "under_predicted",
+    "median_spread",
+)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
 
-    latency = [r for r in rows if r.metric == "latency_p50_s"]
-    phases = [r for r in rows if r.metric.endswith("_s_per_step") and not math.isnan(r.error)]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
-    if latency:
-        measured = np.array([r.measured for r in latency]) * 1e3
-        predicted = np.array([r.predicted for r in latency]) * 1e3
-        left.errorbar(
-            measured,
-            predicted,
-            xerr=np.nan_to_num(np.array([r.spread for r in latency])) * measured / 2,
-            fmt="o",
-        )
-        low, high = (
-            min(measured.min(), predicted.min()) * 0.8,
-            max(measured.max(), predicted.max()) * 1.2,
-        )
-        left.plot([low, high], [low, high], "k--", linewidth=1, label="prediction = measurement")
-        for band in (0.9, 1.1):
-            left.plot([low, high], [low * band, high * band], "k:", linewidth=0.8)
-        left.set_xscale("log")
-        left.set_yscale("log")
-        for axis in (left.xaxis, left.yaxis):
-            axis.set_major_formatter(ScalarFormatter())
-            axis.set_minor_formatter(ScalarFormatter())
-        left.legend(title="dotted: within 10%")
-    left.set_xlabel("measured p50 step latency (ms)")
-    left.set_ylabel("predicted p50 step latency (ms)")
-    left.set_title("step latency")
-    scenarios = sorted({r.scenario for r in phases})
-    names = sorted({r.metric for r in phases})
-    width = 0.8 / max(len(names), 1)
-    for i, name in enumerate(names):
-        errors = {r.scenario: r.error for r in phases if r.metric == name}
-        x = np.arange(len(scenarios)) + i * width
-        right.bar(x, [100 * errors.get(s, 0.0) for s in scenarios], width, label=name[:-11])
-    right.axhline(0, color="k", linewidth=0.8)
-    right.set_xticks(np.arange(len(scenarios)) + 0.4 - width / 2)
-    right.set_xticklabels(scenarios, rotation=60, ha="right", fontsize=7)
-    right.set_ylabel("error of the phase's time per step (%)")
-    right.set_title("time breakdown")
-    if names:
-        right.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+def _write_summary(rows: list[MetricRow], path: Path) -> None:
+    """``summarise`` as a CSV: one row per timing or memory metric, its phase if it has one."""
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["metric", "phase", *_SUMMARY_COLUMNS])
+        for metric, stats in summarise(rows).items():
+            phase = phase_of(metric) or ""
+            writer.writerow([metric, phase, *(stats[name] for name in _SUMMARY_COLUMNS)])
 
 
 def _serving_note(rows: list[MetricRow]) -> list[str]:
@@ -249,15 +318,15 @@ def _replay_lines(replays: list[ReplayRow]) -> list[str]:
         "`replay.csv` in each scenario's folder; plot: `replay.png`.",
         "",
         "| scenario | steps | replayed exactly | median abs error | median error | "
-        "p90 abs error | median spread | predicted total | measured total |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "p90 abs error | median spread | predicted total | measured total | total error |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in replays:
         exact = "yes" if r.token_mismatches == 0 else f"NO ({r.token_mismatches} steps differ)"
         lines.append(
             f"| {r.scenario} | {r.steps} | {exact} | {_pct(r.median_abs_error)} | "
             f"{_pct(r.median_error)} | {_pct(r.p90_abs_error)} | {_pct(r.median_spread)} | "
-            f"{r.predicted_s:.3f} s | {r.measured_s:.3f} s |"
+            f"{r.predicted_s:.3f} s | {r.measured_s:.3f} s | {_signed(r.total_error)} |"
         )
     return lines
 
@@ -274,43 +343,10 @@ def _write_replays(replays: list[ReplayRow], path: Path) -> None:
         "median_spread",
         "predicted_s",
         "measured_s",
+        "total_error",
     ]
     with path.open("w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(names)
         for row in replays:
             writer.writerow([getattr(row, name) for name in names])
-
-
-def _plot_replays(replays: list[ReplayRow], path: Path) -> None:
-    """Each replayed step: predicted against measured latency, one colour per scenario."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
-
-    figure, axis = plt.subplots(figsize=(6.5, 5.5))
-    low, high = np.inf, 0.0
-    for row in replays:
-        measured, predicted = row.measured_N * 1e3, row.predicted_N * 1e3
-        axis.scatter(measured, predicted, s=6, alpha=0.5, label=row.scenario)
-        low = min(low, measured.min(), predicted.min())
-        high = max(high, measured.max(), predicted.max())
-    if np.isfinite(low):
-        span = [low * 0.8, high * 1.2]
-        axis.plot(span, span, "k--", linewidth=1, label="prediction = measurement")
-        for band in (0.9, 1.1):
-            axis.plot(span, [v * band for v in span], "k:", linewidth=0.8)
-    axis.set_xscale("log")
-    axis.set_yscale("log")
-    for scale in (axis.xaxis, axis.yaxis):
-        scale.set_major_formatter(ScalarFormatter())
-        scale.set_minor_formatter(ScalarFormatter())
-    axis.set_xlabel("measured step latency (ms)")
-    axis.set_ylabel("predicted step latency (ms)")
-    axis.set_title("serving replay: every step, one to one (dotted: within 10%)")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)

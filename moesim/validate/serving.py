@@ -38,7 +38,7 @@ class ReplayRow:
     tokens differ (0 when it replayed exactly), the per-step latency error ``(predicted -
     measured) / measured`` as median absolute, median signed and 90th-percentile absolute
     value, the median spread of a step over the repeats, and the total of the steps' latencies
-    on either side."""
+    on either side (``total_error``: its signed error)."""
 
     scenario: str
     steps: int
@@ -52,6 +52,14 @@ class ReplayRow:
     measured_s: float
     predicted_N: np.ndarray = field(repr=False, compare=False)  # per step, for the plot
     measured_N: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def total_error(self) -> float:
+        """``(predicted - measured) / measured`` of the replayed steps' total latency (as
+        ``compare``: +inf where only the prediction is 0)."""
+        if not self.measured_s:
+            return 0.0 if self.predicted_s == 0 else math.copysign(math.inf, self.predicted_s)
+        return (self.predicted_s - self.measured_s) / self.measured_s
 
 
 def serving_metric_values(result: Result) -> dict[str, tuple[Kind, float]]:
