@@ -137,7 +137,11 @@ def best_overrides(search: Search) -> list[str]:
     best = search.ranking[0]
     rate = best.simulated["at_rate_rps"]
     duration_s = search.advice.spec.evaluate.duration_s
-    return [*search.advice.fixed, *point_overrides(best.point), *rate_overrides(rate, duration_s)]
+    return [
+        *search.advice.fixed,
+        *point_overrides(best.concrete),
+        *rate_overrides(rate, duration_s),
+    ]
 
 
 def _set(data: dict[str, Any], key: str, value: Any, near: Path) -> None:

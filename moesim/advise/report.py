@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
+from moesim.advise.disaggregation import label_pools
 from moesim.advise.outputs import probes
 from moesim.advise.search import Candidate, Search
 from moesim.sweep.point import label
@@ -95,6 +96,31 @@ def _runners_up(search: Search, rows: dict[int, dict[str, Any]]) -> list[str]:
             f"{row['replicas']} | {row['capacity_rps']:.4g} | {row['cost_per_hour']:,.2f} | "
             f"{row['cost_per_million_output_tokens']:,.3f} | {_ms(row['ttft_p99_s'])} | "
             f"{_ms(row['tpot_p99_s'])} |"
+        )
+    return [*lines, ""]
+
+
+def _modes(search: Search, rows: dict[int, dict[str, Any]]) -> list[str]:
+    """The best simulated configuration of each serving mode, where the search had both."""
+    best: dict[str, Candidate] = {}
+    for candidate in search.ranking:  # best first
+        best.setdefault(label_pools(candidate.point), candidate)
+    colocated = [mode for mode in best if mode == "colocated"]
+    if not colocated or len(best) < 2:
+        return []
+    lines = [
+        "## Colocated against disaggregated",
+        "",
+        "| mode | configuration | GPUs | replicas | capacity (req/s) | per GPU | $/hour | "
+        "p99 TTFT | p99 TPOT |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, candidate in best.items():
+        row = rows[candidate.point.index]
+        lines.append(
+            f"| {mode} | {_params(candidate)} | {candidate.gpus} x {candidate.device} | "
+            f"{row['replicas']} | {row['capacity_rps']:.4g} | {row['capacity_rps_per_gpu']:.3g} | "
+            f"{row['cost_per_hour']:,.2f} | {_ms(row['ttft_p99_s'])} | {_ms(row['tpot_p99_s'])} |"
         )
     return [*lines, ""]
 
@@ -212,6 +238,7 @@ def advice_markdown(search: Search, rows: list[dict[str, Any]]) -> str:
     if search.ranking:
         lines += _best(search.ranking[0], search, by_index)
         lines += _runners_up(search, by_index)
+        lines += _modes(search, by_index)
     else:
         lines += _nothing(search)
     return "\n".join(lines + _why(search))

@@ -30,6 +30,7 @@ import numpy as np
 
 from moesim import __version__
 from moesim.advise.capacity import CapacitySettings, search_capacity
+from moesim.advise.disaggregation import disaggregated, estimate_pools, pool_points, resolve
 from moesim.advise.estimate import Estimate, estimate
 from moesim.advise.screen import StepSet, fixed_batch, ladder, time_steps
 from moesim.advise.spec import LoadedAdvice, point_overrides
@@ -60,7 +61,11 @@ class Candidate:
     memory_fraction: float = 0.9
     timing_id: str = ""
     capacity_id: str = ""
+    concrete: Point | None = None  # the point as scenario keys (pools for disaggregation)
+    timed: dict[str, Point] = field(default_factory=dict)  # timing id -> deployment timed
+    decode_timing_id: str = ""  # disaggregated: the decode pool's (timing_id: the prefill's)
     timing: dict[str, Any] = field(default_factory=dict)
+    decode_timing: dict[str, Any] = field(default_factory=dict)
     estimate: Estimate | None = None
     bound_rps: float = 0.0
     simulated: dict[str, Any] = field(default_factory=dict)
@@ -98,29 +103,38 @@ def _prepare(advice: LoadedAdvice, point: Point, steps: StepSet) -> Candidate:
     candidate = Candidate(point)
     base = advice.base
     try:
-        fixed = load_scenario(base, point_overrides(point) + fixed_batch("decode", 1, 1, 1))
+        concrete = resolve(base, point)
+        targets = pool_points(base, point) if disaggregated(point) is not None else (concrete,)
+        fixed = [
+            load_scenario(base, point_overrides(target) + fixed_batch("decode", 1, 1, 1))
+            for target in targets
+        ]
     except ConfigError as error:
         field = (error.field or "").removeprefix("--set ")
         candidate.status, candidate.reason = "invalid", f"{field}: {error.message}".lstrip(": ")
         return candidate
+    candidate.concrete = concrete
     try:
-        candidate.serving = load_scenario(base, [*advice.fixed, *point_overrides(point)])
+        candidate.serving = load_scenario(base, [*advice.fixed, *point_overrides(concrete)])
     except ConfigError as error:
         candidate.status, candidate.reason = "unsupported", f"{error.message} (serving)"
-    scheduler = (candidate.serving or fixed).policies.scheduler
+    scheduler = (candidate.serving or fixed[0]).policies.scheduler
     candidate.max_sequences = getattr(scheduler, "max_sequences", None) or getattr(
         scheduler, "batch_size", 1
     )
     candidate.memory_fraction = scheduler.memory_fraction
-    candidate.device = fixed.cluster.device.name
-    candidate.gpus = fixed.cluster.gpus
+    candidate.device = fixed[-1].cluster.device.name
+    candidate.gpus = sum(scenario.cluster.gpus for scenario in fixed)
     if candidate.device not in advice.spec.prices:
         candidate.status, candidate.reason = "invalid", f"no price for {candidate.device}"
         return candidate
     candidate.price = advice.spec.prices[candidate.device]
-    deployment = fixed.model_dump(mode="json")
-    deployment["policies"].pop("scheduler")
-    candidate.timing_id = _digest({"timing": deployment, "steps": steps.__dict__})
+    for target, scenario in zip(targets, fixed, strict=True):
+        deployment = scenario.model_dump(mode="json")
+        deployment["policies"].pop("scheduler")
+        candidate.timed[_digest({"timing": deployment, "steps": steps.__dict__})] = target
+    candidate.timing_id, *decode = candidate.timed
+    candidate.decode_timing_id = decode[0] if decode else ""
     return candidate
 
 
@@ -165,33 +179,42 @@ def _execute(
     return len(todo)
 
 
-def _screen(candidate: Candidate, advice: LoadedAdvice, traffic: Traffic) -> None:
-    """The screen's verdict from the candidate's timing row."""
-    timing = candidate.timing
+def _room(candidate: Candidate, timing: dict[str, Any]) -> str:
+    """Why the timing row's deployment cannot serve ('' when it can)."""
     if timing.get("status") != "ok":
         status = timing.get("status", "error")
         candidate.status = "out_of_memory" if status == "out_of_memory" else "error"
-        candidate.reason = timing.get("error", "not screened")
-        return
+        return timing.get("error", "not screened")
     room = candidate.memory_fraction * timing["capacity_bytes"] - timing["weights_bytes"]
     gib = 2.0**30
     if room <= 0:
         candidate.status = "out_of_memory"
-        candidate.reason = (
+        return (
             f"weights {timing['weights_bytes'] / gib:.1f} GiB per GPU, more than "
             f"{candidate.memory_fraction:g} x {timing['capacity_bytes'] / gib:.1f} GiB"
         )
-        return
+    return ""
+
+
+def _screen(candidate: Candidate, advice: LoadedAdvice, traffic: Traffic) -> None:
+    """The screen's verdict from the candidate's timing rows."""
+    rows = [candidate.timing] + ([candidate.decode_timing] if candidate.decode_timing_id else [])
+    for timing in rows:
+        candidate.reason = _room(candidate, timing)
+        if candidate.reason:
+            return
     slo = advice.slo
-    candidate.estimate = estimate(
-        timing,
-        traffic,
+    limits = (
         slo.ttft_s,
         slo.tpot_s,
         candidate.max_sequences,
         candidate.memory_fraction,
         advice.spec.evaluate.margin,
     )
+    if candidate.decode_timing_id:
+        candidate.estimate = estimate_pools(*rows, traffic, *limits)
+    else:
+        candidate.estimate = estimate(candidate.timing, traffic, *limits)
     if candidate.status == "unsupported":
         return
     floors = candidate.estimate
@@ -286,7 +309,7 @@ def run_search(
     report = on_progress or (lambda stage, done, total: None)
 
     timed = [c for c in candidates if c.timing_id]
-    jobs = list({c.timing_id: ResolvedPoint(c.point, c.timing_id) for c in timed}.values())
+    jobs = list({key: ResolvedPoint(p, key) for c in timed for key, p in c.timed.items()}.values())
     counter = [0]
 
     def tick(stage: str, total: int) -> Callable[[], None]:
@@ -306,6 +329,7 @@ def run_search(
     timings = _rows(screen_store, {job.id for job in jobs})
     for candidate in timed:
         candidate.timing = timings.get(candidate.timing_id, {})
+        candidate.decode_timing = timings.get(candidate.decode_timing_id, {})
         _screen(candidate, advice, traffic)
 
     margin, keep = evaluate.margin, 1 + evaluate.runners_up
@@ -345,7 +369,7 @@ def run_search(
                 }
             )
             settings.starts[candidate.capacity_id] = start
-        jobs = [ResolvedPoint(c.point, c.capacity_id) for c in batch]
+        jobs = [ResolvedPoint(c.concrete, c.capacity_id) for c in batch]
         task = functools.partial(search_capacity, settings)
         simulated_now += _execute(capacity_store, jobs, task, advice, workers, ray_address, step)
         rows = _rows(capacity_store, {c.capacity_id for c in batch})

@@ -24,6 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from moesim.advise.disaggregation import KEY as DISAGGREGATION
+from moesim.advise.disaggregation import expand
 from moesim.config import Scenario, SloSpec, load_scenario, read_yaml
 from moesim.errors import ConfigError
 from moesim.sweep import Point
@@ -58,8 +60,9 @@ def override(key: str, value: Any) -> str:
 
 
 def point_overrides(point: Point) -> list[str]:
-    """A configuration's overrides of the base, in the search's order."""
-    return [override(key, value) for key, value in point.params]
+    """A configuration's overrides of the base, in the search's order (``disaggregation``
+    becomes pools through ``disaggregation.resolve``, which needs the base)."""
+    return [override(key, value) for key, value in point.params if key != DISAGGREGATION]
 
 
 class _Strict(BaseModel):
@@ -155,8 +158,10 @@ def _check_key(file: str, base: Path, key: str, values: list[Any]) -> None:
     """A search key must name a field of the scenario (each value is tried on the base: an
     unknown key in it is the spec's error; any other refusal is the candidate's status)."""
     where = f"search.{key}"
-    if key == "disaggregation" or key.startswith("cluster.pools"):
-        raise ConfigError(file, where, "prefill/decode disaggregation is not modelled yet")
+    if key.startswith("cluster.pools"):
+        raise ConfigError(file, where, "search disaggregation: [none, {prefill_fraction: [...]}]")
+    if key == "disaggregation":
+        return  # its values are checked as they expand
     for own, why in _OWN_KEYS.items():
         if key == own or key.startswith(own + "."):
             raise ConfigError(file, where, f"not searchable: {why}")
@@ -219,6 +224,10 @@ def load_advise_spec(path: str | Path) -> LoadedAdvice:
             file, "base", "its arrival process must take a rate (poisson, gamma, constant)"
         )
     slo = _slo(spec, scenario, file)
+    search = dict(spec.search)
+    if DISAGGREGATION in search:
+        search[DISAGGREGATION] = expand(search[DISAGGREGATION], file)
+    spec = spec.model_copy(update={"search": search})
     for key, values in spec.search.items():
         _check_key(file, base, key, values)
     count = math.prod(len(values) for values in spec.search.values())

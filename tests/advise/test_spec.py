@@ -58,9 +58,23 @@ def test_an_empty_search_space(tmp_path, capsys, search, field) -> None:
     assert f"{tmp_path / 'spec.yaml'}: {field}: empty" in line
 
 
-def test_disaggregation_is_not_modelled_yet(tmp_path, capsys) -> None:
-    line = _refused(tmp_path, capsys, search={"disaggregation": ["none"]})
-    assert line.endswith("search.disaggregation: prefill/decode disaggregation is not modelled yet")
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["none", {"prefill_fraction": [1.5]}], "search.disaggregation[1]: prefill_fraction 1.5"),
+        ([{"prefill_share": 0.5}], "search.disaggregation[0]: expected none or"),
+        ([], "search.disaggregation: empty list"),
+    ],
+    ids=["fraction", "key", "empty"],
+)
+def test_a_disaggregation_that_cannot_be(tmp_path, capsys, values, message) -> None:
+    line = _refused(tmp_path, capsys, search={"disaggregation": values})
+    assert f"{tmp_path / 'spec.yaml'}: {message}" in line
+
+
+def test_pools_are_searched_through_disaggregation(tmp_path, capsys) -> None:
+    line = _refused(tmp_path, capsys, search={"cluster.pools": [None]})
+    assert "search.cluster.pools: search disaggregation: [none, {prefill_fraction" in line
 
 
 @pytest.mark.parametrize(

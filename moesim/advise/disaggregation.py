@@ -1,0 +1,182 @@
+"""The search key ``disaggregation``: colocated (``none``) or a prefill pool of a share of the
+GPUs, and the screen's estimate for a disaggregated candidate.
+
+``disaggregation: [none, {prefill_fraction: [0.25, 0.5]}]`` expands into one configuration per
+fraction. A fraction of a multi-node cluster must be whole nodes (the pools' KV then crosses
+the network); a one-node cluster splits its GPUs (KV over NVLink). Both pools take the
+configuration's device and parallel layout.
+
+The estimate treats the pools apart: the decode pool is the colocated estimate without
+prompts (``estimate.steady_state`` with a prompt costing nothing) under the TPOT target; the
+prefill pool serves one mean prompt per group a step, ``s`` seconds, and a prompt waits as in
+an M/D/1 queue, ``rho s / (2 (1 - rho))`` at utilisation ``rho``, before its own prefill (the
+percentile prompt alone): under a TTFT target ``d`` beyond that, ``rho <= 2 d' / (s + 2 d')``.
+The capacity is the smaller pool's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from moesim.advise.estimate import Estimate, estimate
+from moesim.advise.traffic import Traffic
+from moesim.config import ParallelSpec, load_scenario
+from moesim.errors import ConfigError
+from moesim.sweep import Point
+
+__all__ = [
+    "KEY",
+    "disaggregated",
+    "estimate_pools",
+    "expand",
+    "label_pools",
+    "pool_points",
+    "resolve",
+]
+
+KEY = "disaggregation"
+
+
+def expand(values: list[Any], file: str) -> list[Any]:
+    """The key's values, one per configuration: ``none`` or ``{prefill_fraction: f}``."""
+    expanded: list[Any] = []
+    for index, value in enumerate(values):
+        where = f"search.{KEY}[{index}]"
+        if value == "none":
+            expanded.append("none")
+            continue
+        if not isinstance(value, dict) or set(value) != {"prefill_fraction"}:
+            raise ConfigError(file, where, "expected none or {prefill_fraction: [...]}")
+        fractions = value["prefill_fraction"]
+        for fraction in fractions if isinstance(fractions, list) else [fractions]:
+            if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+                raise ConfigError(file, where, f"prefill_fraction {fraction!r} is not a number")
+            if not 0 < fraction < 1:
+                raise ConfigError(file, where, f"prefill_fraction {fraction} is not in (0, 1)")
+            expanded.append({"prefill_fraction": float(fraction)})
+    if not expanded:
+        raise ConfigError(file, f"search.{KEY}", "empty list: the search space is empty")
+    return expanded
+
+
+def disaggregated(point: Point) -> float | None:
+    """The point's prefill fraction, or None for colocated serving."""
+    value = dict(point.params).get(KEY, "none")
+    return None if value == "none" else float(value["prefill_fraction"])
+
+
+def _others(point: Point) -> Point:
+    return Point(point.index, tuple((k, v) for k, v in point.params if k != KEY))
+
+
+def _split(base: Path, point: Point) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The prefill and decode pools (nodes, GPUs per node) and the layout they share."""
+    fraction = disaggregated(point)
+    cluster = load_scenario(base, _others(point).overrides).cluster
+    nodes, per_node, gpus = cluster.nodes, cluster.gpus_per_node, cluster.gpus
+    prefill = round(fraction * gpus)
+    if nodes > 1 and prefill % per_node == 0 and 0 < prefill < gpus:
+        first, second = {"nodes": prefill // per_node}, {"nodes": nodes - prefill // per_node}
+    elif nodes == 1 and 0 < prefill < gpus:
+        first, second = {"gpus_per_node": prefill}, {"gpus_per_node": gpus - prefill}
+    else:
+        raise ConfigError(
+            None,
+            KEY,
+            f"prefill_fraction {fraction:g} of {nodes} x {per_node} GPUs is not a whole "
+            "number of nodes (or of GPUs, on one node) for each pool",
+        )
+    return first, second, cluster.parallel.model_dump()
+
+
+def resolve(base: Path, point: Point) -> Point:
+    """The point with its ``disaggregation`` as scenario keys: ``cluster.pools`` (and the
+    layout moved into them); raises ``ConfigError`` for a split that cannot be."""
+    if disaggregated(point) is None:
+        return _others(point)
+    prefill, decode, parallel = _split(base, point)
+    pools = [
+        {"role": "prefill", "nodes": 1, **prefill, "parallel": parallel},
+        {"role": "decode", "nodes": 1, **decode, "parallel": parallel},
+    ]
+    params = [(k, v) for k, v in _others(point).params if k != "cluster.parallel"]
+    default = ParallelSpec().model_dump()
+    return Point(point.index, (*params, ("cluster.parallel", default), ("cluster.pools", pools)))
+
+
+def pool_points(base: Path, point: Point) -> tuple[Point, Point]:
+    """Each pool's deployment as a plain cluster, for the screen to time."""
+    prefill, decode, _ = _split(base, point)
+    others = _others(point).params
+    return tuple(  # type: ignore[return-value]
+        Point(point.index, (*others, *((f"cluster.{k}", v) for k, v in pool.items())))
+        for pool in (prefill, decode)
+    )
+
+
+def _prefill_rate(timing: dict[str, Any], ttft_s: float | None) -> float:
+    """Prompts/s the prefill pool sustains within ``ttft_s`` (or at all, without it); the
+    KV transfer is left to the simulation (it only lowers the rate: the bound stays
+    optimistic)."""
+    step, groups = float(timing["prefill_mean_s"]), int(timing["groups"])
+    if ttft_s is None:
+        return groups / step
+    room = ttft_s - float(timing["prefill_lone_s"])
+    if room <= 0:
+        return 0.0
+    return groups * (2 * room / (step + 2 * room)) / step
+
+
+def estimate_pools(
+    prefill: dict[str, Any],
+    decode: dict[str, Any],
+    traffic: Traffic,
+    ttft_s: float | None,
+    tpot_s: float | None,
+    max_sequences: int,
+    memory_fraction: float,
+    margin: float,
+) -> Estimate:
+    """The screen's estimate of a disaggregated candidate from its pools' timing rows."""
+    no_prompts = decode | {
+        "prefill_mean_s": float(decode["decode_s"][0]),
+        "prefill_lone_s": float(decode["decode_lone_s"]),
+        "prefill_local_fraction": 0.0,
+    }
+    loose = 1.0 + margin
+
+    def decoding(tpot: float | None) -> Estimate:
+        return estimate(no_prompts, traffic, None, tpot, max_sequences, memory_fraction, 0.0)
+
+    def scaled(target: float | None) -> float | None:
+        return None if target is None else target * loose
+
+    at, relaxed, ceiling = decoding(tpot_s), decoding(scaled(tpot_s)), decoding(None)
+    capacity = min(at.capacity_rps, _prefill_rate(prefill, ttft_s))
+    binding = at.binding if capacity == at.capacity_rps else "ttft"
+    misses = ""
+    if ttft_s is not None and float(prefill["prefill_lone_s"]) > ttft_s * loose:
+        misses = "ttft"
+    elif tpot_s is not None and float(decode["decode_lone_s"]) > tpot_s * loose:
+        misses = "tpot"
+    gpus = int(prefill["gpus"]) + int(decode["gpus"])
+    step = at.tokens_per_s_per_user
+    return Estimate(
+        capacity_rps=capacity,
+        binding=binding,
+        relaxed_rps=min(relaxed.capacity_rps, _prefill_rate(prefill, scaled(ttft_s))),
+        ceiling_rps=min(ceiling.capacity_rps, _prefill_rate(prefill, None)),
+        floor_tpot_s=float(decode["decode_lone_s"]),
+        floor_ttft_s=float(prefill["prefill_lone_s"]),
+        floor_misses=misses,
+        tokens_per_s_per_gpu=capacity * traffic.output_mean / gpus,
+        tokens_per_s_per_user=step if math.isfinite(step) else 0.0,
+    )
+
+
+def label_pools(point: Point) -> str:
+    """How the report names a configuration's serving mode."""
+    fraction = disaggregated(point)
+    return "colocated" if fraction is None else f"disaggregated ({fraction:g} prefill)"
