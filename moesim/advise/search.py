@@ -22,20 +22,21 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from moesim import __version__
+from moesim.advise.candidate import Candidate
 from moesim.advise.capacity import CapacitySettings, search_capacity
 from moesim.advise.disaggregation import disaggregated, estimate_pools, pool_points, resolve
-from moesim.advise.estimate import Estimate, estimate
+from moesim.advise.estimate import estimate
 from moesim.advise.screen import StepSet, fixed_batch, ladder, time_steps
 from moesim.advise.spec import LoadedAdvice, point_overrides
 from moesim.advise.traffic import Traffic, traffic_of
-from moesim.config import Scenario, load_scenario
+from moesim.config import load_scenario
 from moesim.errors import ConfigError
 from moesim.sweep import Point, ResolvedPoint, ResultStore
 from moesim.sweep.executors import Task, run_local, run_ray, worker_count
@@ -44,36 +45,6 @@ __all__ = ["ROUND", "Candidate", "Search", "run_search"]
 
 Progress = Callable[[str, int, int], None]
 ROUND = 4  # candidates simulated at least per round, before the bound is tightened again
-
-
-@dataclass
-class Candidate:
-    """One configuration through the search: what it is, its status and the figures so far."""
-
-    point: Point
-    status: str = ""
-    reason: str = ""
-    serving: Scenario | None = None
-    device: str = ""
-    gpus: int = 0
-    price: float = 0.0
-    max_sequences: int = 0
-    memory_fraction: float = 0.9
-    timing_id: str = ""
-    capacity_id: str = ""
-    concrete: Point | None = None  # the point as scenario keys (pools for disaggregation)
-    timed: dict[str, Point] = field(default_factory=dict)  # timing id -> deployment timed
-    decode_timing_id: str = ""  # disaggregated: the decode pool's (timing_id: the prefill's)
-    timing: dict[str, Any] = field(default_factory=dict)
-    decode_timing: dict[str, Any] = field(default_factory=dict)
-    estimate: Estimate | None = None
-    bound_rps: float = 0.0
-    simulated: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def cost_per_hour(self) -> float:
-        """Dollars per hour of one replica."""
-        return self.gpus * self.price
 
 
 @dataclass
