@@ -35,6 +35,14 @@ def add_calibrate_parser(commands: argparse._SubParsersAction) -> None:
     )
     calibrate.add_argument("--dtype", help="GEMM dtype (default fp32 on CPU, fp16 on CUDA)")
     calibrate.add_argument("--name", help="profile name (default local-cpu or the GPU's name)")
+    calibrate.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="CARD",
+        help="also time this model card's operators as the reference executor runs them "
+        "(a card name or YAML path; repeatable)",
+    )
 
 
 def add_validate_parser(commands: argparse._SubParsersAction) -> None:
@@ -80,6 +88,20 @@ def _world_sizes(text: str | None) -> list[int] | None:
     return sizes
 
 
+def _model_cards(names: list[str]) -> list:
+    """The model cards named on the command line (a shipped name or a YAML path)."""
+    from moesim.config import find_file, load_model_card, shipped_names
+
+    cards = []
+    for name in names:
+        path = find_file("model", name, Path.cwd())
+        if path is None:
+            known = ", ".join(shipped_names("model"))
+            raise MoesimError(f"--model {name}: no such model card (shipped: {known})")
+        cards.append(load_model_card(path))
+    return cards
+
+
 def run_calibrate(args: argparse.Namespace, console: Console) -> None:
     _write_calibrated(
         console,
@@ -89,6 +111,7 @@ def run_calibrate(args: argparse.Namespace, console: Console) -> None:
         world_sizes=_world_sizes(args.world_sizes),
         dtype=args.dtype,
         name=args.name,
+        models=_model_cards(args.model),
     )
 
 
@@ -101,8 +124,10 @@ def _write_calibrated(
     world_sizes: list[int] | None = None,
     dtype: str | None = None,
     name: str | None = None,
+    models: list | None = None,
 ) -> None:
-    """Calibrate ``device`` into the profile ``out``, with a progress bar and a summary."""
+    """Calibrate ``device`` (and the operators of ``models``, model cards) into the profile
+    ``out``, with a progress bar and a summary."""
     try:
         from moesim.calibrate import calibrate_profile, write_profile
     except ImportError:
@@ -122,6 +147,7 @@ def _write_calibrated(
             world_sizes=world_sizes,
             dtype=dtype,
             name=name,
+            models=models or [],
             on_progress=report,
         )
     write_profile(profile, out)
@@ -131,6 +157,7 @@ def _write_calibrated(
         f"{profile['name']}: peak {flops}, memory "
         f"{profile['memory']['bandwidth'] / 1e9:.1f} GB/s, launch "
         f"{compute['launch_overhead'] * 1e6:.1f} us"
+        + "".join(f"; model {t['model']}" for t in compute.get("models") or [])
     )
     print(f"wrote {out}", file=sys.stderr)
 
@@ -175,6 +202,7 @@ def _replay_table(replays: list) -> Table:
 def run_validate(args: argparse.Namespace, console: Console) -> int:
     try:
         from moesim.validate import scenario_files, summarise, validate
+        from moesim.validate.runner import scenario_models
     except ImportError:
         raise MoesimError("validation needs torch: pip install 'moesim[torch]'") from None
 
@@ -187,7 +215,8 @@ def run_validate(args: argparse.Namespace, console: Console) -> int:
     calibration_load = None
     if args.profile is None:
         before = os.getloadavg()[0]
-        _write_calibrated(console, args.device, profile)
+        models = scenario_models(args.scenarios)
+        _write_calibrated(console, args.device, profile, models=models)
         calibration_load = (before, os.getloadavg()[0])
     elif not profile.is_file():
         raise MoesimError(f"--profile {profile}: no such hardware profile file")

@@ -24,10 +24,15 @@ from moesim.calibrate.device import (
     device_name,
     host_memory_bytes,
     resolve_device,
+    running_on,
     torch_dtype,
 )
 from moesim.calibrate.fit import fit_latency_bandwidth, peak_flops
 from moesim.calibrate.measure import Measurements, measure_all, significant
+from moesim.calibrate.model import measure_model, model_steps
+from moesim.calibrate.model_stack import ModelStack, build_stack
+from moesim.config import ModelSpec
+from moesim.config.model_tables import ModelShapes
 from moesim.errors import MoesimError
 
 __all__ = ["calibrate_profile"]
@@ -38,10 +43,16 @@ _DEFAULT_DTYPE = {"cpu": "fp32", "cuda": "fp16"}
 
 
 def _command(
-    device: str, grid: Grid, world_sizes: Sequence[int] | None, dtype: str | None, name: str | None
+    device: str,
+    grid: Grid,
+    world_sizes: Sequence[int] | None,
+    dtype: str | None,
+    name: str | None,
+    models: Sequence[ModelSpec] = (),
 ) -> str:
     """The ``moesim calibrate`` command line that asks for this calibration."""
     parts = ["moesim calibrate", f"--device {device}"]
+    parts += [f"--model {model.name}" for model in models]
     if grid != "full":
         parts.append(f"--grid {grid}")
     if world_sizes is not None:
@@ -92,15 +103,18 @@ def calibrate_profile(
     world_sizes: Sequence[int] | None = None,
     dtype: str | None = None,
     name: str | None = None,
+    models: Sequence[ModelSpec] = (),
     on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Measure the local ``device`` (``cpu`` or ``cuda[:N]``) and return a hardware profile dict.
 
     ``grid="quick"`` measures small grids (seconds, for tests). ``world_sizes`` are the ranks of
     the all-to-all curves (default: 2 up to the GPUs, or the cores capped at 8; none below 2).
-    ``dtype`` is the GEMM's (default fp32 on a CPU, fp16 on a GPU). ``on_progress(stage, done,
-    total)`` is called as each measurement of the stages ``gemm``, ``copies`` and ``alltoall``
-    ends. Bad input raises MoesimError before anything is measured.
+    ``dtype`` is the GEMM's (default fp32 on a CPU, fp16 on a GPU). ``models``: cards whose
+    operators are also measured as the reference executor runs them (``compute.models``,
+    ``calibrate.model``). ``on_progress(stage, done, total)`` is called as each measurement of
+    the stages ``gemm``, ``copies``, ``alltoall`` and ``model <name>`` ends. Bad input raises
+    MoesimError before anything is measured.
     """
     if grid not in ("full", "quick"):
         raise MoesimError(f"unknown grid {grid!r}: expected 'full' or 'quick'")
@@ -113,9 +127,68 @@ def calibrate_profile(
         else collectives.check_world_sizes(world_sizes, target)
     )
     report = on_progress or (lambda stage, done, total: None)
+    memory = host_memory_bytes() if target.type == "cpu" else _gpu_memory(target)
+    stacks = [build_stack(model, target, memory) for model in _distinct(models)]
     measured = measure_all(target, dtype_name, grid, ranks, report)
-    command = _command(device, grid, world_sizes, dtype, name)
-    return _assemble(measured, target, command, name, copies.copy_sizes(grid))
+    command = _command(device, grid, world_sizes, dtype, name, models)
+    profile = _assemble(measured, target, command, name, copies.copy_sizes(grid))
+    if stacks:
+        provenance = profile["compute"]["provenance"]
+        profile["compute"]["models"] = [
+            _model_tables(stack, target, grid, report, provenance) for stack in stacks
+        ]
+    return profile
+
+
+def _gpu_memory(device: torch.device) -> float:
+    return float(torch.cuda.get_device_properties(device).total_memory)
+
+
+def _distinct(models: Sequence[ModelSpec]) -> list[ModelSpec]:
+    """The cards, each (name and shapes) once, in order."""
+    seen: list[tuple[str, ModelShapes]] = []
+    kept = []
+    for model in models:
+        key = (model.name, ModelShapes.of(model))
+        if key not in seen:
+            seen.append(key)
+            kept.append(model)
+    return kept
+
+
+def _model_tables(
+    stack: ModelStack,
+    device: torch.device,
+    grid: Grid,
+    report: Progress,
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """One card's ModelTables dict, with its provenance."""
+    stage = f"model {stack.model.name}"
+    total = model_steps(grid, stack.dense is not None)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        report(stage, done, total)
+
+    with running_on(device):
+        tables = measure_model(stack, grid, tick)
+    command = str(provenance["ref"]).split("; ", 1)[0]
+    shapes = ModelShapes.of(stack.model)
+    return {
+        **tables,
+        "provenance": {
+            **provenance,
+            "ref": (
+                f"{command}; the operators of model card {stack.model.name!r} (d_model "
+                f"{shapes.d_model}, d_ffn {shapes.d_ffn}, {shapes.num_experts} experts, top-"
+                f"{shapes.top_k}, {shapes.dtype}) timed with the reference executor's code and "
+                "phase timer on one rank"
+            ),
+        },
+    }
 
 
 def _assemble(

@@ -4,7 +4,8 @@ Bandwidths are per GPU and per direction. ``efficiency`` is the achievable fract
 that the roofline cost model applies (datasheet profiles estimate it; calibration measures it).
 A calibrated profile also carries measured tables (``gemm``, ``attention``, ``transfer``,
 ``alltoall``) that
-the cost model interpolates in preference to the roofline.
+the cost model interpolates in preference to the roofline, and per model card the operators
+as the reference executor runs them (``compute.models``, ``config.model_tables``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from moesim.config.fields import (
     Seconds,
 )
 from moesim.config.measured import AttentionCurves, GemmTable, MeasuredCurve
+from moesim.config.model_tables import ModelTables
 
 __all__ = [
     "LINK_KINDS",
@@ -43,6 +45,9 @@ class ComputeSpec(Frozen):
     gemm: GemmTable | None = Field(default=None, description="measured matmul times")
     attention: AttentionCurves | None = Field(
         default=None, description="measured attention-core times"
+    )
+    models: list[ModelTables] | None = Field(
+        default=None, min_length=1, description="per model card: its operators, measured"
     )
     provenance: Provenance
 

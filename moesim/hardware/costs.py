@@ -3,7 +3,9 @@
 The default is the roofline, ``launches * launch_overhead + max(flops / (peak * efficiency),
 bytes / (bandwidth * efficiency))``, evaluated element-wise on numpy arrays. Host-device copies
 and link transfers follow ``latency + bytes / (bandwidth * efficiency)``. A calibrated profile's
-measured tables (GEMM times, copy and all-to-all curves) replace the roofline where they apply.
+measured tables (GEMM times, copy and all-to-all curves) replace the roofline where they apply,
+and its per-model tables (``tables_for``) the whole operators of the model they were measured
+for.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from moesim.config import (
     HardwareProfile,
     LinkSpec,
     MeasuredCurve,
+    ModelSpec,
 )
+from moesim.config.model_tables import ModelTables
+from moesim.hardware.model_tables import tables_for
 from moesim.hardware.tables import attention_core_time, curve_time, gemm_time
 
 __all__ = [
@@ -42,6 +47,11 @@ class DeviceCosts:
     gemm: GemmTable | None = None
     attention: AttentionCurves | None = None
     peak_ratio: dict[str, float] | None = None  # this dtype's peak over another's
+    models: tuple[ModelTables, ...] = ()  # per model card, its measured operators
+
+    def tables_for(self, model: ModelSpec) -> ModelTables | None:
+        """The measured operator tables of ``model`` (its card's name and shapes), if any."""
+        return tables_for(self.models, model)
 
     def flops_as(self, flops: np.ndarray | float, dtype: str) -> np.ndarray | float:
         """``flops`` done in ``dtype``, as the FLOPs of this costs' dtype that take as long
@@ -68,6 +78,7 @@ class DeviceCosts:
                 if compute.attention is not None and compute.attention.dtype == dtype
                 else None
             ),
+            models=tuple(compute.models or ()),
         )
 
     def op_time(

@@ -4,16 +4,17 @@ Per buffered MoE layer and GPU: the layer's cache policy turns the experts the s
 (those with at least one token, ascending id) into hits and misses; a buffered expert with no
 token is not run, so under static gating its padding is skipped. Each miss is a host-to-device
 copy of one expert on the GPU's copy engine over its PCIe host link, ``latency + bytes *
-shared_by / (bandwidth * efficiency)``; copies start when the count exchange has told the GPU
-which experts it needs (at the dispatch all-to-all, Huang et al. §VI) or when the engine frees
-up, one after another. Experts run in ascending id once the dispatch has ended, each no earlier
-than its copy: ``end_i = max(end_{i-1}, ready_i) + duration_i``. A device without a copy engine
-(``links.host.overlaps_compute: false``, a CPU) copies each missed expert on its compute stream
-just before running it. With prefetch, after its own misses the copy engine loads the next
-layer's predicted experts (``next-layer``: the layer's most requested so far; ``oracle``:
-exactly those it will need), which the next layer finds resident, waiting only if their copy
-has not landed. Time between the dispatch's end and the slowest GPU's last expert that is not
-compute is ``transfer``.
+shared_by / (bandwidth * efficiency)`` (with the model card's tables, its measured copy of
+one expert into its slot, times ``shared_by``); copies start when the count exchange has told
+the GPU which experts it needs (at the dispatch all-to-all, Huang et al. §VI) or when the
+engine frees up, one after another. Experts run in ascending id once the dispatch has ended,
+each no earlier than its copy: ``end_i = max(end_{i-1}, ready_i) + duration_i``. A device
+without a copy engine (``links.host.overlaps_compute: false``, a CPU) copies each missed
+expert on its compute stream just before running it. With prefetch, after its own misses the
+copy engine loads the next layer's predicted experts (``next-layer``: the layer's most
+requested so far; ``oracle``: exactly those it will need), which the next layer finds
+resident, waiting only if their copy has not landed. Time between the dispatch's end and the
+slowest GPU's last expert that is not compute is ``transfer``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from moesim.config import Scenario
 from moesim.hardware import transfer_time
+from moesim.hardware.model_tables import tables_for
 from moesim.metrics import PHASES
 from moesim.policies import (
     CacheCounters,
@@ -68,6 +70,9 @@ class Buffering:
         self.expert_bytes = model.expert_params * model.dtype_bytes
         host = cluster.device.links.host
         self.copy_s = float(transfer_time(host, self.expert_bytes * host.shared_by))
+        tables = tables_for(tuple(cluster.device.compute.models or ()), model)
+        if tables is not None:  # measured: the executor's copy of one expert into its slot
+            self.copy_s = tables.expert_copy * host.shared_by
         self.serial_copies = not host.overlaps_compute
 
     def _copies(self, gpu: int, layer: int, start: float, count: int) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 Shapes: ``N`` steps, ``L`` MoE layers, ``G`` GPUs, ``E`` experts, ``K`` link kinds. An MoE
 layer runs: local work (attention, dense FFNs, router) → [count exchange] → dispatch
-all-to-all → experts → combine all-to-all. Each collective starts when its last participant
-arrives, so a step lasts ``sum_l (max_g pre + count + dispatch + max_g expert + combine)``
-plus the slowest GPU's work after the last MoE layer.
+all-to-all → experts → combine all-to-all; what the all-to-alls cost besides links (a lone
+rank's local path, ``LocalWork.alltoall_local_G``) counts with the dispatch. Each collective
+starts when its last participant arrives, so a step lasts ``sum_l (max_g pre + count +
+dispatch + max_g expert + combine)`` plus the slowest GPU's work after the last MoE layer.
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ def time_chunk(
     # the same rows travel back over full-duplex ports, in the combine's precision
     same = combine_row == dispatch_row
     combine_NL = dispatch_NL if same else alltoall(egress, ingress, combine_row)
+    # what the all-to-alls cost besides links: a lone rank's local path, the layer's glue
+    dispatch_NL = dispatch_NL + local.alltoall_local_G.max(initial=0.0)
     # Bytes crossing each link kind, dispatch and combine (local traffic stays at zero).
     rows_KN = egress.sum(axis=(2, 3))
     row_bytes = dispatch_row + combine_row
@@ -187,7 +190,9 @@ def time_chunk(
                 _MicroBatch(
                     work,
                     attention_M[part],
-                    count_NL + alltoall(out, into, dispatch_row),
+                    count_NL
+                    + alltoall(out, into, dispatch_row)
+                    + work.alltoall_local_G.max(initial=0.0),
                     expert_NLG.max(axis=-1) if layers else np.zeros((n, 0)),
                     alltoall(out, into, combine_row),
                 )

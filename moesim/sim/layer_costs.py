@@ -20,6 +20,10 @@ layers, experts where given). Launch counts are the kernels an eager PyTorch lay
 
 With a calibrated GEMM table (``DeviceCosts.gemm``), each matmul takes its measured time and the
 kernels around it (norms, softmax, activations, attention core, masks) stay roofline ops.
+With tables measured for the scenario's model card (``DeviceCosts.tables_for``), each whole
+operator takes its measured time instead, interpolated over tokens and context
+(``hardware.model_tables``), where the table's conditions hold (one GPU per attention block,
+the card's experts as placement slots).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from __future__ import annotations
 import numpy as np
 
 from moesim.config import ModelSpec
+from moesim.config.model_tables import TokensCurve
 from moesim.hardware import DeviceCosts
+from moesim.hardware.model_tables import curve, grid
 
 __all__ = [
     "ATTENTION_LAUNCHES",
@@ -41,6 +47,7 @@ __all__ = [
     "ffn_time",
     "gate_time",
     "lm_head_time",
+    "local_alltoall_time",
 ]
 
 ATTENTION_LAUNCHES = 5  # norm, QKV projection, attention kernel, output projection, residual
@@ -51,6 +58,8 @@ MASK_BYTES = GATE_SCORE_BYTES + 1  # einsum gating: fp32 combine weight + bool d
 # executor issues them (softmax, top-k, sorts, counts, gathers, scatters, regrouping, residual):
 DYNAMIC_GLUE_OPS = 30
 STATIC_GLUE_OPS = 36
+DYNAMIC_ALLTOALLS = 3  # count exchange, dispatch, combine
+STATIC_ALLTOALLS = 2  # dispatch, combine
 
 
 def attention_time(
@@ -65,6 +74,16 @@ def attention_time(
     """One attention block for ``tokens`` tokens that each attend over ``context`` positions,
     on one of ``tp`` GPUs that split its heads; in decode, ``queries`` tokens of a sequence
     (its next one and drafted ones) read its cache together, once."""
+    tables = costs.tables_for(model)
+    if tables is not None and tp == 1 and queries == 1:
+        if decode:
+            table = tables.attention_decode
+            seconds = grid(table.tokens, table.context, table.seconds, tokens, context)
+        else:  # whole prompts of seq_len attend over (seq_len + 1) / 2 positions on average
+            table = tables.attention_prefill
+            seq_len = np.maximum(2.0 * np.asarray(context) - 1.0, 1.0)
+            seconds = grid(table.sequences, table.seq_len, table.seconds, tokens / seq_len, seq_len)
+        return np.where(np.asarray(tokens) > 0, seconds, 0.0)
     if costs.gemm is not None:
         return _measured_attention(model, costs, tokens, context, decode, tp, queries)
     wb, ab = model.dtype_bytes, model.part_bytes("attention")
@@ -89,6 +108,9 @@ def core_width(model: ModelSpec, decode: bool) -> int:
 
 def ffn_time(model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray, d_ffn: int) -> np.ndarray:
     """One FFN of width ``d_ffn`` over ``tokens`` rows; zero when it has no rows."""
+    table = _ffn_table(model, costs, d_ffn)
+    if table is not None:
+        return np.where(np.asarray(tokens) > 0, curve(table.tokens, table.seconds, tokens), 0.0)
     if costs.gemm is not None:
         return _measured_ffn(model, costs, tokens, d_ffn)
     ab = model.dtype_bytes
@@ -100,6 +122,17 @@ def ffn_time(model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray, d_ffn: in
     return np.where(busy, costs.op_time(2.0 * tokens * params, bytes_moved, launches), 0.0)
 
 
+def _ffn_table(model: ModelSpec, costs: DeviceCosts, d_ffn: int) -> TokensCurve | None:
+    """The measured FFN of width ``d_ffn`` of the model's card (its experts' width, or its dense
+    layers'), if calibrated."""
+    tables = costs.tables_for(model)
+    if tables is None:
+        return None
+    if d_ffn == model.d_ffn:
+        return tables.ffn
+    return tables.dense_ffn if d_ffn == model.dense_d_ffn else None
+
+
 def gate_time(
     model: ModelSpec,
     costs: DeviceCosts,
@@ -109,7 +142,19 @@ def gate_time(
     units: int | None = None,
 ) -> np.ndarray:
     """Router, top-k and reorder for ``tokens`` local tokens; ``capacity`` slots per expert
-    and placement slot (``units``: experts and their replicas, default the experts)."""
+    and placement slot (``units``: experts and their replicas, default the experts); with
+    the card's tables, the gate phase measured."""
+    tables = costs.tables_for(model)
+    if tables is not None and units in (None, model.num_experts):
+        if capacity is None:
+            table = tables.gate_dynamic
+            seconds = curve(table.tokens, table.seconds, tokens)
+        else:
+            table = tables.gate_einsum if einsum else tables.gate_static
+            assignments = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0) * model.top_k
+            factor = np.asarray(capacity) * model.num_experts / assignments
+            seconds = grid(table.tokens, table.capacity_factor, table.seconds, tokens, factor)
+        return np.where(np.asarray(tokens) > 0, seconds, 0.0)
     if costs.gemm is not None:
         return _measured_gate(model, costs, tokens, capacity, einsum, units)
     d, k, ab = model.d_model, model.top_k, model.dtype_bytes
@@ -132,6 +177,10 @@ def lm_head_time(
 ) -> np.ndarray:
     """Logits for ``tokens`` positions over the vocabulary (``1/tp`` of it per GPU)."""
     vocab = model.vocab_size // tp
+    tables = costs.tables_for(model)
+    if tables is not None and tp == 1:
+        seconds = curve(tables.lm_head.tokens, tables.lm_head.seconds, tokens)
+        return np.where(np.asarray(tokens) > 0, seconds, 0.0)
     if costs.gemm is not None:
         return costs.matmul_time(tokens, model.d_model, vocab)
     ab = model.dtype_bytes
@@ -139,6 +188,27 @@ def lm_head_time(
     bytes_moved = params * ab + tokens * (model.d_model + vocab) * ab
     busy = np.asarray(tokens) > 0
     return np.where(busy, costs.op_time(2.0 * tokens * params, bytes_moved, 2), 0.0)
+
+
+def local_alltoall_time(
+    model: ModelSpec, costs: DeviceCosts, tokens: np.ndarray, static: bool, lone: bool
+) -> np.ndarray:
+    """What one MoE layer's all-to-all phase holds on an expert rank besides the transfers
+    over links. A ``lone`` rank's rows all stay local, yet its all-to-alls still run: their
+    measured local path with the card's tables, else one launch each. With the card's tables
+    also the layer's untimed glue, which the executor books as all-to-all time (everything of
+    a step outside its timed phases). Zero without tokens."""
+    tables = costs.tables_for(model)
+    seconds = np.zeros(np.shape(tokens))
+    if tables is not None:
+        seconds = seconds + curve(tables.glue.tokens, tables.glue.seconds, tokens)
+        table = tables.alltoall_static if static else tables.alltoall_dynamic
+        if lone:
+            seconds = seconds + curve(table.tokens, table.seconds, tokens)
+    elif lone:
+        calls = STATIC_ALLTOALLS if static else DYNAMIC_ALLTOALLS
+        seconds = seconds + calls * costs.launch_overhead_s
+    return np.where(np.asarray(tokens) > 0, seconds, 0.0)
 
 
 def _measured_attention(

@@ -15,7 +15,14 @@ import numpy as np
 
 from moesim.config import Scenario
 from moesim.hardware import DeviceCosts
-from moesim.sim.layer_costs import attention_time, ffn_time, gate_time, lm_head_time
+from moesim.hardware.model_tables import curve
+from moesim.sim.layer_costs import (
+    attention_time,
+    ffn_time,
+    gate_time,
+    lm_head_time,
+    local_alltoall_time,
+)
 from moesim.sim.layout import Layout
 
 __all__ = [
@@ -34,7 +41,9 @@ class LocalWork:
     before MoE layer ``l`` since the previous one; ``tail_*``: after the last MoE layer.
     ``allreduce_G``: the tensor-parallel all-reduce after each attention block and dense
     FFN; ``moe_allreduce_G``: the expert rank's all-gather and reduce-scatter per MoE layer;
-    ``expert_launch_s``: a grouped expert kernel's launches, once per device that has rows."""
+    ``expert_launch_s``: a grouped expert kernel's launches, once per device that has rows;
+    ``alltoall_local_G``: per MoE layer, what the all-to-all phase holds besides the transfers
+    over links (``layer_costs.local_alltoall_time``: a lone rank's local path, the glue)."""
 
     attention_G: np.ndarray
     dense_G: np.ndarray
@@ -49,6 +58,7 @@ class LocalWork:
     allreduce_G: np.ndarray
     moe_allreduce_G: np.ndarray
     expert_launch_s: float
+    alltoall_local_G: np.ndarray
 
     def expert_time(self, rows: np.ndarray) -> np.ndarray:
         """Seconds of one expert's FFN over ``rows`` rows (a table lookup, any shape)."""
@@ -171,6 +181,10 @@ def expert_table(
     max_rows = max(int(tokens_G.sum()), int(capacity_G.sum()) if capacity_G is not None else 0)
     if scenario.policies.expert_kernel == "grouped":  # launched once per GPU: expert_launch_s
         costs = replace(costs, launch_overhead_s=0.0)
+    tables = costs.tables_for(scenario.model)
+    if tables is not None and scenario.policies.expert_kernel != "grouped":
+        rows = np.arange(max_rows + 1)
+        return np.where(rows > 0, curve(tables.expert.rows, tables.expert.seconds, rows), 0.0)
     return ffn_time(scenario.model, costs, np.arange(max_rows + 1), scenario.model.d_ffn)
 
 
@@ -203,6 +217,11 @@ def work_around(
         if model.moe_every
         else np.zeros(rank_V.shape)
     )
+    alltoall_local_V = (
+        local_alltoall_time(model, costs, rank_V, capacity_G is not None, rank_V.size == 1)
+        if model.moe_every
+        else np.zeros(rank_V.shape)
+    )
     dense_L, ones_L, tail_dense = _layout(scenario)
     if expert_by_rows is None:
         expert_by_rows = expert_table(ranks, costs, rank_V, capacity_G)
@@ -224,4 +243,5 @@ def work_around(
             if scenario.policies.expert_kernel == "grouped"
             else 0.0
         ),
+        alltoall_local_G=alltoall_local_V,
     )

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from moesim.config import Scenario, SyntheticRouting, load_scenario
+from moesim.config import ModelSpec, Scenario, SyntheticRouting, load_scenario
 from moesim.errors import MoesimError
 from moesim.files import json_text
 from moesim.metrics import Result
@@ -23,7 +23,7 @@ from moesim.validate.compare import compare
 from moesim.validate.report import Report
 from moesim.validate.serving import run_serving
 
-__all__ = ["scenario_files", "scenario_folders", "token_level", "validate"]
+__all__ = ["scenario_files", "scenario_folders", "scenario_models", "token_level", "validate"]
 
 Progress = Callable[[str, int, int], None]
 _REPORT_FILES = (
@@ -52,6 +52,17 @@ def scenario_files(paths: list[str]) -> list[Path]:
         else:
             raise MoesimError(f"{path}: no such scenario file or folder")
     return files
+
+
+def scenario_models(paths: list[str]) -> list[ModelSpec]:
+    """The distinct model cards (name and shapes) of the scenarios named, in order: what a
+    calibration before validating them measures (``moesim calibrate --model``)."""
+    models: list[ModelSpec] = []
+    for path in scenario_files(paths):
+        model = load_scenario(path).model
+        if model.num_experts and model not in models:
+            models.append(model)
+    return models
 
 
 def _load(path: Path, profile: Path) -> Scenario:
