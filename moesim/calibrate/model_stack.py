@@ -62,14 +62,28 @@ def _stack_bytes(model: ModelSpec, copies: int) -> float:
     return float((copies * per_copy + model.vocab_size * model.d_model) * model.dtype_bytes)
 
 
+def _unbuildable(model: ModelSpec) -> str | None:
+    """Why the reference executor would not build this card's layers, if it would not."""
+    if not model.num_experts:
+        return "it has no experts"
+    if model.dtype not in TORCH_DTYPES:
+        return f"dtype {model.dtype} (the executor runs {', '.join(TORCH_DTYPES)})"
+    if model.architecture != "decoder" or model.mla is not None:
+        return "the executor builds decoders with standard multi-head attention"
+    if model.attention_params is not None or model.kv_dim is not None:
+        return "attention_params and kv_dim overrides are not built by the executor"
+    parts = ("attention", "kv_cache", "dispatch", "combine")
+    if any(model.part_dtype(part) != model.dtype for part in parts):
+        return "the executor runs one dtype, not per-part precisions"
+    return None
+
+
 def build_stack(model: ModelSpec, device: torch.device, memory_bytes: float) -> ModelStack:
     """The card's layers on ``device``; a card too large for a quarter of ``memory_bytes`` is
     refused with a MoesimError (calibration is for cards of a size one device runs)."""
-    if not model.num_experts or model.dtype not in TORCH_DTYPES:
-        raise MoesimError(
-            f"model {model.name!r}: per-model calibration needs an MoE card "
-            f"(num_experts > 0) in {', '.join(TORCH_DTYPES)}"
-        )
+    reason = _unbuildable(model)
+    if reason is not None:
+        raise MoesimError(f"model {model.name!r}: cannot calibrate its operators: {reason}")
     copies = min(model.layers, MAX_COPIES)
     need = _stack_bytes(model, copies)
     if need > memory_bytes / _MEMORY_SHARE:

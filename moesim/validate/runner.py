@@ -18,6 +18,7 @@ from moesim.errors import MoesimError
 from moesim.files import json_text
 from moesim.metrics import Result
 from moesim.reference import DEFAULT_WARMUP_STEPS, UnsupportedScenarioError, execute
+from moesim.reference.workplan import check_model
 from moesim.sim import simulate
 from moesim.validate.compare import compare
 from moesim.validate.report import Report
@@ -55,13 +56,17 @@ def scenario_files(paths: list[str]) -> list[Path]:
 
 
 def scenario_models(paths: list[str]) -> list[ModelSpec]:
-    """The distinct model cards (name and shapes) of the scenarios named, in order: what a
-    calibration before validating them measures (``moesim calibrate --model``)."""
+    """The distinct model cards of the scenarios named that the reference executor runs, in
+    order: what a calibration before validating them measures (``moesim calibrate --model``)."""
     models: list[ModelSpec] = []
     for path in scenario_files(paths):
-        model = load_scenario(path).model
-        if model.num_experts and model not in models:
-            models.append(model)
+        scenario = load_scenario(path)
+        try:
+            check_model(scenario)
+        except UnsupportedScenarioError:
+            continue  # not run, so not calibrated for
+        if scenario.model.num_experts and scenario.model not in models:
+            models.append(scenario.model)
     return models
 
 

@@ -116,3 +116,9 @@ def test_a_card_too_large_for_the_device_is_refused_before_measuring():
 def test_validation_calibrates_each_distinct_card_of_its_scenarios_once():
     models = scenario_models([str(ROOT / "scenarios" / "validation")])
     assert [m.name for m in models] == ["validation-moe", "serving-tiny-moe"]
+
+
+def test_a_card_the_executor_does_not_build_is_refused_in_one_line():
+    fp8 = CARD.model_copy(update={"dtype": "fp8"})
+    with pytest.raises(MoesimError, match="cannot calibrate its operators: dtype fp8"):
+        build_stack(fp8, torch.device("cpu"), 2**34)
