@@ -9,7 +9,9 @@
 3. The rest are simulated in rounds, best optimistic objective first (``capacity``), until no
    configuration left can beat the ``1 + runners_up``-th best simulated one (a tie in cost
    is not simulated for its headroom): what is left is ``screened_out``. Nothing cheaper is
-   missed as long as the bound is optimistic.
+   missed as long as the bound is optimistic. Where the search holds colocated and
+   disaggregated configurations, the best bound of a mode with none simulated is simulated
+   too, so that the advice can compare the two.
 
 Every finished evaluation is written at once under ``OUT/screen`` and ``OUT/capacity`` (see
 ``moesim.sweep.ResultStore``); a rerun repeats none of them.
@@ -20,7 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,23 @@ import numpy as np
 from moesim import __version__
 from moesim.advise.candidate import Candidate
 from moesim.advise.capacity import CapacitySettings, search_capacity
-from moesim.advise.disaggregation import disaggregated, estimate_pools, pool_points, resolve
+from moesim.advise.disaggregation import (
+    disaggregated,
+    estimate_pools,
+    pool_points,
+    resolve,
+)
 from moesim.advise.estimate import estimate
+from moesim.advise.ranking import (
+    achieved,
+    bound,
+    calibration,
+    optimistic,
+    optimistic_key,
+    sort_key,
+    unsimulated_modes,
+    why_not,
+)
 from moesim.advise.screen import StepSet, fixed_batch, ladder, time_steps
 from moesim.advise.spec import LoadedAdvice, point_overrides
 from moesim.advise.traffic import Traffic, traffic_of
@@ -203,55 +219,6 @@ def _screen(candidate: Candidate, advice: LoadedAdvice, traffic: Traffic) -> Non
         candidate.status = "screened"
 
 
-def calibration(candidates: list[Candidate]) -> float:
-    """How far the simulation has beaten the estimate so far: the largest ratio of simulated
-    to estimated capacity among the simulated candidates, at least 1."""
-    ratios = [
-        c.simulated["capacity_rps"] / c.estimate.capacity_rps
-        for c in candidates
-        if c.status == "ok" and c.estimate is not None and c.estimate.capacity_rps > 0
-    ]
-    return max([1.0, *ratios])
-
-
-def bound(candidate: Candidate, margin: float, scale: float) -> float:
-    """The screen's optimistic capacity: the estimate for targets loosened by ``margin``
-    (without targets where that meets no rate), times ``1 + margin`` and the calibration."""
-    estimate = candidate.estimate
-    relaxed = estimate.relaxed_rps or estimate.ceiling_rps
-    return relaxed * (1.0 + margin) * scale
-
-
-def optimistic(candidate: Candidate, rate: float | None) -> float:
-    """The best objective the candidate could reach by its ``bound_rps``: the cost per hour
-    of serving ``rate`` (to minimise), or minus its goodput per dollar (maximise)."""
-    if rate is not None:
-        replicas = math.ceil(rate / candidate.bound_rps * (1 - 1e-12))
-        return replicas * candidate.cost_per_hour
-    return -candidate.bound_rps * 3600 / candidate.cost_per_hour
-
-
-def _optimistic_key(candidate: Candidate, rate: float | None) -> tuple[float, float]:
-    """``_sort_key``'s first two entries by the bound: what the candidate could reach."""
-    replicas = math.ceil(rate / candidate.bound_rps * (1 - 1e-12)) if rate is not None else 1
-    return (optimistic(candidate, rate), -candidate.bound_rps * replicas)
-
-
-def achieved(candidate: Candidate, rate: float | None) -> float:
-    """The objective the simulation found, in the same sense as ``optimistic``."""
-    simulated = candidate.simulated
-    if rate is not None:
-        return simulated["replicas"] * candidate.cost_per_hour
-    return -simulated["capacity_rps"] * 3600 / candidate.cost_per_hour
-
-
-def _sort_key(candidate: Candidate, rate: float | None) -> tuple[float, float, int]:
-    """Best objective first; among equals, the most headroom (all replicas' capacity)."""
-    simulated = candidate.simulated
-    total = simulated.get("capacity_rps", 0.0) * (simulated.get("replicas") or 1)
-    return (achieved(candidate, rate), -total, candidate.point.index)
-
-
 def run_search(
     advice: LoadedAdvice,
     out: Path,
@@ -312,21 +279,8 @@ def run_search(
     simulated_now, pending = 0, list(viable)
     finished: list[Candidate] = []
     step = tick("simulating", len(viable))
-    while pending:
-        scale = calibration(finished)
-        for candidate in pending:
-            candidate.bound_rps = bound(candidate, margin, scale)
-        pending.sort(key=lambda c: (*_optimistic_key(c, rate), c.point.index))
-        winners = sorted(
-            (c for c in finished if c.status == "ok"), key=lambda c: _sort_key(c, rate)
-        )
-        if len(winners) >= keep:
-            kth = winners[keep - 1]
-            bar = achieved(kth, rate)
-            pending = [c for c in pending if optimistic(c, rate) < bar]
-        batch, pending = pending[:chunk], pending[chunk:]
-        if not batch:
-            break
+
+    def simulate(batch: list[Candidate], scale: float) -> int:
         for candidate in batch:
             start = scale * (candidate.estimate.capacity_rps or candidate.estimate.ceiling_rps)
             candidate.capacity_id = _digest(
@@ -342,7 +296,7 @@ def run_search(
             settings.starts[candidate.capacity_id] = start
         jobs = [ResolvedPoint(c.concrete, c.capacity_id) for c in batch]
         task = functools.partial(search_capacity, settings)
-        simulated_now += _execute(capacity_store, jobs, task, advice, workers, ray_address, step)
+        ran = _execute(capacity_store, jobs, task, advice, workers, ray_address, step)
         rows = _rows(capacity_store, {c.capacity_id for c in batch})
         for candidate in batch:
             candidate.simulated = rows.get(candidate.capacity_id, {})
@@ -350,24 +304,30 @@ def run_search(
             candidate.status = {"ok": "ok", "miss": "misses_slo"}.get(status, status)
             candidate.reason = candidate.simulated.get("error", "")
             finished.append(candidate)
-    ranking = sorted((c for c in finished if c.status == "ok"), key=lambda c: _sort_key(c, rate))
+        return ran
+
+    while pending:
+        scale = calibration(finished)
+        for candidate in pending:
+            candidate.bound_rps = bound(candidate, margin, scale)
+        pending.sort(key=lambda c: (*optimistic_key(c, rate), c.point.index))
+        winners = sorted((c for c in finished if c.status == "ok"), key=lambda c: sort_key(c, rate))
+        if len(winners) >= keep:
+            kth = winners[keep - 1]
+            bar = achieved(kth, rate)
+            pending = [c for c in pending if optimistic(c, rate) < bar]
+        batch, pending = pending[:chunk], pending[chunk:]
+        if not batch:
+            break
+        simulated_now += simulate(batch, scale)
+    # the best bound of each serving mode nothing of which ran, for advice.md to compare
+    missing = unsimulated_modes(viable, finished, rate)
+    if missing:
+        simulated_now += simulate(missing, calibration(finished))
+    ranking = sorted((c for c in finished if c.status == "ok"), key=lambda c: sort_key(c, rate))
     for candidate in viable:
         if candidate.status == "screened":
             candidate.status = "screened_out"
-            candidate.reason = _why_not(candidate, ranking[keep - 1], rate, keep)
+            candidate.reason = why_not(candidate, ranking[keep - 1], rate, keep)
     count = 0 if ray_address is not None else worker_count(workers, len(timed) or 1)
     return Search(advice, traffic, candidates, ranking, screened_now, simulated_now, count)
-
-
-def _why_not(candidate: Candidate, kth: Candidate, rate: float | None, keep: int) -> str:
-    place = "the best" if keep == 1 else f"the {keep} best"
-    if rate is not None:
-        return (
-            f"its bound ({candidate.bound_rps:.3g} requests/s) needs at least "
-            f"${optimistic(candidate, rate):,.2f} an hour; {place} simulated cost at most "
-            f"${achieved(kth, rate):,.2f}"
-        )
-    return (
-        f"its bound gives at most {-optimistic(candidate, rate):,.0f} requests per dollar; "
-        f"{place} simulated reach {-achieved(kth, rate):,.0f}"
-    )
