@@ -226,3 +226,15 @@ def test_the_reference_executor_refuses_pools_and_load_aware_routing() -> None:
     plain = {"nodes": 1, "gpus_per_node": 2, "device": SIMPLE_PROFILE}
     with pytest.raises(UnsupportedScenarioError, match=r"policies\.router"):
         check_layout(_serving(plain, router="least_loaded"))
+
+
+def test_each_pools_steps_are_traced_on_its_own_gpus() -> None:
+    from moesim.sim.serving import simulate_serving
+
+    cluster = _pools(gpus_per_node=2, decode={"nodes": 2})  # GPUs 0-1 prefill, 2-5 decode
+    records = simulate_serving(_serving(cluster, count=4), trace_steps=50)
+    spans = records.spans
+    prefill = spans.device < 2
+    assert set(spans.device.tolist()) == set(range(6))
+    assert all("0 decode tokens" in name for name in spans.name[prefill])
+    assert all(name.startswith("step: 0 prefill") for name in spans.name[~prefill])
