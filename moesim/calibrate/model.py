@@ -7,8 +7,7 @@ gathers, scatter-add, residual) under dynamic, static-index and static-einsum ga
 part of its all-to-alls on one rank, one expert by rows in the executor's loop over experts, an
 FFN, the LM head, an expert's copy into its slot, and what a layer spends outside any phase
 (``glue``). Each figure is per call, the median over repeats of a pass through every copy of
-the layer (``ModelStack.copies``), after a warm-up pass; on a CPU, time the thread spent off
-its core is left out (``_phases``).
+the layer (``ModelStack.copies``), after a warm-up pass.
 """
 
 from __future__ import annotations
@@ -80,11 +79,8 @@ def _curve(axis: str, points: list[int], seconds: list[float]) -> dict[str, Any]
 
 def _phases(run: Callable[[PhaseTimer], int], device: torch.device) -> dict[str, float]:
     """Median seconds per call of each phase and of the whole pass (``wall``) of ``run``,
-    which makes its calls under the executor's timer and returns how many it made.
-
-    On a CPU each pass's phases are scaled by the share of its wall time that the thread
-    spent on a core: a loaded machine's other processes then do not inflate the tables
-    (on a quiet one the share is 1 and the figures are the executor's timer's)."""
+    which makes its calls under the executor's timer and returns how many it made: what
+    that timer reads in a real run, wall time as there."""
     timer = PhaseTimer(device)
     run(timer)
     synchronize(device)
@@ -92,15 +88,12 @@ def _phases(run: Callable[[PhaseTimer], int], device: torch.device) -> dict[str,
     samples: list[list[float]] = []
     spent_s = 0.0
     while len(samples) < 3 or (spent_s < _BUDGET_S and len(samples) < _TRIES):
-        begin, begin_cpu = time.perf_counter(), time.thread_time()
+        begin = time.perf_counter()
         calls = run(timer)
         synchronize(device)
         wall = time.perf_counter() - begin
-        on_core = (
-            1.0 if device.type == "cuda" else min(1.0, (time.thread_time() - begin_cpu) / wall)
-        )
         spent_s += wall
-        samples.append([s * on_core / calls for s in timer.collect()] + [wall * on_core / calls])
+        samples.append([s / calls for s in timer.collect()] + [wall / calls])
     return {
         name: statistics.median(column)
         for name, column in zip([*PHASES, "wall"], zip(*samples, strict=True), strict=True)
