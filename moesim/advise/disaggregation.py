@@ -8,10 +8,8 @@ configuration's device and parallel layout.
 
 The estimate treats the pools apart: the decode pool is the colocated estimate without
 prompts (``estimate.steady_state`` with a prompt costing nothing) under the TPOT target; the
-prefill pool serves one mean prompt per group a step, ``s`` seconds, and a prompt waits as in
-an M/D/1 queue, ``rho s / (2 (1 - rho))`` at utilisation ``rho``, before its own prefill (the
-percentile prompt alone): under a TTFT target ``d`` beyond that, ``rho <= 2 d' / (s + 2 d')``.
-The capacity is the smaller pool's.
+prefill pool batches the prompts that arrived during its last step, up to the scheduler's
+token budget, under the TTFT target (``_prefill_rate``). The capacity is the smaller pool's.
 """
 
 from __future__ import annotations
@@ -117,16 +115,30 @@ def pool_points(base: Path, point: Point) -> tuple[Point, Point]:
 
 
 def _prefill_rate(timing: dict[str, Any], ttft_s: float | None) -> float:
-    """Prompts/s the prefill pool sustains within ``ttft_s`` (or at all, without it); the
-    KV transfer is left to the simulation (it only lowers the rate: the bound stays
-    optimistic)."""
-    step, groups = float(timing["prefill_mean_s"]), int(timing["groups"])
-    if ttft_s is None:
-        return groups / step
-    room = ttft_s - float(timing["prefill_lone_s"])
-    if room <= 0:
-        return 0.0
-    return groups * (2 * room / (step + 2 * room)) / step
+    """Prompts/s the prefill pool sustains within ``ttft_s`` (or at all, without it).
+
+    A step of ``m`` mean prompts per group lasts ``a + b m`` (through one prompt's step ``t1``
+    and a full one's ``tk`` of ``k``); at ``r`` prompts/s per group a step serves those that
+    arrived during the one before, ``T = max(t1, a / (1 - b r))``, at most ``k``: ``r <=
+    k / tk``. A prompt waits at most a step and then runs in one, with the percentile
+    prompt's extra ``lone - t1``: ``TTFT ~ 2 T - t1 + (lone - t1)``, optimistic (a step of
+    waiting counted as ``T - t1``). The KV transfer is left to the simulation: it only lowers
+    the rate, so the bound stays optimistic."""
+    groups, k = int(timing["groups"]), int(timing.get("prefill_batch", 1))
+    t1 = float(timing["prefill_mean_s"])
+    tk = float(timing.get("prefill_full_s", t1))
+    if k == 1 or not math.isfinite(tk):
+        k, tk = 1, t1
+    b = min(max((tk - t1) / (k - 1), 0.0), t1) if k > 1 else t1
+    a = t1 - b
+    rate = k / tk
+    if ttft_s is not None:
+        longest = (ttft_s - float(timing["prefill_lone_s"])) / 2 + t1  # the longest T allowed
+        if longest < t1:
+            return 0.0
+        if b > 0:
+            rate = min(rate, (1.0 - a / longest) / b)
+    return groups * rate
 
 
 def estimate_pools(

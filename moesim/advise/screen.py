@@ -3,7 +3,8 @@
 For a candidate's cluster, layout and MoE policies (the scheduler does not change a step), a
 few decode steps at a ladder of sequences per attention group, at the traffic's mean decode
 context, one prompt of the mean length per group prefilled (with the share of its time spent
-outside the experts, which the prompt's own group pays alone), and, for the floors no load can go
+outside the experts, which the prompt's own group pays alone) and as many as the token budget
+holds (a prefill pool's full step), and, for the floors no load can go
 below, one sequence decoding and one prompt of the SLO-percentile length prefilling alone (a
 lone request served: its group alone runs it). A worker runs ``time_steps`` for each
 distinct set; ``estimate`` turns it into a capacity.
@@ -53,12 +54,14 @@ def groups_of(scenario: Scenario) -> int:
 
 @dataclass(frozen=True)
 class StepSet:
-    """What to time: ``batches`` (sequences per group) at ``context`` for decode, and one prompt
-    per group of ``prompts`` tokens (the mean and the percentile lengths)."""
+    """What to time: ``batches`` (sequences per group) at ``context`` for decode, one prompt
+    per group of ``prompts`` tokens (the mean and the percentile lengths), and
+    ``prefill_batch`` mean prompts per group at once (a prefill pool's full step)."""
 
     batches: tuple[int, ...]
     context: int
     prompts: tuple[int, int]
+    prefill_batch: int = 1  # mean prompts per group in a full prefill step (the token budget)
 
 
 def _run(base: str, overrides: list[str]) -> Any:
@@ -125,6 +128,14 @@ def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[s
         except api.OutOfMemoryError:  # a prompt's activations alone: not servable
             prefill.append(float("inf"))
         prefill.append(_lone_prefill_s(base, point, steps.prompts[1]))
+        full = prefill[0]
+        if steps.prefill_batch > 1:
+            batch = groups * steps.prefill_batch
+            try:
+                overrides = fixed_batch("prefill", batch, steps.prompts[0], 1)
+                full = _run(base, point_overrides(point) + overrides).latency_s.mean
+            except api.OutOfMemoryError:  # a full step's activations do not fit
+                full = float("inf")
         lone = _run(base, point_overrides(point) + fixed_batch("decode", 1, steps.context, 1))
     except api.OutOfMemoryError as error:
         return row | {"status": "out_of_memory", "error": str(error)}
@@ -146,5 +157,7 @@ def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[s
         "prefill_mean_s": prefill[0],
         "prefill_local_fraction": local,
         "prefill_lone_s": prefill[1],
+        "prefill_batch": steps.prefill_batch,
+        "prefill_full_s": full,
         "decode_lone_s": lone.latency_s.mean,
     }

@@ -236,10 +236,13 @@ def run_search(
         + [getattr(advice.scenario.policies.scheduler, "max_sequences", 1) or 1],
         default=1,
     )
+    prompt = max(1, round(traffic.prompt_mean))
+    budget = getattr(advice.scenario.policies.scheduler, "max_batch_tokens", prompt)
     steps = StepSet(
         tuple(ladder(int(most))),
         traffic.decode_context,
-        (max(1, round(traffic.prompt_mean)), traffic.prompt_quantile),
+        (prompt, traffic.prompt_quantile),
+        max(1, min(budget // prompt, int(most))),
     )
     candidates = [_prepare(advice, point, steps) for point in advice.configurations]
     screen_store = ResultStore(out / "screen", fresh=fresh)

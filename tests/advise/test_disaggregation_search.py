@@ -113,3 +113,18 @@ def test_the_outputs_name_the_mode_and_best_yaml_runs_it(searched) -> None:
     text = (out / "advice.md").read_text()
     if sum(c.status == "ok" for c in outcome.search.candidates) > 1:
         assert "## Colocated against disaggregated" in text
+
+
+def test_the_prefill_pools_rate_batches_prompts_under_the_ttft_target() -> None:
+    from moesim.advise.disaggregation import _prefill_rate
+
+    # 2 groups; one prompt a step takes 1 s, five take 3 s: a = 0.5 s, b = 0.5 s a prompt
+    timing = {"groups": 2, "prefill_mean_s": 1.0, "prefill_batch": 5, "prefill_full_s": 3.0}
+    timing["prefill_lone_s"] = 1.2
+    assert _prefill_rate(timing, None) == pytest.approx(2 * 5 / 3.0)  # full steps back to back
+    # TTFT 3.2 s: steps of at most (3.2 - 1.2) / 2 + 1 = 2 s, 0.5 / (1 - 0.5 r) = 2 at r = 1.5
+    assert _prefill_rate(timing, 3.2) == pytest.approx(2 * 1.5)
+    assert _prefill_rate(timing, 1.1) == 0.0  # the percentile prompt alone misses it
+    # without a full step measured: one prompt a step
+    single = timing | {"prefill_batch": 1, "prefill_full_s": 1.0}
+    assert _prefill_rate(single, None) == pytest.approx(2.0)
