@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from paper_claims import Claim, count, objective, ratio_claim
-from paper_fit import _cell, coordinate_search
+from paper_fit import _cell, coordinate_search, moved
 from paper_runs import Assumptions, _by_nodes
 
 
@@ -61,18 +61,28 @@ def test_coordinate_search_finds_a_separable_minimum_and_keeps_ties():
 
     def evaluate(a: Assumptions) -> tuple[float, float]:
         calls.append(a)
-        return abs(a.lm_tokens - 512) / 256 + abs(a.lm_skew - 0.5), 0.0
+        return abs(a.lm_tokens - 512) / 256 + abs(a.lm_skew - 0.5) + abs(a.decoder_skew - 0.5), 0.0
 
-    grid = {"lm_tokens": (256, 512, 2048), "lm_skew": (0.0, 0.5, 1.0)}
+    grid = {
+        "tokens": (("lm_tokens",), (256, 512, 2048)),
+        "skew": (("lm_skew", "decoder_skew"), (0.0, 0.5, 1.0)),
+    }
     best, score = coordinate_search(evaluate, Assumptions(), grid)
-    assert (best.lm_tokens, best.lm_skew, score) == (512, 0.5, (0.0, 0.0))
+    assert (best.lm_tokens, best.lm_skew, best.decoder_skew, score) == (512, 0.5, 0.5, (0, 0))
+    assert best.encoder_skew == Assumptions().encoder_skew  # not in the grid: left alone
     assert isinstance(best.lm_tokens, int)
-    # the start, a sweep that moves both (3 + 3), one that confirms (the 2 + 2 candidates that
-    # are not the current point)
+    # the start, a sweep that moves both entries (3 + 3), one that confirms (the 2 + 2
+    # candidates that are not the current point)
     assert len(calls) == 1 + 3 + 3 + 2 + 2
 
     flat, _ = coordinate_search(lambda a: (1.0, 1.0), Assumptions(), grid)
     assert flat == Assumptions()
+
+
+def test_moved_sets_every_named_field():
+    a = moved(Assumptions(), ("lm_skew", "encoder_skew", "decoder_skew"), 0.5)
+    assert (a.lm_skew, a.encoder_skew, a.decoder_skew) == (0.5, 0.5, 0.5)
+    assert moved(a, ("mt_tokens",), 32.0).mt_tokens == 32
 
 
 def test_assumptions_as_scenario_fields():

@@ -15,6 +15,7 @@ token budget, under the TTFT target (``_prefill_rate``). The capacity is the sma
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -159,15 +160,18 @@ def estimate_pools(
     }
     loose = 1.0 + margin
 
+    # the decode pool emits all but the first token of each request
+    rest = replace(traffic, output_mean=max(traffic.output_mean - 1.0, 1e-9))
+
     def decoding(tpot: float | None) -> Estimate:
-        return estimate(no_prompts, traffic, None, tpot, max_sequences, memory_fraction, 0.0)
+        return estimate(no_prompts, rest, None, tpot, max_sequences, memory_fraction, 0.0)
 
     def scaled(target: float | None) -> float | None:
         return None if target is None else target * loose
 
     at, relaxed, ceiling = decoding(tpot_s), decoding(scaled(tpot_s)), decoding(None)
     capacity = min(at.capacity_rps, _prefill_rate(prefill, ttft_s))
-    binding = at.binding if capacity == at.capacity_rps else "ttft"
+    binding = at.binding if capacity == at.capacity_rps else "ttft" if ttft_s else "saturation"
     misses = ""
     if ttft_s is not None and float(prefill["prefill_lone_s"]) > ttft_s * loose:
         misses = "ttft"

@@ -91,6 +91,20 @@ def _lone_prefill_s(base: str, point: Point, prompt: int) -> float:
         return float("inf")
 
 
+def _full_prefill(base: str, point: Point, groups: int, steps: StepSet) -> tuple[float, int]:
+    """A full prefill step's time and its mean prompts per group: ``steps.prefill_batch``,
+    halved while the fixed batch (which holds its own KV) does not fit; one prompt (time
+    inf) where even two do not."""
+    per_group = steps.prefill_batch
+    while per_group > 1:
+        overrides = fixed_batch("prefill", groups * per_group, steps.prompts[0], 1)
+        try:
+            return _run(base, point_overrides(point) + overrides).latency_s.mean, per_group
+        except api.OutOfMemoryError:
+            per_group //= 2
+    return float("inf"), 1
+
+
 def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[str, Any]:
     """A candidate's step times and memory (a worker task: never raises; a failure is the
     row's status). Decode stops at the first batch whose KV cache does not fit."""
@@ -128,14 +142,7 @@ def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[s
         except api.OutOfMemoryError:  # a prompt's activations alone: not servable
             prefill.append(float("inf"))
         prefill.append(_lone_prefill_s(base, point, steps.prompts[1]))
-        full = prefill[0]
-        if steps.prefill_batch > 1:
-            batch = groups * steps.prefill_batch
-            try:
-                overrides = fixed_batch("prefill", batch, steps.prompts[0], 1)
-                full = _run(base, point_overrides(point) + overrides).latency_s.mean
-            except api.OutOfMemoryError:  # a full step's activations do not fit
-                full = float("inf")
+        full, per_group = _full_prefill(base, point, groups, steps)
         lone = _run(base, point_overrides(point) + fixed_batch("decode", 1, steps.context, 1))
     except api.OutOfMemoryError as error:
         return row | {"status": "out_of_memory", "error": str(error)}
@@ -157,7 +164,7 @@ def time_steps(steps: StepSet, base: str, point: Point, point_id: str) -> dict[s
         "prefill_mean_s": prefill[0],
         "prefill_local_fraction": local,
         "prefill_lone_s": prefill[1],
-        "prefill_batch": steps.prefill_batch,
+        "prefill_batch": per_group,
         "prefill_full_s": full,
         "decode_lone_s": lone.latency_s.mean,
     }

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,12 +238,15 @@ def run_search(
         default=1,
     )
     prompt = max(1, round(traffic.prompt_mean))
-    budget = getattr(advice.scenario.policies.scheduler, "max_batch_tokens", prompt)
+    budget = max(
+        [v for p in advice.configurations for k, v in p.params if k.endswith("max_batch_tokens")]
+        + [getattr(advice.scenario.policies.scheduler, "max_batch_tokens", prompt) or prompt]
+    )
     steps = StepSet(
         tuple(ladder(int(most))),
         traffic.decode_context,
         (prompt, traffic.prompt_quantile),
-        max(1, min(budget // prompt, int(most))),
+        max(1, min(math.ceil(budget / prompt), int(most))),  # a chunked step fills its budget
     )
     candidates = [_prepare(advice, point, steps) for point in advice.configurations]
     screen_store = ResultStore(out / "screen", fresh=fresh)

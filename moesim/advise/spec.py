@@ -219,6 +219,13 @@ def load_advise_spec(path: str | Path) -> LoadedAdvice:
     scenario = load_scenario(base)
     if scenario.workload.phase != "serving":
         raise ConfigError(file, "base", f"{spec.base} is not a serving scenario")
+    if scenario.cluster.pools is not None:
+        raise ConfigError(
+            file,
+            "base",
+            f"{spec.base} has cluster.pools: give a colocated base and search "
+            "disaggregation: [none, {prefill_fraction: [...]}]",
+        )
     if scenario.workload.requests.arrival.process not in ("poisson", "gamma", "constant"):
         raise ConfigError(
             file, "base", "its arrival process must take a rate (poisson, gamma, constant)"

@@ -65,7 +65,7 @@ MODEL_GRIDS: dict[str, dict[str, list[int]]] = {
 }
 _SMALL = 64  # up to this many rows, passes cycle through every copy; beyond, one is enough
 _CACHE_BYTES = 256 * 2**20  # K/V caches cycled through in decode, at most
-_TRIES, _BUDGET_S = 10, 0.05  # passes of one measurement, at most; time worth spending
+_TRIES, _BUDGET_S = 6, 0.05  # passes of one measurement, at most; time worth spending
 
 
 def _significant(values: list[float]) -> list[float]:
@@ -77,10 +77,12 @@ def _curve(axis: str, points: list[int], seconds: list[float]) -> dict[str, Any]
     return {axis: [float(p) for p in points], "seconds": _significant(monotone(seconds))}
 
 
-def _phases(run: Callable[[PhaseTimer], int], device: torch.device) -> dict[str, float]:
+def _phases(run: Callable[[PhaseTimer], int], stack: ModelStack) -> dict[str, float]:
     """Median seconds per call of each phase and of the whole pass (``wall``) of ``run``,
     which makes its calls under the executor's timer and returns how many it made: what
-    that timer reads in a real run, wall time as there."""
+    that timer reads in a real run, wall time as there. Each pass starts from caches that
+    hold none of the layers, as a step finds them after the others (``ModelStack.evict``)."""
+    device = stack.device
     timer = PhaseTimer(device)
     run(timer)
     synchronize(device)
@@ -88,6 +90,8 @@ def _phases(run: Callable[[PhaseTimer], int], device: torch.device) -> dict[str,
     samples: list[list[float]] = []
     spent_s = 0.0
     while len(samples) < 3 or (spent_s < _BUDGET_S and len(samples) < _TRIES):
+        stack.evict()
+        synchronize(device)
         begin = time.perf_counter()
         calls = run(timer)
         synchronize(device)
@@ -120,7 +124,7 @@ def _moe(stack: ModelStack, tokens: int, capacity: int | None, einsum: bool) -> 
             layer(x, path, comm, timer, CacheCounters())
         return len(layers)
 
-    return _phases(run, stack.device)
+    return _phases(run, stack)
 
 
 def _capacity(model: ModelSpec, tokens: int, factor: float) -> int:
@@ -138,7 +142,7 @@ def _expert(stack: ModelStack, rows: int) -> float:
             store.run(grouped, None, timer, CacheCounters())
         return len(stores) * experts
 
-    return _phases(run, stack.device)["expert"]
+    return _phases(run, stack)["expert"]
 
 
 def _ffn(stack: ModelStack, weights: list, tokens: int) -> float:
@@ -151,7 +155,7 @@ def _ffn(stack: ModelStack, weights: list, tokens: int) -> float:
                 _ = x + ffn(x, w)
         return len(weights)
 
-    return _phases(run, stack.device)["dense_ffn"]
+    return _phases(run, stack)["dense_ffn"]
 
 
 def _lm_head(stack: ModelStack, tokens: int) -> float:
@@ -162,7 +166,7 @@ def _lm_head(stack: ModelStack, tokens: int) -> float:
             _ = x[positions] @ stack.lm_head
         return 1
 
-    return _phases(run, stack.device)["other"]
+    return _phases(run, stack)["other"]
 
 
 def _attention(stack: ModelStack, tokens: int, positions: int, decode: bool) -> float:
@@ -185,7 +189,7 @@ def _attention(stack: ModelStack, tokens: int, positions: int, decode: bool) -> 
                 block(x, cache, positions)
         return len(caches)
 
-    return _phases(run, stack.device)["attention"]
+    return _phases(run, stack)["attention"]
 
 
 def _expert_copy(stack: ModelStack) -> float:
@@ -201,7 +205,7 @@ def _expert_copy(stack: ModelStack) -> float:
                 dst.copy_(src, non_blocking=True)
         return 1
 
-    return _phases(run, stack.device)["transfer"]
+    return _phases(run, stack)["transfer"]
 
 
 def model_steps(grid: Grid, dense: bool) -> int:

@@ -21,9 +21,10 @@ from moesim.reference.blocks import TORCH_DTYPES, AttentionBlock, FfnWeights, ra
 from moesim.reference.experts import ExpertStore
 from moesim.reference.moe import LayerRoute, MoeLayer
 
-__all__ = ["MAX_COPIES", "ModelStack", "build_stack", "route"]
+__all__ = ["MAX_COPIES", "SCRATCH_BYTES", "ModelStack", "build_stack", "route"]
 
 MAX_COPIES = 8
+SCRATCH_BYTES = 512 * 2**20  # more than a server CPU's last-level cache or a GPU's L2
 _MEMORY_SHARE = 4  # the stack may take at most a quarter of the device's memory
 
 
@@ -41,6 +42,12 @@ class ModelStack:
     lm_head: torch.Tensor
     host: FfnWeights  # every copy's experts, stacked, in host memory (pinned on a GPU)
     slot: FfnWeights  # one expert's device slot
+    scratch: torch.Tensor  # bytes written to push the layers out of the caches
+
+    def evict(self) -> None:
+        """Leave the caches holding none of the layers, as a step finds each layer after
+        the others have streamed through (writing more bytes than the caches hold)."""
+        self.scratch.add_(1)
 
     @property
     def copies(self) -> int:
@@ -78,9 +85,12 @@ def _unbuildable(model: ModelSpec) -> str | None:
     return None
 
 
-def build_stack(model: ModelSpec, device: torch.device, memory_bytes: float) -> ModelStack:
-    """The card's layers on ``device``; a card too large for a quarter of ``memory_bytes`` is
-    refused with a MoesimError (calibration is for cards of a size one device runs)."""
+def build_stack(
+    model: ModelSpec, device: torch.device, memory_bytes: float, cache_bytes: int = SCRATCH_BYTES
+) -> ModelStack:
+    """The card's layers on ``device``, and ``cache_bytes`` of scratch to evict them from the
+    caches with; a card too large for a quarter of ``memory_bytes`` is refused with a
+    MoesimError (calibration is for cards of a size one device runs)."""
     reason = _unbuildable(model)
     if reason is not None:
         raise MoesimError(f"model {model.name!r}: cannot calibrate its operators: {reason}")
@@ -129,6 +139,7 @@ def build_stack(model: ModelSpec, device: torch.device, memory_bytes: float) -> 
         lm_head=random_weight((d, model.vocab_size), d, gen, dtype, device),
         host=host,
         slot=slot,
+        scratch=torch.zeros(cache_bytes, dtype=torch.uint8, device=device),
     )
 
 

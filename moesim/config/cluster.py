@@ -93,11 +93,17 @@ class ClusterSpec(Frozen):
 
     def pool(self, pool: PoolSpec) -> ClusterSpec:
         """The cluster that ``pool`` runs on: its GPUs, device and layout (validated)."""
+        per_node = pool.gpus_per_node or self.gpus_per_node
+        gpus = pool.nodes * per_node
+        domain = min(self.domain, gpus)  # a rack-wide NVLink domain holds the pool's nodes
+        if domain % per_node or gpus % domain:
+            domain = per_node
         try:
             return ClusterSpec(
                 nodes=pool.nodes,
-                gpus_per_node=pool.gpus_per_node or self.gpus_per_node,
+                gpus_per_node=per_node,
                 device=pool.device or self.device,
+                nvlink_domain=None if domain == per_node else domain,
                 parallel=pool.parallel,
             )
         except ValueError as error:

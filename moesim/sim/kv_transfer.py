@@ -81,36 +81,51 @@ class KVHandoff:
         return self.landing_s[0] if self.landing_s else np.inf
 
     def prefilled(self, start: float, latency_n: np.ndarray, outcomes: list[StepOutcome]) -> None:
-        """The prefill pool's step from ``start`` ended: route its finished prompts that have
-        more tokens to emit to decode groups, and start the transfers that fit."""
+        """The prefill pool's step from ``start`` ended: its finished prompts that have more
+        tokens to emit keep their KV there until it lands, are routed to decode groups, and
+        the transfers that fit start."""
         done = np.concatenate([o.finished for o in outcomes] or [np.zeros(0, np.int64)])
         done = done[self.decode.groups.output[done] > 1]
         if not done.size:
             return
         step_s = float(latency_n[-1])
-        source = self.prefill.groups.group_R[done]
+        prefill = self.prefill.groups
+        source = prefill.group_R[done]
+        for group in np.unique(source):  # held until the transfer lands (freed at finish)
+            mine = done[source == group]
+            prefill.states[group].kv.grow(mine, prefill.prompt[mine])
         outstanding = self.in_flight_A + self._queued_tokens()
         chosen = self.decode.router.route(done, outstanding, self.decode.groups.output[done] - 1)
         self.decode.groups.group_R[done] = chosen
         for request, group, sender in zip(done, chosen, source, strict=True):
             self.queues[group].append((int(request), int(sender), start, step_s))
-        self.admit(pipelined=True)
+        self.admit(fresh=set(done.tolist()))
 
-    def admit(self, pipelined: bool = False) -> None:
+    def admit(self, fresh: set[int] | None = None) -> None:
         """Reserve blocks and start the transfers of the queued requests that fit (at a
-        decode step's boundary, or as a prefill step ends: ``pipelined``)."""
+        decode step's boundary, or as a prefill step ends: ``fresh``, the prompts it ended,
+        may send layer by layer). A group takes none while requests it preempted wait, and
+        leaves its running decodes the blocks their next tokens need."""
         decode = self.decode
         for group, queue in enumerate(self.queues):
             state = decode.groups.states[group]
+            if not queue or state.waiting.size:
+                continue
+            decoding = state.running[~state.prefilling(state.running)]
+            free = state.kv.free_blocks - int(
+                state.kv.needed(decoding, state.context_R[decoding] + 1).sum()
+            )
             while queue:
                 request, sender, start, step_s = queue[0]
-                prompt = int(state.prompt_tokens_R[request])
-                need = state.kv.blocks_for(prompt + 1)
+                need = state.kv.blocks_for(int(state.prompt_tokens_R[request]) + 1)
                 sequences = state.running.size + int(self.landing_A[group])
-                if need > state.kv.free_blocks or sequences >= self.max_sequences:
+                if need > free or sequences >= self.max_sequences:
                     break
                 queue.pop(0)
+                free -= need
+                prompt = int(state.prompt_tokens_R[request])
                 state.kv.grow(np.array([request]), np.array([prompt + 1]))
+                pipelined = fresh is not None and request in fresh
                 self._send(request, sender, group, start, step_s, pipelined)
 
     def _send(
@@ -121,25 +136,28 @@ class KVHandoff:
         seconds = float(transfer_time(self.link, prompt * self.port_bytes))
         port = max(self.send_free_A[sender], self.recv_free_A[group])
         landed = max(now, port) + seconds
-        if pipelined and self.layerwise:
+        if pipelined and self.layerwise:  # the step ended now: its layers sent as they ran
             a, b = step_s / self.layers, seconds / self.layers
             landed = max(start + a + b + (self.layers - 1) * max(a, b), port + seconds)
         self.send_free_A[sender] = self.recv_free_A[group] = landed
-        self.transfer_s[request] = landed - now
+        self.transfer_s[request] = landed - (start + step_s)  # from the prompt's step's end
         self.in_flight_A[group] += self._tokens(request)
         self.landing_A[group] += 1
         heapq.heappush(self.landing_s, landed)
         event = self.env.timeout(max(landed - now, 0.0))
-        event.callbacks.append(lambda _event: self._land(request, group))
+        event.callbacks.append(lambda _event: self._land(request, sender, group))
 
-    def _land(self, request: int, group: int) -> None:
-        """The KV of ``request`` is in ``group``'s cache: its first token is out."""
+    def _land(self, request: int, sender: int, group: int) -> None:
+        """The KV of ``request`` is in ``group``'s cache: its first token is out, and the
+        prefill group frees its copy."""
         groups, now = self.decode.groups, self.env.now
         groups.first_token_s[request] = groups.last_token_s[request] = now
         groups.states[group].resume(np.array([request]))
+        self.prefill.groups.states[sender].kv.free(np.array([request]))
         self.in_flight_A[group] -= self._tokens(request)
         self.landing_A[group] -= 1
         self.decode.changed(group)
+        self.prefill.changed(sender)
 
     def _tokens(self, request: int) -> int:
         """What a request adds to its decode group's load: the tokens it has left to emit."""

@@ -16,6 +16,7 @@ import numpy as np
 import simpy
 
 from moesim.config import Scenario, SloSpec
+from moesim.errors import ConfigError
 from moesim.metrics import StepRecords
 from moesim.metrics.serving import RequestRecords, ServingRecords
 from moesim.sim.kv_transfer import KVHandoff
@@ -29,16 +30,10 @@ def disaggregated_pools(
     scenario: Scenario, requests: Requests, env: simpy.Environment, next_arrival: Callable
 ) -> tuple[list[Pool], KVHandoff]:
     """The prefill and the decode pool (in that order) and the handoff between them."""
-    cluster = scenario.cluster
-    prefill_spec, decode_spec = cluster.role("prefill"), cluster.role("decode")
-    if prefill_spec is None or decode_spec is None:
-        raise ValueError("a disaggregated cluster has a prefill and a decode pool")
     firsts = Requests(
         requests.arrival_s, requests.prompt_tokens, np.ones_like(requests.output_tokens)
     )
-    prefill = Pool(
-        scenario.on(cluster.pool(prefill_spec)), firsts, env, next_arrival, len(requests)
-    )
+    prefill = _pool("prefill", scenario, firsts, env, next_arrival, len(requests))
     more = int(np.count_nonzero(requests.output_tokens > 1))
 
     def horizon() -> float:
@@ -48,11 +43,29 @@ def disaggregated_pools(
             bound = next_arrival() if prefill.idle else env.now
         return min(handoff.next_landing(), bound)
 
-    decode = Pool(scenario.on(cluster.pool(decode_spec)), requests, env, horizon, more)
+    decode = _pool("decode", scenario, requests, env, horizon, more)
     handoff = KVHandoff(scenario, prefill, decode)
     prefill.on_steps = handoff.prefilled
     decode.before_plan = handoff.admit
     return [prefill, decode], handoff
+
+
+def _pool(
+    role: str,
+    scenario: Scenario,
+    requests: Requests,
+    env: simpy.Environment,
+    horizon: Callable,
+    expected: int,
+) -> Pool:
+    """The pool of ``role``; what it refuses names the pool (its GPUs are counted in it)."""
+    cluster = scenario.cluster
+    spec = next(pool for pool in cluster.pools or [] if pool.role == role)
+    try:
+        return Pool(scenario.on(cluster.pool(spec)), requests, env, horizon, expected)
+    except ConfigError as error:
+        field = f"cluster.pools ({role})" + (f": {error.field}" if error.field else "")
+        raise ConfigError(error.file, field, error.message) from None
 
 
 def merged_records(

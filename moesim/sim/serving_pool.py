@@ -70,17 +70,15 @@ class Pool:
     def gpus(self) -> int:
         return self.scenario.cluster.gpus
 
-    def arrive(self, requests: np.ndarray, extra_A: np.ndarray | None = None) -> np.ndarray:
-        """Route ``requests`` (arrived now, in order) to groups and queue them there; returns
-        each one's group."""
+    def arrive(self, requests: np.ndarray) -> None:
+        """Route ``requests`` (arrived now, in order) to groups and queue them there."""
         groups = self.groups
-        chosen = self.router.route(requests, extra_A)
+        chosen = self.router.route(requests)
         groups.group_R[requests] = chosen
         for group in np.unique(chosen):
             groups.states[group].arrive(requests[chosen == group])
             self.planner.arrived(int(group))
         self.wake()
-        return chosen
 
     def changed(self, group: int) -> None:
         """Something outside the scheduler changed ``group`` (a request joined it)."""

@@ -19,7 +19,7 @@ __all__ = ["Router", "outstanding_tokens"]
 def outstanding_tokens(state: ServingState) -> int:
     """Tokens a group still owes the requests it holds (waiting and running)."""
     held = np.concatenate([state.running, state.waiting])
-    prompt = state.prefill_tokens_R[held] - state.context_R[held]
+    prompt = np.maximum(state.prefill_tokens_R[held] - state.context_R[held], 0)  # decodes: 0
     output = state.output_tokens_R[held] - state.generated_R[held]
     return int(prompt.sum() + output.sum())
 

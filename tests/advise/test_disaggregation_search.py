@@ -110,9 +110,8 @@ def test_the_outputs_name_the_mode_and_best_yaml_runs_it(searched) -> None:
     assert (scenario.cluster.pools is not None) == disaggregated
     result, _ = api.run(scenario)
     assert result.serving.slo_met
-    text = (out / "advice.md").read_text()
-    if sum(c.status == "ok" for c in outcome.search.candidates) > 1:
-        assert "## Colocated against disaggregated" in text
+    # one configuration of each mode was simulated, whatever the bound said
+    assert "## Colocated against disaggregated" in (out / "advice.md").read_text()
 
 
 def test_the_prefill_pools_rate_batches_prompts_under_the_ttft_target() -> None:

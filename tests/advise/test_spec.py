@@ -72,6 +72,19 @@ def test_a_disaggregation_that_cannot_be(tmp_path, capsys, values, message) -> N
     assert f"{tmp_path / 'spec.yaml'}: {message}" in line
 
 
+def test_a_base_with_pools_is_refused(tmp_path, capsys) -> None:
+    from tests.advise.conftest import BASE
+
+    spec = write_space(tmp_path)
+    pools = [{"role": "prefill", "nodes": 1}, {"role": "decode", "nodes": 1}]
+    cluster = {k: v for k, v in BASE["cluster"].items() if k != "nodes"}
+    base = {**BASE, "cluster": {**cluster, "pools": pools}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    assert main(["advise", str(spec), "--out", str(tmp_path / "out")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "base: base.yaml has cluster.pools: give a colocated base and search" in line
+
+
 def test_pools_are_searched_through_disaggregation(tmp_path, capsys) -> None:
     line = _refused(tmp_path, capsys, search={"cluster.pools": [None]})
     assert "search.cluster.pools: search disaggregation: [none, {prefill_fraction" in line

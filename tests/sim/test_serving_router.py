@@ -25,6 +25,8 @@ def test_outstanding_tokens_count_what_is_left_of_prompt_and_output() -> None:
     assert outstanding_tokens(state) == 38
     state.context_R[0], state.generated_R[0] = 10, 1  # request 0 prefilled, first token out
     assert outstanding_tokens(state) == 38 - 10 - 1
+    state.context_R[0], state.generated_R[0] = 12, 3  # two decodes later: 1 token owed
+    assert outstanding_tokens(state) == 1 + 24
 
 
 def test_least_loaded_sends_each_request_to_the_group_owing_fewest_tokens() -> None:
