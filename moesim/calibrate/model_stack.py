@@ -24,7 +24,7 @@ from moesim.reference.moe import LayerRoute, MoeLayer
 __all__ = ["MAX_COPIES", "SCRATCH_BYTES", "ModelStack", "build_stack", "route"]
 
 MAX_COPIES = 8
-SCRATCH_BYTES = 512 * 2**20  # more than a server CPU's last-level cache or a GPU's L2
+SCRATCH_BYTES = 320 * 2**20  # more than a server CPU's last-level cache or a GPU's L2
 _MEMORY_SHARE = 4  # the stack may take at most a quarter of the device's memory
 
 

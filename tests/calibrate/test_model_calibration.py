@@ -32,7 +32,7 @@ def measured() -> dict[str, Any]:
     ticks: list[int] = []
     cpu = torch.device("cpu")
     with running_on(cpu):
-        stack = build_stack(CARD, cpu, 2**34)
+        stack = build_stack(CARD, cpu, 2**34, cache_bytes=2**20)
         tables = measure_model(stack, "quick", lambda: ticks.append(1))
     return {"tables": tables, "ticks": len(ticks)}
 
