@@ -97,6 +97,11 @@ def _fits(row: dict) -> bool:
     return row["status"] != "error" and row.get("memory.out_of_memory") is False
 
 
+def fastest(rows: list[dict]) -> dict:
+    """The feasible row of the highest throughput."""
+    return max((r for r in rows if _fits(r)), key=lambda r: r["throughput_tokens_per_s"])
+
+
 def best(rows: list[dict]) -> float:
     """Maximum throughput over the feasible batch sizes."""
     return max((r["throughput_tokens_per_s"] for r in rows if _fits(r)), default=float("nan"))

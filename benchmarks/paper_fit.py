@@ -13,33 +13,34 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from paper_claims import Claim, claims, count, gating_gains, objective
+from paper_claims import Claim, Rows, claims, count, gating_gains, objective
 from paper_runs import ROOT, Assumptions, Runner
 
-SKEWS = (0.0, 0.5, 1.0, 1.5)
-FIT_GRID: dict[str, tuple[float, ...]] = {
-    "lm_tokens": (256, 512, 768, 1024, 1536, 2048),
-    "mt_tokens": (16, 32, 64, 128, 256),
-    "lm_skew": SKEWS,
-    "encoder_skew": SKEWS,
-    "decoder_skew": SKEWS,
-    "decoder_locality": (0.5, 0.9, 1.0),
+SKEWS = (0.0, 0.5, 1.0, 1.5, 2.0)
+SKEW = ("lm_skew", "encoder_skew", "decoder_skew")
+LOCALITY = ("locality", "decoder_locality")
+Grid = dict[str, tuple[tuple[str, ...], tuple[float, ...]]]  # label -> (fields, values)
+# What the fit moves: a label moves all its fields to the same value, so one routing skew and one
+# locality hold for every stack (a skew per stack would be fitted on its own stack's claims).
+FIT_GRID: Grid = {
+    "LM tokens / sentence": (("lm_tokens",), (256, 512, 768, 1024, 1536, 2048)),
+    "MT tokens / sentence": (("mt_tokens",), (16, 32, 64, 128, 256)),
+    "skew": (SKEW, SKEWS),
+    "locality": (LOCALITY, (0.5, 0.9, 1.0)),
 }
-# One node has no inter-node link, and locality acts only through placement (claims on 1 and 4
-# nodes together): neither can be fitted on one node, so both stay at the datasheet values.
-NOT_IDENTIFIABLE = ("locality", "network_gb_per_s")
+# One node has no inter-node link: its bandwidth stays at the datasheet value.
+NOT_IDENTIFIABLE = ("network_gb_per_s",)
 PASSES = 3  # coordinate sweeps at most; the search stops earlier when one changes nothing
 # Sensitivity: each assumption over its plausible range, the others at their fitted values.
-# A column moves every field it names to the same value ("skew": each stack's Zipf exponent).
-RANGES: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
+RANGES: Grid = {
     "LM tokens / sentence": (("lm_tokens",), (256, 512, 1024, 2048)),
-    "MT tokens / sentence": (("mt_tokens",), (16, 64, 256)),
-    "skew": (("lm_skew", "encoder_skew", "decoder_skew"), SKEWS),
-    "locality": (("locality", "decoder_locality"), (0.0, 0.5, 1.0)),
+    "MT tokens / sentence": (("mt_tokens",), (16, 32, 128, 256)),
+    "skew": (SKEW, SKEWS),
+    "locality": (LOCALITY, (0.0, 0.5, 1.0)),
     "inter-node GB/s per GPU": (("network_gb_per_s",), (3.0, 6.25, 12.5, 25.0)),
 }
 PLOT = ROOT / "validation" / "paper-scaling.png"
@@ -51,20 +52,25 @@ def _typed(field: str, value: float) -> float | int:
     return int(value) if field.endswith("tokens") else float(value)
 
 
+def moved(assumptions: Assumptions, names: Sequence[str], value: float) -> Assumptions:
+    """``assumptions`` with every field of ``names`` at ``value``."""
+    return assumptions.replace(**{name: _typed(name, value) for name in names})
+
+
 def coordinate_search(
     evaluate: Callable[[Assumptions], Score],
     start: Assumptions,
-    grid: Mapping[str, Sequence[float]],
+    grid: Grid,
     passes: int = PASSES,
 ) -> tuple[Assumptions, Score]:
-    """Move one field at a time to its best grid value (a strictly lower score wins, so the
-    start and earlier values win ties), until a sweep over all fields changes nothing."""
+    """Move one entry of ``grid`` at a time to its best value (a strictly lower score wins, so
+    the start and earlier values win ties), until a sweep over all entries changes nothing."""
     best, score = start, evaluate(start)
     for _ in range(passes):
         before = best
-        for field, values in grid.items():
+        for names, values in grid.values():
             for value in values:
-                candidate = best.replace(**{field: _typed(field, value)})
+                candidate = moved(best, names, value)
                 if candidate != best and (got := evaluate(candidate)) < score:
                     best, score = candidate, got
         if best == before:
@@ -108,25 +114,26 @@ def fit(runner: Runner) -> Fit:
 def sensitivity(runner: Runner, fitted: Assumptions) -> dict[str, list[list[Claim]]]:
     """Per column of ``RANGES``: the claims at each value of its range."""
     return {
-        column: [
-            claims(runner.rows(fitted.replace(**{f: _typed(f, v) for f in names}))) for v in values
-        ]
+        column: [claims(runner.rows(moved(fitted, names, value))) for value in values]
         for column, (names, values) in RANGES.items()
     }
 
 
 def _cell(claim_at: list[Claim], values: Sequence[float]) -> str:
     """A ratio claim's range over the values (the arrow: from the lowest value to the
-    highest), or the values at which an ordering holds."""
+    highest), a claim of several numbers at the lowest and highest value, or the values at
+    which an ordering holds."""
     if not claim_at[0].ratios:
         agree = [f"{v:g}" for v, c in zip(values, claim_at, strict=True) if c.agree]
         return "never" if not agree else "all" if len(agree) == len(values) else ", ".join(agree)
-    ratios = [max(c.ratios, key=lambda r: abs(r - 1)) for c in claim_at]
+    if len(claim_at[0].ratios) > 1:
+        return f"{claim_at[0].moesim} → {claim_at[-1].moesim}"
+    ratios = [c.ratios[0] for c in claim_at]
     arrow = "↑" if ratios[-1] > ratios[0] * 1.02 else "↓" if ratios[-1] < ratios[0] / 1.02 else "="
     return f"{min(ratios):.2f}–{max(ratios):.2f} {arrow}"
 
 
-def sensitivity_table(fitted_claims: list[Claim], moved: dict[str, list[list[Claim]]]) -> str:
+def sensitivity_table(fitted_claims: list[Claim], by_column: dict[str, list[list[Claim]]]) -> str:
     """One row per claim that disagrees at the fitted values, one column per assumption."""
     head = ["claim", "fitted"] + [
         f"{column} ({values[0]:g}–{values[-1]:g})" for column, (_, values) in RANGES.items()
@@ -136,39 +143,68 @@ def sensitivity_table(fitted_claims: list[Claim], moved: dict[str, list[list[Cla
         if claim.agree:
             continue
         here = f"{claim.ratios[0]:.2f}" if len(claim.ratios) == 1 else claim.moesim
-        cells = [_cell([at[i] for at in moved[c]], RANGES[c][1]) for c in RANGES]
+        cells = [_cell([at[i] for at in by_column[c]], RANGES[c][1]) for c in RANGES]
         lines.append(f"| {claim.name} | {here} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def skew_gains(runner: Runner, fitted: Assumptions) -> dict[float, dict[tuple[str, int], float]]:
-    """Gain of dynamic over static per (stack, node count), per skew of ``SKEWS``."""
-    names = RANGES["skew"][0]
-    return {
-        skew: gating_gains(runner.rows(fitted.replace(**dict.fromkeys(names, skew))), NODES)
-        for skew in SKEWS
-    }
+def busiest_shares(rows: Rows) -> dict[tuple[str, int], float]:
+    """The paper's Avg Max Load (§VII: the busiest GPU's share of a layer's expert tokens,
+    averaged) under dynamic gating and contiguous placement, per stack and node count."""
+    out = {}
+    for stack, name in (("LM", "load-balancing"), ("MT encoder", "mt-load-balancing")):
+        for row in rows[name]:
+            if str(row["policies.placement"]).startswith("contiguous"):
+                out[stack, row["cluster.nodes"]] = row["placement.avg_max_load"]
+    return out
 
 
-def plot(gains: dict[float, dict[tuple[str, int], float]], path: Path = PLOT) -> None:
+def skew_study(runner: Runner, fitted: Assumptions) -> dict[float, dict[tuple[str, int], float]]:
+    """Per skew of ``SKEWS`` (the rest fitted): the gain of dynamic over static per (stack,
+    node count), and the Avg Max Load per ("... load", node count)."""
+    study = {}
+    for skew in SKEWS:
+        rows = runner.rows(moved(fitted, SKEW, skew))
+        shares = {(f"{s} load", n): v for (s, n), v in busiest_shares(rows).items()}
+        study[skew] = gating_gains(rows, NODES) | shares
+    return study
+
+
+def plot(
+    gains: dict[float, dict[tuple[str, int], float]], fitted: Assumptions, path: Path = PLOT
+) -> None:
     """Gain against node count per skew, one panel per stack, the paper's points marked (its
     multi-node maxima drawn at 4 nodes, where the paper's text places them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     paper = {"LM": (6.21, 11.55), "MT encoder": (5.75, 10.98), "MT decoder": (2.58, 5.71)}
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharex=True)
     for axis, (stack, (single, multi)) in zip(axes, paper.items(), strict=True):
         for skew, by in gains.items():
-            axis.plot(NODES, [by[stack, n] for n in NODES], "o-", label=f"moesim, skew {skew:g}")
-        axis.plot([1, 4], [single, multi], "k*", markersize=14, label="paper")
+            fit = skew == fitted.lm_skew
+            axis.plot(
+                NODES,
+                [by[stack, n] for n in NODES],
+                "o-",
+                linewidth=3 if fit else 1.5,
+                label=f"skew {skew:g}" + (" (fitted)" if fit else ""),
+            )
+        axis.plot([1, 4], [single, multi], "k*--", markersize=14, label="paper")
         axis.set(title=stack, xlabel="nodes (8 V100 each)", xticks=NODES, yscale="log")
-        axis.grid(alpha=0.3)
+        axis.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        axis.yaxis.set_minor_formatter(NullFormatter())
+        axis.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("max throughput, dynamic / static")
     axes[0].legend(fontsize=8)
-    figure.suptitle("Dynamic gating's gain over static gating (fitted sentence lengths, network)")
+    figure.suptitle(
+        "Dynamic gating's gain over static gating: routing skew varied, "
+        f"{fitted.lm_tokens} / {fitted.mt_tokens} tokens per LM / MT sentence, "
+        f"{fitted.network_gb_per_s:g} GB/s per GPU between nodes"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -16,7 +16,7 @@ import datetime
 import time
 from pathlib import Path
 
-from paper_claims import Claim, count, table
+from paper_claims import Claim, Rows, count, fastest, table
 from paper_fit import (
     FIT_GRID,
     NODES,
@@ -29,29 +29,26 @@ from paper_fit import (
     plot,
     sensitivity,
     sensitivity_table,
-    skew_gains,
+    skew_study,
 )
 from paper_runs import ROOT, Assumptions, Runner
 
-LABELS = {
-    "lm_tokens": "LM tokens per sentence",
-    "mt_tokens": "MT tokens per sentence",
-    "lm_skew": "LM routing skew (Zipf exponent)",
-    "encoder_skew": "MT encoder routing skew",
-    "decoder_skew": "MT decoder routing skew",
-    "decoder_locality": "MT decoder locality",
-    "locality": "LM and MT encoder locality",
-    "network_gb_per_s": "inter-node bandwidth per GPU (GB/s)",
-}
+
+def _value(assumptions: Assumptions, names: tuple[str, ...]) -> str:
+    """The fields' value, or each field's (``/``-separated) where they differ."""
+    values = dict.fromkeys(f"{getattr(assumptions, name):g}" for name in names)
+    return " / ".join(values)
 
 
 def _values(result: Fit) -> str:
     lines = ["| parameter | datasheet | fitted | searched over |", "|---|---:|---:|---|"]
-    for field, label in LABELS.items():
-        grid = FIT_GRID.get(field)
-        searched = ", ".join(f"{v:g}" for v in grid) if grid else "not identifiable on one node"
-        before, after = getattr(result.datasheet, field), getattr(result.fitted, field)
-        lines.append(f"| {label} | {before:g} | {after:g} | {searched} |")
+    for label, (names, grid) in FIT_GRID.items():
+        searched = ", ".join(f"{v:g}" for v in grid)
+        before, after = _value(result.datasheet, names), _value(result.fitted, names)
+        lines.append(f"| {label} (`{'`, `'.join(names)}`) | {before} | {after} | {searched} |")
+    for name in NOT_IDENTIFIABLE:
+        value = f"{getattr(result.datasheet, name):g}"
+        lines.append(f"| `{name}` | {value} | {value} | not on one node |")
     return "\n".join(lines)
 
 
@@ -74,14 +71,45 @@ def _counts(result: Fit) -> str:
     return "\n".join(lines)
 
 
-def _gains(gains: dict[float, dict[tuple[str, int], float]]) -> str:
+def _study(study: dict[float, dict[tuple[str, int], float]]) -> str:
     stacks = ("LM", "MT encoder", "MT decoder")
     head = " | ".join(f"{stack}, 1 → 2 → 4 nodes" for stack in stacks)
-    lines = [f"| skew | {head} |", "|---:|---|---|---|"]
-    for skew, by in gains.items():
-        trends = [" → ".join(f"{by[stack, n]:.2f}" for n in NODES) for stack in stacks]
-        lines.append(f"| {skew:g} | " + " | ".join(trends) + " |")
-    lines.append("| paper | 6.21 → … → 11.55 | 5.75 → … → 10.98 | 2.58 → … → 5.71 |")
+    lines = [
+        f"| skew | {head} | LM Avg Max Load, 1 / 4 nodes | MT encoder, 1 / 4 nodes |",
+        "|---:|---|---|---|---|---|",
+    ]
+    for skew, by in study.items():
+        cells = [" → ".join(f"{by[stack, n]:.2f}" for n in NODES) for stack in stacks]
+        cells += [" / ".join(f"{by[f'{s} load', n]:.2f}" for n in (1, 4)) for s in stacks[:2]]
+        lines.append(f"| {skew:g} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| paper | 6.21 → … → 11.55 | 5.75 → … → 10.98 | 2.58 → … → 5.71 | more than 0.6 | |"
+    )
+    return "\n".join(lines)
+
+
+def _breakdown(rows: Rows) -> str:
+    """Per stack and node count, each gating's fastest batch: where its step goes."""
+    lines = [
+        "| stack | nodes | gating | sentences / GPU | step (s) | all-to-all (s / step) "
+        "| gate (s / step) | expert (s / step) | busiest / mean GPU load |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for stack, name in (("LM", "lm-gating"), ("MT encoder", "mt-encoder-gating")):
+        for n in NODES:
+            for gating in ("static", "dynamic"):
+                here = [r for r in rows[name] if r["cluster.nodes"] == n]
+                row = fastest([r for r in here if str(r["policies.gating"]).startswith(gating)])
+                phase = [
+                    row[f"time_breakdown_s.{p}"] / row["steps"]
+                    for p in ("alltoall", "gate", "expert")
+                ]
+                lines.append(
+                    f"| {stack} | {n} | {gating} | {row['workload.batch_size'] // (8 * n)} "
+                    f"| {row['latency_s.mean']:.3f} | "
+                    + " | ".join(f"{t:.3f}" for t in phase)
+                    + f" | {row['load_imbalance']:.2f} |"
+                )
     return "\n".join(lines)
 
 
@@ -94,8 +122,8 @@ def main() -> None:
     runner = Runner(args.runs, args.workers)
     result = fit(runner)
     moved = sensitivity(runner, result.fitted)
-    gains = skew_gains(runner, result.fitted)
-    plot(gains)
+    study = skew_study(runner, result.fitted)
+    plot(study, result.fitted)
     seconds = time.perf_counter() - began
     hits, total = count(result.datasheet_claims)
     fields = {
@@ -104,10 +132,10 @@ def main() -> None:
         "VALUES": _values(result),
         "COUNTS": _counts(result),
         "SENSITIVITY": sensitivity_table(result.fitted_claims, moved),
-        "GAINS": _gains(gains),
+        "STUDY": _study(study),
+        "BREAKDOWN": _breakdown(runner.rows(result.fitted)),
         "PLOT": PLOT.name,
         "SKEWS": ", ".join(f"{s:g}" for s in SKEWS),
-        "NOT_FITTED": ", ".join(LABELS[f] for f in NOT_IDENTIFIABLE),
         "RANGES": "; ".join(
             f"{column}: {', '.join(f'{v:g}' for v in values)}"
             for column, (_, values) in RANGES.items()
@@ -122,7 +150,7 @@ def main() -> None:
     (ROOT / "validation" / "paper.md").write_text(text)
     print(fields["COUNTS"])
     print(fields["RUNTIME"])
-    print(f"datasheet: {Assumptions()}\nfitted: {result.fitted}")
+    print(f"datasheet: {result.datasheet}\nfitted: {result.fitted}")
 
 
 if __name__ == "__main__":

@@ -113,8 +113,9 @@ def test_sweeps_split_by_node_count():
 def test_sensitivity_cells():
     rising = [_claim((0.5,)), _claim((1.0,)), _claim((2.0,))]
     assert _cell(rising, (0, 1, 2)) == "0.50–2.00 ↑"
-    # a pair of numbers: the one further from agreement
-    assert _cell([_claim((1.0, 3.0)), _claim((1.0, 1.01))], (0, 1)) == "1.01–3.00 ↓"
+    # several numbers: moesim's at the lowest and the highest value
+    pair = [Claim("c", "8 / 64", m, (1.0, 1.0), False, False) for m in ("8 / 64", "16 / 64")]
+    assert _cell(pair, (0, 1)) == "8 / 64 → 16 / 64"
     ordering = [_claim((), False), _claim((), True), _claim((), True)]
     assert _cell(ordering, (0, 0.5, 1.5)) == "0.5, 1.5"
     assert _cell([_claim(())] * 2, (0, 1)) == "never"
