@@ -151,7 +151,7 @@ class Result(_Out):
     wall_seconds: float
     events: int
     serving: ServingResult | None = None
-    per_step: dict[str, list[float | None]]
+    per_step: dict[str, list[float | str | None]]
 
     @classmethod
     def from_records(cls, records: RunRecords) -> Result:
@@ -236,7 +236,7 @@ class Result(_Out):
         )
 
 
-def _serving_steps(serving: ServingRecords) -> dict[str, list[float | None]]:
+def _serving_steps(serving: ServingRecords) -> dict[str, list[float | str | None]]:
     """The per-step columns a serving run adds: the step's tokens, queues and KV blocks."""
     return {
         "prefill_tokens": serving.prefill_tokens.tolist(),
@@ -244,4 +244,4 @@ def _serving_steps(serving: ServingRecords) -> dict[str, list[float | None]]:
         "running": serving.running.tolist(),
         "waiting": serving.waiting.tolist(),
         "kv_blocks": serving.kv_blocks.tolist(),
-    }
+    } | ({} if serving.pool is None else {"pool": serving.pool.tolist()})

@@ -81,6 +81,7 @@ class ServingRecords:
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
     slo_percentile: float = 99.0
+    pool: np.ndarray | None = None  # per step of a disaggregated run: the pool that ran it
 
 
 class _Out(BaseModel):
@@ -173,7 +174,12 @@ def serving_result(records: ServingRecords) -> ServingResult:
     rate = 1.0 / duration if duration > 0 else 0.0
     meets = _meets(records)
     met = int(meets.sum()) if meets is not None else int(done.sum())
-    kv = records.kv_blocks
+    # pools: each pool's peak and mean added up (their caches are apart)
+    pools = (
+        [records.kv_blocks]
+        if records.pool is None
+        else [records.kv_blocks[records.pool == role] for role in np.unique(records.pool)]
+    )
     return ServingResult(
         arrived=arrived,
         completed=int(done.sum()),
@@ -193,8 +199,8 @@ def serving_result(records: ServingRecords) -> ServingResult:
         max_running=int(records.running.max(initial=0)),
         kv_cache=KvUse(
             capacity_blocks=records.kv_capacity_blocks,
-            peak_blocks=int(kv.max(initial=0)),
-            mean_blocks=float(kv.mean()) if kv.size else 0.0,
+            peak_blocks=sum(int(kv.max(initial=0)) for kv in pools),
+            mean_blocks=sum(float(kv.mean()) if kv.size else 0.0 for kv in pools),
         ),
         kv_transfer_s=(
             None if requests.kv_transfer_s is None else Percentiles.of(requests.kv_transfer_s)

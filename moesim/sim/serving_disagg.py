@@ -107,5 +107,8 @@ def merged_records(
         slo_ttft_s=first.slo_ttft_s,
         slo_tpot_s=first.slo_tpot_s,
         slo_percentile=first.slo_percentile,
+        pool=np.repeat(
+            ["prefill", "decode"], [first.prefill_tokens.size, rest.prefill_tokens.size]
+        )[order],
     )
     return serving, steps.take(order)

@@ -145,6 +145,13 @@ def test_every_request_completes_with_all_its_tokens(router) -> None:
     # every prompt prefilled once (no preemption here) and every later token decoded once
     assert serving.preemptions == 0
     assert decode_steps == requests.prompt_tokens.sum() + (requests.output_tokens - 1).sum()
+    # each row is one pool's step; the caches are apart, so their peaks add up
+    pool, kv = records.serving.pool, records.serving.kv_blocks
+    assert set(pool.tolist()) == {"prefill", "decode"}
+    assert records.serving.prefill_tokens[pool == "decode"].sum() == 0  # nothing recomputed
+    peaks = kv[pool == "prefill"].max() + kv[pool == "decode"].max()
+    assert serving.kv_cache.peak_blocks == peaks
+    assert result.per_step["pool"] == pool.tolist()
 
 
 def test_one_pool_of_role_both_is_colocated_serving() -> None:
