@@ -18,13 +18,35 @@ def test_every_shipped_scenario_loads(path: Path) -> None:
     raw = yaml.safe_load(path.read_text())
     scenario = load_scenario(path)
     assert scenario.name == raw["name"]
-    assert scenario.cluster.gpus == raw["cluster"]["nodes"] * raw["cluster"]["gpus_per_node"]
+    cluster = raw["cluster"]
+    per_node = cluster["gpus_per_node"]
+    pools = cluster.get("pools", [{"nodes": cluster.get("nodes")}])  # pools fill the nodes
+    assert scenario.cluster.gpus == sum(
+        p["nodes"] * p.get("gpus_per_node", per_node) for p in pools
+    )
     assert scenario.workload.batch_size == raw["workload"].get("batch_size")  # serving: None
     card = raw["model"] if isinstance(raw["model"], str) else raw["model"]["name"]
     assert scenario.model.name == card
     device = raw["cluster"]["device"]
     assert scenario.cluster.device.name == device
     assert scenario.policies.gating.name == raw["policies"]["gating"]["name"]
+
+
+def test_each_pool_may_name_its_own_device(tmp_path) -> None:
+    pools = [
+        {"role": "prefill", "nodes": 1, "device": "h200-sxm-141gb"},
+        {"role": "decode", "nodes": 2},
+    ]
+    raw = yaml.safe_load((ROOT / "scenarios" / "serving-disaggregated.yaml").read_text())
+    raw["model"] = str(ROOT / "scenarios" / "models" / "mixtral-8x7b.yaml")
+    raw["cluster"] = {"gpus_per_node": 8, "device": "h100-sxm5-80gb", "pools": pools}
+    path = tmp_path / "pools.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    scenario = load_scenario(path)
+    prefill, decode = scenario.clusters()
+    assert (prefill.device.name, prefill.gpus) == ("h200-sxm-141gb", 8)
+    assert (decode.device.name, decode.gpus) == ("h100-sxm5-80gb", 16)
+    assert scenario.cluster.nodes == 3  # the nodes the pools fill
 
 
 def test_units_are_stored_as_si_numbers() -> None:
