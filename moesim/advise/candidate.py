@@ -28,7 +28,8 @@ class Candidate:
     timing_id: str = ""
     capacity_id: str = ""
     concrete: Point | None = None  # the point as scenario keys (pools for disaggregation)
-    timed: dict[str, Point] = field(default_factory=dict)  # timing id -> deployment timed
+    # (timing id, deployment timed): the configuration's, or its prefill and decode pools'
+    timed: list[tuple[str, Point]] = field(default_factory=list)
     decode_timing_id: str = ""  # disaggregated: the decode pool's (timing_id: the prefill's)
     timing: dict[str, Any] = field(default_factory=dict)
     decode_timing: dict[str, Any] = field(default_factory=dict)

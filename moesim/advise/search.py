@@ -120,9 +120,9 @@ def _prepare(advice: LoadedAdvice, point: Point, steps: StepSet) -> Candidate:
     for target, scenario in zip(targets, fixed, strict=True):
         deployment = scenario.model_dump(mode="json")
         deployment["policies"].pop("scheduler")
-        candidate.timed[_digest({"timing": deployment, "steps": steps.__dict__})] = target
-    candidate.timing_id, *decode = candidate.timed
-    candidate.decode_timing_id = decode[0] if decode else ""
+        candidate.timed.append((_digest({"timing": deployment, "steps": steps.__dict__}), target))
+    (candidate.timing_id, _), *decode = candidate.timed  # equal pools share a timing
+    candidate.decode_timing_id = decode[0][0] if decode else ""
     return candidate
 
 
@@ -254,7 +254,7 @@ def run_search(
     report = on_progress or (lambda stage, done, total: None)
 
     timed = [c for c in candidates if c.timing_id]
-    jobs = list({key: ResolvedPoint(p, key) for c in timed for key, p in c.timed.items()}.values())
+    jobs = list({key: ResolvedPoint(p, key) for c in timed for key, p in c.timed}.values())
     counter = [0]
 
     def tick(stage: str, total: int) -> Callable[[], None]:

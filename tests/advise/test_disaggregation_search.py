@@ -97,7 +97,14 @@ def test_every_configuration_simulated_finds_nothing_cheaper_than_the_advice(sea
     # both serving modes were screened from their own pools' steps
     modes = {dict(c.point.params)["disaggregation"] == "none" for c in outcome.search.candidates}
     assert modes == {True, False}
-    assert all(c.decode_timing for c in outcome.search.candidates if c.decode_timing_id)
+    split = [
+        c
+        for c in outcome.search.candidates
+        if c.concrete and dict(c.point.params)["disaggregation"] != "none"
+    ]
+    assert split and all(c.decode_timing.get("status") == "ok" for c in split)
+    # 1 + 1 GPUs: both pools are the same deployment, timed once and read twice
+    assert all(c.decode_timing_id == c.timing_id for c in split)
 
 
 def test_the_outputs_name_the_mode_and_best_yaml_runs_it(searched) -> None:
