@@ -80,8 +80,8 @@ def _curve(axis: str, points: list[int], seconds: list[float]) -> dict[str, Any]
 def _phases(run: Callable[[PhaseTimer], int], stack: ModelStack) -> dict[str, float]:
     """Median seconds per call of each phase and of the whole pass (``wall``) of ``run``,
     which makes its calls under the executor's timer and returns how many it made: what
-    that timer reads in a real run, wall time as there. Each pass starts from caches that
-    hold none of the layers, as a step finds them after the others (``ModelStack.evict``)."""
+    that timer reads in a real run, wall time as there. Each pass starts from caches as a
+    step of the executor leaves them (``ModelStack.evict``)."""
     device = stack.device
     timer = PhaseTimer(device)
     run(timer)

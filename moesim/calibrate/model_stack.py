@@ -21,10 +21,9 @@ from moesim.reference.blocks import TORCH_DTYPES, AttentionBlock, FfnWeights, ra
 from moesim.reference.experts import ExpertStore
 from moesim.reference.moe import LayerRoute, MoeLayer
 
-__all__ = ["MAX_COPIES", "SCRATCH_BYTES", "ModelStack", "build_stack", "route"]
+__all__ = ["MAX_COPIES", "ModelStack", "build_stack", "route", "step_bytes"]
 
 MAX_COPIES = 8
-SCRATCH_BYTES = 320 * 2**20  # more than a server CPU's last-level cache or a GPU's L2
 _MEMORY_SHARE = 4  # the stack may take at most a quarter of the device's memory
 
 
@@ -42,11 +41,12 @@ class ModelStack:
     lm_head: torch.Tensor
     host: FfnWeights  # every copy's experts, stacked, in host memory (pinned on a GPU)
     slot: FfnWeights  # one expert's device slot
-    scratch: torch.Tensor  # bytes written to push the layers out of the caches
+    scratch: torch.Tensor  # bytes streamed through between passes (``step_bytes``)
 
     def evict(self) -> None:
-        """Leave the caches holding none of the layers, as a step finds each layer after
-        the others have streamed through (writing more bytes than the caches hold)."""
+        """Leave the caches as a step of the executor finds a layer: after the rest of the
+        step's weights streamed through (as many bytes read and written), so that a small
+        card stays in a large cache and a large one does not."""
         self.scratch.add_(1)
 
     @property
@@ -58,6 +58,18 @@ class ModelStack:
         ``capacity`` slots per expert (einsum or index dispatch)."""
         capacity_G = None if capacity is None else np.array([capacity])
         return [dataclasses.replace(m, capacity_G=capacity_G, einsum=einsum) for m in self.moe]
+
+
+def step_bytes(model: ModelSpec) -> int:
+    """Bytes of weights one rank reads in a step of the card: every block's attention and
+    experts (shared ones included) or dense FFN, and the LM head."""
+    moe = model.moe_layers("decoder")
+    blocks = model.stacks()["decoder"]
+    expert = model.expert_params
+    per_moe = model.num_experts * expert + model.shared_experts * expert
+    params = blocks * model.attention_params_per_block + moe * per_moe
+    params += (blocks - moe) * model.dense_ffn_params + model.vocab_size * model.d_model
+    return int(params * model.dtype_bytes)
 
 
 def _stack_bytes(model: ModelSpec, copies: int) -> float:
@@ -86,11 +98,11 @@ def _unbuildable(model: ModelSpec) -> str | None:
 
 
 def build_stack(
-    model: ModelSpec, device: torch.device, memory_bytes: float, cache_bytes: int = SCRATCH_BYTES
+    model: ModelSpec, device: torch.device, memory_bytes: float, scratch_bytes: int | None = None
 ) -> ModelStack:
-    """The card's layers on ``device``, and ``cache_bytes`` of scratch to evict them from the
-    caches with; a card too large for a quarter of ``memory_bytes`` is refused with a
-    MoesimError (calibration is for cards of a size one device runs)."""
+    """The card's layers on ``device``, and ``scratch_bytes`` (default ``step_bytes``) to
+    stream through between timed passes; a card too large for a quarter of ``memory_bytes``
+    is refused with a MoesimError (calibration is for cards of a size one device runs)."""
     reason = _unbuildable(model)
     if reason is not None:
         raise MoesimError(f"model {model.name!r}: cannot calibrate its operators: {reason}")
@@ -139,7 +151,11 @@ def build_stack(
         lm_head=random_weight((d, model.vocab_size), d, gen, dtype, device),
         host=host,
         slot=slot,
-        scratch=torch.zeros(cache_bytes, dtype=torch.uint8, device=device),
+        scratch=torch.zeros(
+            step_bytes(model) if scratch_bytes is None else scratch_bytes,
+            dtype=torch.uint8,
+            device=device,
+        ),
     )
 
 

@@ -30,7 +30,7 @@ from moesim.calibrate.device import (
 from moesim.calibrate.fit import fit_latency_bandwidth, peak_flops
 from moesim.calibrate.measure import Measurements, measure_all, significant
 from moesim.calibrate.model import measure_model, model_steps
-from moesim.calibrate.model_stack import SCRATCH_BYTES, ModelStack, build_stack
+from moesim.calibrate.model_stack import ModelStack, build_stack
 from moesim.config import ModelSpec
 from moesim.config.model_tables import ModelShapes
 from moesim.errors import MoesimError
@@ -40,7 +40,7 @@ __all__ = ["calibrate_profile"]
 Grid = Literal["full", "quick"]
 Progress = Callable[[str, int, int], None]
 _DEFAULT_DTYPE = {"cpu": "fp32", "cuda": "fp16"}
-_QUICK_SCRATCH_BYTES = 2**20  # a quick calibration (tests) does not evict the caches
+_QUICK_SCRATCH_BYTES = 2**20  # a quick calibration (tests) streams little between passes
 
 
 def _command(
@@ -129,7 +129,7 @@ def calibrate_profile(
     )
     report = on_progress or (lambda stage, done, total: None)
     memory = host_memory_bytes() if target.type == "cpu" else _gpu_memory(target)
-    scratch = SCRATCH_BYTES if grid == "full" else _QUICK_SCRATCH_BYTES
+    scratch = None if grid == "full" else _QUICK_SCRATCH_BYTES
     stacks = [build_stack(model, target, memory, scratch) for model in _distinct(models)]
     measured = measure_all(target, dtype_name, grid, ranks, report)
     command = _command(device, grid, world_sizes, dtype, name, models)

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from moesim.calibrate.device import running_on  # noqa: E402
 from moesim.calibrate.model import MODEL_GRIDS, measure_model, model_steps  # noqa: E402
-from moesim.calibrate.model_stack import build_stack  # noqa: E402
+from moesim.calibrate.model_stack import build_stack, step_bytes  # noqa: E402
 from moesim.calibrate.writing import write_profile  # noqa: E402
 from moesim.config import ModelSpec, load_hardware_profile  # noqa: E402
 from moesim.config.model_tables import ModelShapes, ModelTables  # noqa: E402
@@ -32,7 +32,7 @@ def measured() -> dict[str, Any]:
     ticks: list[int] = []
     cpu = torch.device("cpu")
     with running_on(cpu):
-        stack = build_stack(CARD, cpu, 2**34, cache_bytes=2**20)
+        stack = build_stack(CARD, cpu, 2**34, scratch_bytes=2**20)
         tables = measure_model(stack, "quick", lambda: ticks.append(1))
     return {"tables": tables, "ticks": len(ticks)}
 
@@ -122,3 +122,9 @@ def test_a_card_the_executor_does_not_build_is_refused_in_one_line():
     fp8 = CARD.model_copy(update={"dtype": "fp8"})
     with pytest.raises(MoesimError, match="cannot calibrate its operators: dtype fp8"):
         build_stack(fp8, torch.device("cpu"), 2**34)
+
+
+def test_a_step_streams_every_weight_of_the_card_once():
+    # per block: attention 4 x 32^2 (QKV and output), 4 experts of 2 x 32 x 64; LM head 64 x 32
+    per_block = 4 * 32 * 32 + 4 * 2 * 32 * 64
+    assert step_bytes(CARD) == 4 * (2 * per_block + 64 * 32)
