@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 
 from moesim.calibrate.fit import monotone
+from moesim.calibrate.measure import significant
 from moesim.calibrate.model_stack import ModelStack, route
 from moesim.calibrate.timing import synchronize
 from moesim.config import ModelSpec
@@ -36,7 +37,6 @@ __all__ = ["CAPACITY_FACTORS", "MODEL_GRIDS", "measure_model", "model_steps"]
 Grid = Literal["full", "quick"]
 Progress = Callable[[str, int, int], None]
 CAPACITY_FACTORS = [1.0, 2.0]
-_DIGITS = 4
 
 
 def _doubling(low: int, high: int) -> list[int]:
@@ -69,7 +69,7 @@ _TRIES, _BUDGET_S = 6, 0.05  # passes of one measurement, at most; time worth sp
 
 
 def _significant(values: list[float]) -> list[float]:
-    return [float(f"{v:.{_DIGITS}g}") for v in values]
+    return [significant(v) for v in values]
 
 
 def _curve(axis: str, points: list[int], seconds: list[float]) -> dict[str, Any]:
