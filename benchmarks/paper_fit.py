@@ -80,7 +80,8 @@ def coordinate_search(
 
 @dataclass(frozen=True)
 class Fit:
-    """The datasheet and fitted assumptions, their claims and one-node scores."""
+    """The datasheet and fitted assumptions, their claims, their one-node scores and the
+    seconds the fit and its predictions took."""
 
     datasheet: Assumptions
     fitted: Assumptions
@@ -179,7 +180,7 @@ def plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     paper = {"LM": (6.21, 11.55), "MT encoder": (5.75, 10.98), "MT decoder": (2.58, 5.71)}
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharex=True)
@@ -195,6 +196,7 @@ def plot(
             )
         axis.plot([1, 4], [single, multi], "k*--", markersize=14, label="paper")
         axis.set(title=stack, xlabel="nodes (8 V100 each)", xticks=NODES, yscale="log")
+        axis.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         axis.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
         axis.yaxis.set_minor_formatter(NullFormatter())
         axis.grid(alpha=0.3, which="both")

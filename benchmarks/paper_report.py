@@ -141,7 +141,8 @@ def main() -> None:
             for column, (_, values) in RANGES.items()
         ),
         "RUNTIME": f"{runner.simulated} points simulated, {seconds / 60:.1f} min "
-        f"with {args.workers} worker(s), of which the fit {result.seconds / 60:.1f} min",
+        f"with {args.workers} worker(s), of which the fit and its predictions "
+        f"{result.seconds / 60:.1f} min",
         "DATE": datetime.date.today().isoformat(),
     }
     text = (ROOT / "validation" / "paper.template.md").read_text()
