@@ -198,6 +198,10 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         )
         named = [pool["device"] for pool in pools if "device" in pool]
         if "device" not in cluster and named:  # a cluster of pools may name devices per pool
+            if len(named) < len(pools):
+                raise ConfigError(
+                    sources[""], "cluster.device", "required: a pool names no device of its own"
+                )
             cluster["device"] = named[0]
         cluster["device"] = _resolve(
             "device", cluster.get("device"), near, sources, "cluster.device"

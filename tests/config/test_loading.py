@@ -47,6 +47,10 @@ def test_each_pool_may_name_its_own_device(tmp_path) -> None:
     assert (prefill.device.name, prefill.gpus) == ("h200-sxm-141gb", 8)
     assert (decode.device.name, decode.gpus) == ("h100-sxm5-80gb", 16)
     assert scenario.cluster.nodes == 3  # the nodes the pools fill
+    del raw["cluster"]["device"]  # the decode pool then has none
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"cluster\.device: required: a pool names no device"):
+        load_scenario(path)
 
 
 def test_units_are_stored_as_si_numbers() -> None:
