@@ -78,10 +78,10 @@ def _curve(axis: str, points: list[int], seconds: list[float]) -> dict[str, Any]
 
 
 def _phases(run: Callable[[PhaseTimer], int], stack: ModelStack) -> dict[str, float]:
-    """Median seconds per call of each phase and of the whole pass (``wall``) of ``run``,
-    which makes its calls under the executor's timer and returns how many it made: what
-    that timer reads in a real run, wall time as there. Each pass starts from caches as a
-    step of the executor leaves them (``ModelStack.evict``)."""
+    """Median seconds per call of each phase, and of what each pass spent outside them
+    (``untimed``), of ``run``, which makes its calls under the executor's timer and returns
+    how many it made: what that timer reads in a real run, wall time as there. Each pass
+    starts from caches as a step of the executor leaves them (``ModelStack.evict``)."""
     device = stack.device
     timer = PhaseTimer(device)
     run(timer)
@@ -97,10 +97,11 @@ def _phases(run: Callable[[PhaseTimer], int], stack: ModelStack) -> dict[str, fl
         synchronize(device)
         wall = time.perf_counter() - begin
         spent_s += wall
-        samples.append([s / calls for s in timer.collect()] + [wall / calls])
+        phases = timer.collect()
+        samples.append([s / calls for s in phases] + [(wall - sum(phases)) / calls])
     return {
         name: statistics.median(column)
-        for name, column in zip([*PHASES, "wall"], zip(*samples, strict=True), strict=True)
+        for name, column in zip([*PHASES, "untimed"], zip(*samples, strict=True), strict=True)
     }
 
 
@@ -268,7 +269,7 @@ def measure_model(
             "seconds": [_significant(monotone(r)) for r in rows],
         }
 
-    untimed = [max(p["wall"] - sum(p[name] for name in PHASES), 1e-9) for p in dynamic]
+    untimed = [max(p["untimed"], 1e-9) for p in dynamic]
     tables: dict[str, Any] = {
         "model": model.name,
         "shapes": ModelShapes.of(model).model_dump(),
