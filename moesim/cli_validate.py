@@ -235,13 +235,15 @@ def run_validate(args: argparse.Namespace, console: Console) -> int:
             ),
         )
     table = Table(title="prediction error over scenarios", title_justify="left")
-    for column in ("metric", "scenarios", "median |error|", "max |error|", "median spread"):
+    columns = ("metric", "scenarios", "median |error|", "median error", "max |error|")
+    for column in (*columns, "median spread"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for metric, stats in summarise(report.rows).items():
         table.add_row(
             metric,
             str(stats["scenarios"]),
             f"{100 * stats['median_abs_error']:.1f}%",
+            f"{100 * stats['median_error']:+.1f}%",
             f"{100 * stats['max_abs_error']:.1f}%",
             "n/a" if math.isnan(stats["median_spread"]) else f"{100 * stats['median_spread']:.1f}%",
         )

@@ -31,6 +31,7 @@ _REPORT_FILES = (
     "report.csv",
     "report.md",
     "report.png",
+    "summary.csv",
     "replay.csv",
     "replay.png",
     "profile.yaml",
