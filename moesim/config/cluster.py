@@ -34,25 +34,14 @@ class ClusterSpec(Frozen):
     def _pool_nodes(cls, data: Any) -> Any:
         """Without ``nodes``, a cluster of pools has the nodes its pools' GPUs fill."""
         pools = data.get("pools") if isinstance(data, dict) else None
-        if not isinstance(pools, list) or not pools or "nodes" in data:
+        if not isinstance(pools, list) or "nodes" in data:
             return data
         per_node = data.get("gpus_per_node", 8)
-        sizes = [
-            (pool.get("nodes", 1), pool.get("gpus_per_node") or per_node)
-            for pool in pools
-            if isinstance(pool, dict)
-        ]
-        if (
-            len(sizes) != len(pools)
-            or not all(
-                isinstance(n, int) and isinstance(g, int) and n > 0 and g > 0 for n, g in sizes
-            )
-            or not isinstance(per_node, int)
-            or per_node < 1
-        ):
+        try:
+            gpus = sum(p.get("nodes", 1) * (p.get("gpus_per_node") or per_node) for p in pools)
+            return {**data, "nodes": max(1, -(-gpus // per_node))}
+        except (AttributeError, TypeError, ZeroDivisionError):
             return data  # validation reports what is wrong
-        gpus = sum(n * g for n, g in sizes)
-        return {**data, "nodes": -(-gpus // per_node)}
 
     @model_validator(mode="after")
     def _size(self) -> ClusterSpec:

@@ -15,10 +15,9 @@ from moesim.config.fields import Frozen
 from moesim.config.hardware import HardwareProfile
 from moesim.config.parallel import ParallelSpec
 
-__all__ = ["ROLES", "PoolSpec", "check_roles"]
+__all__ = ["PoolSpec", "check_roles"]
 
 Role = Literal["prefill", "decode", "both"]
-ROLES: tuple[Role, ...] = ("prefill", "decode", "both")
 
 
 class PoolSpec(Frozen):

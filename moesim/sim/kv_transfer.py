@@ -38,7 +38,7 @@ _NAN = float("nan")
 def kv_link(scenario: Scenario) -> LinkSpec:
     """The link a prompt's KV crosses between the pools (refused when a profile has none)."""
     cluster = scenario.cluster
-    devices = [cluster.pool(pool).device for pool in cluster.pools or []]
+    devices = [pool.device for pool in scenario.clusters()]
     kind = "nvlink" if cluster.gpus <= cluster.domain else "network"
     links = [getattr(device.links, kind) for device in devices]
     if any(link is None for link in links):
@@ -69,6 +69,7 @@ class KVHandoff:
         self.queues: list[list[tuple[int, int, float, float]]] = [[] for _ in decode.groups.states]
         self.in_flight_A = np.zeros(len(decode.groups.states), dtype=np.int64)  # tokens
         self.landing_A = np.zeros(len(decode.groups.states), dtype=np.int64)  # requests
+        self.queued_A = np.zeros(len(decode.groups.states), dtype=np.int64)  # tokens
         self.landing_s: list[float] = []  # a heap of the times transfers land
         size = len(decode.groups.arrival_s)
         self.transfer_s = np.full(size, _NAN)  # per request: ready to landed
@@ -94,11 +95,12 @@ class KVHandoff:
         for group in np.unique(source):  # held until the transfer lands (freed at finish)
             mine = done[source == group]
             prefill.states[group].kv.grow(mine, prefill.prompt[mine])
-        outstanding = self.in_flight_A + self._queued_tokens()
+        outstanding = self.in_flight_A + self.queued_A
         chosen = self.decode.router.route(done, outstanding, self.decode.groups.output[done] - 1)
         self.decode.groups.group_R[done] = chosen
         for request, group, sender in zip(done, chosen, source, strict=True):
             self.queues[group].append((int(request), int(sender), start, step_s))
+            self.queued_A[group] += self._tokens(int(request))
         self.admit(fresh=set(done.tolist()))
 
     def admit(self, fresh: set[int] | None = None) -> None:
@@ -122,6 +124,7 @@ class KVHandoff:
                 if need > free or sequences >= self.max_sequences:
                     break
                 queue.pop(0)
+                self.queued_A[group] -= self._tokens(request)
                 free -= need
                 prompt = int(state.prompt_tokens_R[request])
                 state.kv.grow(np.array([request]), np.array([prompt + 1]))
@@ -162,9 +165,3 @@ class KVHandoff:
     def _tokens(self, request: int) -> int:
         """What a request adds to its decode group's load: the tokens it has left to emit."""
         return int(self.decode.groups.output[request] - 1)
-
-    def _queued_tokens(self) -> np.ndarray:
-        return np.array(
-            [sum(self._tokens(request) for request, *_ in queue) for queue in self.queues],
-            dtype=np.int64,
-        )

@@ -21,7 +21,7 @@ from moesim.errors import ConfigError
 from moesim.metrics import DeviceRecords, RunRecords, SpanRecords
 from moesim.sim.memory import expert_weights_bytes, kv_bytes_per_token
 from moesim.sim.serving_disagg import disaggregated_pools, merged_records
-from moesim.sim.serving_pool import PlanCallback, Pool, StepCallback
+from moesim.sim.serving_pool import PlanCallback, Pool
 from moesim.workload import request_table
 
 __all__ = ["PlanCallback", "simulate_serving"]
@@ -88,12 +88,13 @@ def simulate_serving(
         pools, handoff = disaggregated_pools(scenario, requests, env, next_arrival)
     entry = pools[0]
 
-    def progressed(*_: object) -> None:
-        if on_progress is not None:
+    if on_progress is not None:
+
+        def progressed(*_: object) -> None:
             on_progress(round(float(env.now), 1), round(max(last_arrival, float(env.now)), 1))
 
-    for pool in pools:
-        pool.on_steps = _chain(pool.on_steps, progressed)
+        for pool in pools:
+            pool.on_steps.append(progressed)
 
     def arrivals() -> Generator[simpy.Event, None, None]:
         times, first = np.unique(requests.arrival_s, return_index=True)
@@ -133,17 +134,6 @@ def simulate_serving(
         events=sum(pool.events for pool in pools),
         serving=serving,
     )
-
-
-def _chain(first: StepCallback | None, then: StepCallback) -> StepCallback:
-    if first is None:
-        return then
-
-    def both(start: float, latency_n: np.ndarray, outcomes: list) -> None:
-        first(start, latency_n, outcomes)
-        then(start, latency_n, outcomes)
-
-    return both
 
 
 def _devices(pool: Pool) -> DeviceRecords:

@@ -45,7 +45,7 @@ def disaggregated_pools(
 
     decode = _pool("decode", scenario, requests, env, horizon, more)
     handoff = KVHandoff(scenario, prefill, decode)
-    prefill.on_steps = handoff.prefilled
+    prefill.on_steps.append(handoff.prefilled)
     decode.before_plan = handoff.admit
     return [prefill, decode], handoff
 
@@ -60,9 +60,8 @@ def _pool(
 ) -> Pool:
     """The pool of ``role``; what it refuses names the pool (its GPUs are counted in it)."""
     cluster = scenario.cluster
-    spec = next(pool for pool in cluster.pools or [] if pool.role == role)
     try:
-        return Pool(scenario.on(cluster.pool(spec)), requests, env, horizon, expected)
+        return Pool(scenario.on(cluster.pool(cluster.role(role))), requests, env, horizon, expected)
     except ConfigError as error:
         field = f"cluster.pools ({role})" + (f": {error.field}" if error.field else "")
         raise ConfigError(error.file, field, error.message) from None

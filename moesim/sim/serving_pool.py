@@ -63,7 +63,7 @@ class Pool:
         self.busy_until: float | None = None  # the end of the stretch running
         self.before_plan: Callable[[], None] | None = None
         self.on_plans: PlanCallback | None = None
-        self.on_steps: StepCallback | None = None
+        self.on_steps: list[StepCallback] = []  # each called in turn
         self._wake = env.event()
 
     @property
@@ -133,8 +133,8 @@ class Pool:
             self.busy_until = None
             self.events += 1
             groups.emit(start, latency_n, outcomes)
-            if self.on_steps is not None:
-                self.on_steps(start, latency_n, outcomes)
+            for callback in self.on_steps:
+                callback(start, latency_n, outcomes)
 
     def records(self) -> StepRecords:
         return StepRecords.concat(self.steps) if self.steps else StepRecords.empty(self.layers)

@@ -9,8 +9,8 @@ import pytest
 from moesim.api import run
 from moesim.cli import main
 from tests.conftest import SIMPLE_PROFILE, SMALL_MOE, TINY_MODEL, make_scenario, workload
+from tests.sim.serving_cases import OUTPUT, PROMPT, fixed_latency, serving_workload
 
-PROMPT, OUTPUT = 48, 5
 # TINY_MODEL: K and V of d_model 4 in fp32 over 2 layers
 KV_BYTES_PER_TOKEN = 2 * 4 * 4 * 2
 NVLINK, NETWORK = (1e9, 1e-6), (1e8, 1e-5)  # SIMPLE_PROFILE: bandwidth, latency
@@ -24,18 +24,11 @@ def _pools(prefill=None, decode=None, gpus_per_node=1, nodes=None, **pool):
 
 
 def _serving(cluster, count=1, rate=None, output=None, prompt=None, model=None, **policies):
-    arrival = {"process": "offline"} if rate is None else {"process": "poisson", "rate": rate}
-    requests = {
-        "count": count,
-        "arrival": arrival,
-        "prompt_tokens": prompt or {"distribution": "fixed", "value": PROMPT},
-        "output_tokens": output or {"distribution": "fixed", "value": OUTPUT},
-    }
     return make_scenario(
         seed=2,
         model=dict(model or TINY_MODEL),
         cluster=cluster,
-        workload={"phase": "serving", "requests": requests, "routing": {"source": "synthetic"}},
+        workload=serving_workload(count, rate, prompt, output),
         policies={
             "gating": {"name": "dynamic"},
             "scheduler": {"name": "continuous", "max_sequences": 8},
@@ -44,18 +37,9 @@ def _serving(cluster, count=1, rate=None, output=None, prompt=None, model=None, 
     )
 
 
-def _fixed_latency(phase: str, seq_len: int, device=SIMPLE_PROFILE) -> float:
-    scenario = make_scenario(
-        model=dict(TINY_MODEL),
-        cluster={"nodes": 1, "gpus_per_node": 1, "device": device},
-        workload=workload(phase=phase, batch_size=1, seq_len=seq_len, steps=1),
-    )
-    return run(scenario)[0].latency_s.p50
-
-
-def _transfer(link, tokens=PROMPT, ports=1) -> float:
+def _transfer(link, tokens=PROMPT) -> float:
     bandwidth, latency = link
-    return latency + tokens * KV_BYTES_PER_TOKEN / ports / bandwidth
+    return latency + tokens * KV_BYTES_PER_TOKEN / bandwidth
 
 
 @pytest.mark.parametrize(
@@ -73,11 +57,11 @@ def test_a_lone_request_waits_one_prefill_and_its_kv_transfer(cluster, link) -> 
     cluster["pools"][0]["kv_transfer"] = "after_prefill"
     result, records = run(_serving(cluster))
     requests = records.serving.requests
-    prefill, transfer = _fixed_latency("prefill", PROMPT), _transfer(link)
+    prefill, transfer = fixed_latency("prefill", PROMPT), _transfer(link)
     assert requests.ttft_s[0] == pytest.approx(prefill + transfer, rel=1e-9)
     assert requests.kv_transfer_s[0] == pytest.approx(transfer, rel=1e-9)
     # the decode pool decodes it alone: contexts PROMPT + 1 .. PROMPT + OUTPUT - 1
-    decodes = [_fixed_latency("decode", PROMPT + k) for k in range(1, OUTPUT)]
+    decodes = [fixed_latency("decode", PROMPT + k) for k in range(1, OUTPUT)]
     assert requests.tpot_s[0] == pytest.approx(np.mean(decodes), rel=1e-9)
     assert result.serving.kv_transfer_s.p50 == pytest.approx(transfer, rel=1e-9)
     assert len(result.memory.peak_bytes_per_device) == 2
@@ -89,7 +73,7 @@ def test_layer_by_layer_sending_overlaps_the_prompts_last_step(flops) -> None:
         **SIMPLE_PROFILE,
         "compute": {**SIMPLE_PROFILE["compute"], "peak_flops": {"fp32": flops}},
     }
-    prefill = _fixed_latency("prefill", PROMPT, device)
+    prefill = fixed_latency("prefill", PROMPT, device)
     transfer = _transfer(NETWORK)
     assert (transfer > prefill) == (flops == 1e12)
     cluster = {**_pools(gpus_per_node=1), "device": device}  # layerwise is the default
@@ -258,7 +242,7 @@ def test_under_load_every_kv_lands_after_its_prompt_and_its_transfer() -> None:
     # layer by layer, at best all but the last layer's compute hides: 2 b - a after the step
     assert np.all(
         requests.kv_transfer_s[sent]
-        >= _transfer(NETWORK) - _fixed_latency("prefill", PROMPT, device) / 2
+        >= _transfer(NETWORK) - fixed_latency("prefill", PROMPT, device) / 2
     )
     assert np.all(requests.kv_transfer_s[sent] > 0)
     assert np.all(

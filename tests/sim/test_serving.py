@@ -8,8 +8,7 @@ from moesim.api import run
 from moesim.cli import main
 from moesim.metrics import PHASES
 from tests.conftest import SIMPLE_PROFILE, TINY_MODEL, make_scenario, workload
-
-PROMPT, OUTPUT = 48, 5
+from tests.sim.serving_cases import OUTPUT, PROMPT, fixed_latency, serving_workload
 
 
 def _serving(
@@ -22,13 +21,6 @@ def _serving(
     seed=3,
     **changes,
 ):
-    arrival = {"process": "offline"} if rate is None else {"process": "poisson", "rate": rate}
-    requests = {
-        "count": count,
-        "arrival": arrival,
-        "prompt_tokens": prompt or {"distribution": "fixed", "value": PROMPT},
-        "output_tokens": output or {"distribution": "fixed", "value": OUTPUT},
-    }
     policies = {
         "gating": {"name": "dynamic"},
         "scheduler": scheduler or {"name": "continuous", "max_sequences": 8},
@@ -36,7 +28,7 @@ def _serving(
     return make_scenario(
         seed=seed,
         cluster={"nodes": 1, "gpus_per_node": gpus, "device": SIMPLE_PROFILE},
-        workload={"phase": "serving", "requests": requests, "routing": {"source": "synthetic"}},
+        workload=serving_workload(count, rate, prompt, output),
         policies=policies,
         **changes,
     )
@@ -71,23 +63,13 @@ def test_every_request_completes_with_all_its_tokens(scheduler) -> None:
     assert serving.max_running <= 2 * scheduler.get("max_sequences", scheduler.get("batch_size"))
 
 
-def _fixed_latency(phase: str, seq_len: int) -> float:
-    scenario = make_scenario(
-        model=dict(TINY_MODEL),
-        cluster={"nodes": 1, "gpus_per_node": 1, "device": SIMPLE_PROFILE},
-        workload=workload(phase=phase, batch_size=1, seq_len=seq_len, steps=1),
-    )
-    result, _ = run(scenario)
-    return result.latency_s.p50
-
-
 def test_at_low_load_ttft_is_one_prefill_and_tpot_one_sequence_decoding() -> None:
     # one GPU, requests 100 s apart: each runs alone
     _, records = run(_serving(rate=None, count=1, gpus=1))
     lone = records.serving.requests
-    assert lone.ttft_s[0] == pytest.approx(_fixed_latency("prefill", PROMPT))
+    assert lone.ttft_s[0] == pytest.approx(fixed_latency("prefill", PROMPT))
     # decodes attend over PROMPT + 1 .. PROMPT + OUTPUT - 1 positions
-    decodes = [_fixed_latency("decode", PROMPT + k) for k in range(1, OUTPUT)]
+    decodes = [fixed_latency("decode", PROMPT + k) for k in range(1, OUTPUT)]
     assert lone.tpot_s[0] == pytest.approx(np.mean(decodes))
     spaced = _serving(rate=None, count=4, gpus=1)
     spaced_requests = spaced.workload.requests.model_copy(
